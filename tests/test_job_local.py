@@ -1,0 +1,53 @@
+"""The batch job end to end on local folders, on a real local Ray instance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from catalog import catalog, check_outputs
+from pipelines.job import JobConfig, run_job
+from pipelines.manifest import read_manifest
+from pipelines.storage import open_location
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def write_tree(root: Path, files: dict[str, bytes]) -> None:
+    for key, data in files.items():
+        p = root / key
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+
+
+def test_local_catalog_gives_one_row_per_input_and_valid_cutouts(tmp_path, ray_local):
+    files = catalog(30)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write_tree(src, files)
+    result = run_job(JobConfig(source=str(src), dest=str(dst), batch_size=4))
+
+    assert (result.images, result.ok, result.errors) == (len(files), 30, 3)
+    rows = read_manifest(open_location(str(dst)), result.run_id).to_pylist()
+    check_outputs(files, rows, lambda key: (dst / key).read_bytes())
+    # No temporary file is left visible beside the outputs.
+    assert not [p for p in dst.rglob("*.partial")]
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert {r["model"] for r in ok} == {"u2netp"} and {r["device"] for r in ok} == {"cpu"}
+    assert len({r["params_hash"] for r in rows}) == 1
+    assert all(r["t_infer"] > 0 and r["t_decode"] > 0 for r in ok)
+    assert all(len(r["sha256"]) == 64 for r in rows)
+
+
+def test_destination_inside_source_is_not_reprocessed(tmp_path, ray_local):
+    files = dict(list(catalog(2).items())[:2])
+    write_tree(tmp_path, files)
+    first = run_job(JobConfig(source=str(tmp_path), dest=str(tmp_path / "out")))
+    second = run_job(JobConfig(source=str(tmp_path), dest=str(tmp_path / "out")))
+    assert first.images == second.images == 2
+
+
+def test_cuda_on_a_machine_without_gpus_fails_at_start(tmp_path, ray_local):
+    write_tree(tmp_path / "src", dict(list(catalog(1).items())[:1]))
+    with pytest.raises(RuntimeError, match="CUDA|GPU"):
+        run_job(JobConfig(source=str(tmp_path / "src"), dest=str(tmp_path / "dst"), device="cuda"))
