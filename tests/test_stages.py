@@ -1,0 +1,68 @@
+"""The job's stages as plain callables, without a cluster, and the storage helpers they use."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from catalog import corrupt_files, real_photos
+from pipelines.stages import Predictor, decode_input, read_input, render_output
+from pipelines.storage import list_inputs, open_location, output_key
+from postproc import PostprocParams
+
+
+@pytest.fixture
+def tree(tmp_path):
+    files = {f"a/{name}": data for name, data in real_photos(3)}
+    files.update(corrupt_files())
+    for key, data in files.items():
+        (tmp_path / "src" / key).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "src" / key).write_bytes(data)
+    (tmp_path / "src" / "_manifests").mkdir()
+    (tmp_path / "src" / "_manifests" / "x.parquet").write_bytes(b"")
+    (tmp_path / "src" / ".hidden.jpg").write_bytes(b"")
+    return tmp_path, files
+
+
+def test_listing_skips_hidden_and_metadata_files(tree):
+    tmp, files = tree
+    assert [k for k, _ in list_inputs(open_location(str(tmp / "src")))] == sorted(files)
+
+
+def test_stages_chain_without_a_cluster(tree):
+    tmp, files = tree
+    src, dst = open_location(str(tmp / "src")), open_location(str(tmp / "dst"), create=True)
+    rows = [decode_input(read_input({"key": k}, source=src), input_size=(320, 320), max_pixels=10**8)
+            for k in sorted(files)]
+    batch = {k: np.array([r[k] for r in rows], dtype=object) if k == "pixels" else np.array([r[k] for r in rows])
+             for k in rows[0]}
+    out = Predictor("u2netp", device="cpu")(batch)
+    assert out["prob"].shape == (len(rows), 320, 320) and "model_input" not in out
+    params = PostprocParams.create(format="webp")
+    manifest = [render_output({k: out[k][i] for k in out}, dest=dst, params=params, model_name="u2netp",
+                              model_version="v") for i in range(len(rows))]
+    by_key = {m["source_key"]: m for m in manifest}
+    assert {m["error_reason"] for k, m in by_key.items() if k in corrupt_files()} == {"empty", "corrupt",
+                                                                                        "unsupported_format"}
+    for k, m in by_key.items():
+        if k not in corrupt_files():
+            assert m["status"] == "ok" and m["output_key"].endswith(".webp")
+            img = cv2.imread(str(tmp / "dst" / m["output_key"]), cv2.IMREAD_UNCHANGED)
+            assert img.shape[:2] == (m["height"], m["width"])
+
+
+def test_read_failure_becomes_an_error_row(tmp_path):
+    row = read_input({"key": "gone.jpg"}, source=open_location(str(tmp_path)))
+    assert row["error_reason"] == "read_failed" and row["size_bytes"] == 0
+
+
+@pytest.mark.parametrize("key", ["../x.jpg", "a/../../x.jpg", "/etc/x.jpg", "a//b.jpg"])
+def test_keys_that_could_escape_the_destination_are_refused(key):
+    with pytest.raises(ValueError, match="unsafe key"):
+        output_key(key, ".png")
+
+
+def test_output_key_mirrors_the_input_key():
+    assert output_key("photos/a/b.jpg", ".png") == "photos/a/b.png"
+    assert output_key("photos/a/b c é.jpeg", ".webp") == "photos/a/b c é.webp"
