@@ -12,22 +12,78 @@ SAMPLES = Path(__file__).parent / "samples"
 
 
 def add_postproc_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("post-processing")
+    from dataclasses import fields
+
+    from postproc.params import REFINERS, PostprocParams
+    from postproc.presets import PRESETS
+
+    d = {f.name: f.default for f in fields(PostprocParams)}  # help shows the real defaults
+
+    g = p.add_argument_group("post-processing (explicit values override a preset's)")
+    g.add_argument("--preset", choices=list(PRESETS),
+                   help="; ".join(f"{k}: {', '.join(f'{a}={b}' for a, b in v.items())}" for k, v in PRESETS.items()))
+    g.add_argument("--refine", choices=REFINERS,
+                   help="edge refinement: trimap (closed-form matting on a band; slow), guided (guided filter; "
+                        "fast) (default %s)" % d["refine"])
+    g.add_argument("--trimap-fg", type=int, help="trimap: alpha ≥ N is sure foreground (default %s)" % d["trimap_fg"])
+    g.add_argument("--trimap-bg", type=int, help="trimap: alpha ≤ N is sure background (default %s)" % d["trimap_bg"])
+    g.add_argument("--trimap-erode", type=int,
+                   help="trimap: px the sure regions are eroded by, at the working size (default %s)" % d["trimap_erode"])
+    g.add_argument("--guided-radius", type=int, help="guided filter radius in px (default %s)" % d["guided_radius"])
+    g.add_argument("--guided-eps", type=float, help="guided filter regularisation (default %s)" % d["guided_eps"])
+    g.add_argument("--refine-max-mp", type=float, dest="refine_max_megapixels",
+                   help="refinement and decontamination work at most at this many megapixels "
+                        "(default %s)" % d["refine_max_megapixels"])
+    g.add_argument("--decontaminate", action=argparse.BooleanOptionalAction,
+                   help="estimate the subject's own colour at semi-transparent edge pixels (no background bleed)")
     g.add_argument("--alpha-threshold", type=int, help="0–255: alpha below it becomes 0 (default 0)")
     g.add_argument("--erode", type=int, help="pull the subject's edge in by N px (default 0)")
     g.add_argument("--feather", type=float, help="Gaussian feathering of the edge, sigma in px (default 0)")
-    g.add_argument("--background", help="background colour: a name or #rgb/#rrggbb/#rrggbbaa (default transparent)")
+    g.add_argument("--crop", action=argparse.BooleanOptionalAction, help="crop to the subject's bounding box")
+    g.add_argument("--crop-margin", type=int, help="px kept around the subject when cropping (default 0)")
+    g.add_argument("--max-size", type=int, help="longest side of the output in px, aspect kept (default: input size)")
+    g.add_argument("--background", help="background colour: a CSS name or #rgb/#rrggbb/#rrggbbaa (default transparent)")
+    g.add_argument("--background-image", help="background picture (a file or s3:// URI), scaled to cover the output")
     g.add_argument("--format", choices=["png", "jpeg", "webp", "mask"], help="output format (default png)")
     g.add_argument("--png-compression", type=int, help="zlib level 0–9 (default: fpng, the fastest lossless writer)")
     g.add_argument("--quality", type=int, help="JPEG/WebP quality 1–100 (default 90)")
 
 
+POSTPROC_ARGS = ("refine", "trimap_fg", "trimap_bg", "trimap_erode", "guided_radius", "guided_eps",
+                 "refine_max_megapixels", "decontaminate", "alpha_threshold", "erode", "feather", "crop",
+                 "crop_margin", "max_size", "background", "background_image", "format", "png_compression", "quality")
+
+
 def params_from_args(args: argparse.Namespace):
     from postproc import PostprocParams
 
-    return PostprocParams.create(alpha_threshold=args.alpha_threshold, erode=args.erode, feather=args.feather,
-                                 background=args.background, format=args.format,
-                                 png_compression=args.png_compression, quality=args.quality)
+    return PostprocParams.create(preset=args.preset, **{k: getattr(args, k) for k in POSTPROC_ARGS})
+
+
+def load_background(uri: str | None, s3_endpoint: str | None = None):
+    """The background picture's pixels, read and decoded once, here at the edge."""
+    if uri is None:
+        return None
+    import posixpath
+
+    from pipelines.storage import open_location
+    from postproc import DecodeError, decode_image
+
+    if uri.startswith("s3://"):
+        parent, name = posixpath.split(uri.rstrip("/"))
+        try:
+            data = open_location(parent, s3_endpoint).read(name)
+        except OSError as e:
+            raise FileNotFoundError(f"--background-image {uri}: {e}") from None
+    else:
+        path = Path(uri).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"--background-image {uri}: no such file")
+        data = path.read_bytes()
+    try:
+        return decode_image(data).rgb
+    except DecodeError as e:
+        raise ValueError(f"--background-image {uri}: {e}") from None
 
 
 def add_job_arguments(p: argparse.ArgumentParser) -> None:
@@ -54,19 +110,53 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
 def job_config(args: argparse.Namespace, source: str, dest: str):
     from pipelines.job import JobConfig
 
+    params = params_from_args(args)
     return JobConfig(source=source, dest=dest, model=args.model, runtime=args.runtime, device=args.device,
                      weights=args.weights, batch_size=args.batch_size, actors=args.actors,
                      actor_cpus=args.actor_cpus, threads=args.threads, s3_endpoint=args.s3_endpoint,
-                     max_pixels=int(args.max_megapixels * 1e6), params=params_from_args(args), run_id=args.run_id)
+                     max_pixels=int(args.max_megapixels * 1e6), params=params, run_id=args.run_id,
+                     background=load_background(params.background_image, args.s3_endpoint))
+
+
+def warm_refinement(params) -> None:
+    """Load (or, the first time on this machine, compile) pymatting's kernels once, in the driver,
+    before Ray starts: workers of a local instance then only load them from the cache."""
+    if params.refine == "trimap" or params.decontaminate:
+        from postproc.refine import numba_cache_dir, warm_up
+
+        seconds = warm_up()
+        logging.getLogger("matting").info("pymatting kernels ready in %.1f s (cache %s)", seconds, numba_cache_dir())
 
 
 def cmd_run(args: argparse.Namespace, source: str | None = None, dest: str | None = None) -> int:
     from pipelines.job import init_ray, run_job
 
     cfg = job_config(args, source or args.source, dest or args.dest)  # validate before starting Ray
+    zip_path = getattr(args, "zip", None)
+    if zip_path and os.path.isdir(zip_path):
+        raise ValueError(f"--zip {zip_path} is a folder: name the .zip file to write")
+    warm_refinement(cfg.params)
     init_ray(args.address)
     result = run_job(cfg)
     print(result.summary())
+    if zip_path:
+        from pipelines.bundle import write_bundle
+
+        print(write_bundle(cfg.dest, zip_path, run_id=result.run_id, s3_endpoint=cfg.s3_endpoint).summary())
+    return 0
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from pipelines.bundle import write_bundle
+
+    print(write_bundle(args.dest, args.out, run_id=args.run_id, s3_endpoint=args.s3_endpoint).summary())
+    return 0
+
+
+def cmd_warmup(args: argparse.Namespace) -> int:
+    from postproc.refine import numba_cache_dir, warm_up
+
+    print(f"pymatting kernels ready in {warm_up():.1f} s (numba cache {numba_cache_dir()})")
     return 0
 
 
@@ -118,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source")
     p.add_argument("dest")
     add_job_arguments(p)
+    p.add_argument("--zip", help="also write the run's outputs and log into this ZIP file (see `matting bundle`)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="run the job on the bundled sample photos")
@@ -130,6 +221,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", help="default: the latest run")
     p.add_argument("--s3-endpoint", default=os.environ.get("MATTING_S3_ENDPOINT"))
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("bundle", help="one ZIP of a run's outputs with its log (report, manifest as CSV and Parquet)")
+    p.add_argument("dest", help="the run's destination (folder or s3:// prefix)")
+    p.add_argument("out", help="the ZIP file to write (local path)")
+    p.add_argument("--run-id", help="default: the latest run")
+    p.add_argument("--s3-endpoint", default=os.environ.get("MATTING_S3_ENDPOINT"))
+    p.set_defaults(func=cmd_bundle)
+
+    p = sub.add_parser("warmup", help="compile pymatting's kernels once into the numba cache (a set-up step)")
+    p.set_defaults(func=cmd_warmup)
 
     p = sub.add_parser("weights", help="manage the local weights cache")
     wsub = p.add_subparsers(dest="weights_command", required=True)

@@ -12,6 +12,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import ray
 from ray.data import ActorPoolStrategy
 
@@ -43,6 +44,8 @@ class JobConfig:
     params: PostprocParams = field(default_factory=PostprocParams)
     run_id: str | None = None
     manifest_flush_rows: int = 1000
+    # The decoded background picture ((h, w, 3) uint8) when params.background_image is set.
+    background: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         get_spec(self.model)  # unknown names fail here, with the valid list
@@ -59,6 +62,9 @@ class JobConfig:
                              "decoding into the inference actor)")
         if self.max_pixels < 1:
             raise ValueError("max_pixels must be positive")
+        if (self.params.background_image is None) != (self.background is None):
+            raise ValueError("params.background_image and background go together: decode the image named by "
+                             "background_image and pass its pixels as background")
 
 
 @dataclass
@@ -112,7 +118,7 @@ def build_dataset(cfg: JobConfig, source: Location, dest: Location, items: list[
         num_cpus=cfg.actor_cpus,
     )
     return ds.map(render_output, fn_kwargs={"dest": dest, "params": cfg.params, "model_name": spec.name,
-                                            "model_version": spec.version})
+                                            "model_version": spec.version, "background": cfg.background})
 
 
 def check_weights(cfg: JobConfig) -> None:
