@@ -140,7 +140,8 @@ def job_run(cfg: JobConfig) -> dict:
     k_lo, k_hi = -(-(n // bs) // 10), (n // bs) * 9 // 10
     ok = len(done) == n and k_hi - k_lo >= 2
     span = done[k_hi * bs - 1] - done[k_lo * bs - 1] if ok else 0.0
-    rows = [r for r in read_manifest(open_location(str(out)), res.run_id).to_pylist() if r["status"] == "ok"]
+    rows = [r for r in read_manifest(open_location(str(out)), res.run_id).to_pylist()
+            if r["status"] == "ok" and not r.get("reused")]
     stage = {c[2:]: sum(r[c] for r in rows) / max(len(rows), 1) for c in STAGE_COLUMNS}
     return {"images": n, "ok": res.ok, "errors": res.errors, "errors_by_reason": res.errors_by_reason,
             "wall_s": wall, "images_per_s": n / wall, "first_output_s": (done[0] - t_epoch) if done else None,

@@ -56,6 +56,8 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
                    help="Parquet or CSV with a column of keys or URIs under SOURCE, instead of listing SOURCE")
     p.add_argument("--stall-timeout", type=float, default=900.0, metavar="SECONDS",
                    help="stop (resumably) when no image finishes for this long, e.g. the GPU nodes are gone")
+    p.add_argument("--manifest-flush-rows", type=int, default=1000, help="rows per manifest part file: what a "
+                   "killed driver can lose and a rerun redoes (default 1000; parts are also written every 10 s)")
     add_postproc_arguments(p)
 
 
@@ -67,7 +69,8 @@ def job_config(args: argparse.Namespace, source: str, dest: str):
                      actor_cpus=args.actor_cpus, threads=args.threads, s3_endpoint=args.s3_endpoint,
                      max_pixels=int(args.max_megapixels * 1e6), max_bytes=int(args.max_megabytes * 1e6),
                      params=params_from_args(args), run_name=args.run_name, incremental=args.incremental,
-                     prune=args.prune, input_manifest=args.input_manifest, stall_timeout_s=args.stall_timeout)
+                     prune=args.prune, input_manifest=args.input_manifest, stall_timeout_s=args.stall_timeout,
+                     manifest_flush_rows=args.manifest_flush_rows)
 
 
 def cmd_run(args: argparse.Namespace, source: str | None = None, dest: str | None = None) -> int:

@@ -75,7 +75,7 @@ def consolidated(dest: Location, columns: list[str] | None = None) -> pa.Table:
     t = pa.concat_tables(tables, promote_options="default")
     t = t.append_column("_row", pa.array(range(t.num_rows), pa.int64()))
     last = t.group_by("source_key").aggregate([("_row", "max")]).column("_row_max")
-    t = t.take(pc.sort(last)).drop_columns(["_row"])  # in the order the rows were written
+    t = t.take(pc.take(last, pc.sort_indices(last))).drop_columns(["_row"])  # in the order written
     return t.filter(pc.not_equal(t.column("status"), "pruned"))
 
 
