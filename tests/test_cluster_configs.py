@@ -264,7 +264,7 @@ def test_one_image_and_the_pinned_ray_version_everywhere():
     images.add(launcher["docker"]["image"])
     assert len(images) == 1, f"head and workers everywhere must run one image, found {images}"
     for label, spec in cluster_specs():
-        assert spec["rayVersion"] == ray_version, f"{label}: rayVersion {spec['rayVersion']} != pyproject's {ray_version}"
+        assert spec["rayVersion"] == ray_version, f"{label}: rayVersion is not pyproject's {ray_version}"
 
 
 def test_cluster_specs_have_a_cpu_head_and_gpu_workers():
@@ -278,7 +278,8 @@ def test_cluster_specs_have_a_cpu_head_and_gpu_workers():
                              for c in g["template"]["spec"]["containers"])]
         assert gpu_groups, f"{label} has no GPU worker group"
         for g in spec["workerGroupSpecs"]:
-            assert g["minReplicas"] <= g.get("replicas", g["minReplicas"]) <= g["maxReplicas"], f"{label}: {g['groupName']}"
+            replicas = g.get("replicas", g["minReplicas"])
+            assert g["minReplicas"] <= replicas <= g["maxReplicas"], f"{label}: {g['groupName']} replicas"
             for c in g["template"]["spec"]["containers"]:
                 res = c["resources"]
                 assert res.get("requests", {}).get("cpu") and res.get("limits", {}).get("memory"), \
@@ -407,7 +408,9 @@ def test_dockerfile_bakes_the_weights_with_commands_the_cli_has():
 
     envs = dockerfile().envs
     assert envs.get("MATTING_WEIGHTS_DIR", "").startswith("/"), "the weights cache must be a fixed absolute path"
-    commands = [m.split() for run in instructions("RUN") for m in re.findall(r"(?<![\w/.-])matting((?: [\w.-]+)+)", run)]
+    # `matting` as a command (not inside a path such as /opt/unet-matting), with its words.
+    pattern = re.compile(r"(?<![\w/.-])matting((?: [\w.-]+)+)")
+    commands = [m.split() for run in instructions("RUN") for m in pattern.findall(run)]
     assert ["weights", "fetch", "u2netp"] in commands, commands
     for argv in commands:
         try:
