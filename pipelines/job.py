@@ -113,8 +113,12 @@ def inference_resources(cfg: JobConfig) -> tuple[int, float]:
     """(pool size, GPUs per actor): one actor per GPU where the cluster has GPUs."""
     gpus = int(ray.cluster_resources().get("GPU", 0))
     if cfg.device == "cuda" and gpus == 0:
-        raise RuntimeError("--device cuda was asked for but the Ray cluster has no GPU resources; "
-                           "use --device auto to run on CPU")
+        if cfg.actors:  # an autoscaling GPU group may start from zero: wait, bounded by the stall timeout
+            log.warning("no GPU in the cluster yet: %d GPU actors wait for the autoscaler (stall timeout %.0f s)",
+                        cfg.actors, cfg.stall_timeout_s)
+            return cfg.actors, 1.0
+        raise RuntimeError("--device cuda was asked for but the Ray cluster has no GPU resources; use --device "
+                           "auto to run on CPU, or --actors N to wait for an autoscaler to add GPU nodes")
     if gpus and cfg.device != "cpu":
         return cfg.actors or gpus, 1.0
     return cfg.actors or 1, 0.0

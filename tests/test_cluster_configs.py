@@ -39,9 +39,6 @@ SERVE_CONFIG = ROOT / "serve" / "config.yaml"
 # `matting run` options that the configs use and that issue 6 is adding to pipelines/cli.py now
 # (name: number of values). Until the parser has one, entrypoints are parsed without it and
 # test_pending_run_options_exist skips with its name. Delete entries once they are merged.
-PENDING_RUN_OPTIONS = {"--incremental": 0, "--prune": 0, "--stall-timeout": 1}
-
-
 def load_docs(path: Path) -> list[dict]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
 
@@ -315,21 +312,6 @@ def run_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     return parser, sub.choices["run"]
 
 
-def without_pending(argv: list[str], run: argparse.ArgumentParser) -> tuple[list[str], list[str]]:
-    """argv less the pending options the parser does not have yet, and their names."""
-    out, missing, i = [], [], 0
-    while i < len(argv):
-        arg = argv[i]
-        name = arg.split("=", 1)[0]
-        if name in PENDING_RUN_OPTIONS and name not in run._option_string_actions:
-            missing.append(name)
-            i += 1 + (PENDING_RUN_OPTIONS[name] if "=" not in arg else 0)
-            continue
-        out.append(arg)
-        i += 1
-    return out, missing
-
-
 ENTRYPOINTS = [(label, spec["entrypoint"]) for label, spec in rayjob_specs()]
 
 
@@ -338,31 +320,13 @@ def test_entrypoint_parses_with_the_matting_cli(label, entrypoint, capsys):
     parser, run = run_parser()
     argv = shlex.split(entrypoint)
     assert argv[:2] == ["matting", "run"], f"{label}: expected `matting run ...`, got {entrypoint!r}"
-    argv, _ = without_pending(argv[1:], run)
+    argv = argv[1:]
     try:
         args = parser.parse_args(argv)
     except SystemExit:
         pytest.fail(f"{label}: `matting {' '.join(argv)}` is rejected by pipelines/cli.py:\n{capsys.readouterr().err}")
     assert args.source.startswith("s3://") and args.dest.startswith("s3://")
     assert args.device == "cuda", "on a GPU cluster, fail at start rather than fall back to CPU unnoticed"
-
-
-def test_pending_run_options_exist():
-    """The options the configs use that pipelines/cli.py does not have yet (issue 6, §1 and §4)."""
-    _, run = run_parser()
-    used = {a.split("=", 1)[0] for _, e in ENTRYPOINTS for a in shlex.split(e)} & set(PENDING_RUN_OPTIONS)
-    missing = sorted(o for o in used if o not in run._option_string_actions)
-    if missing:
-        pytest.skip(f"`matting run` has no {', '.join(missing)} yet (issue 6 is adding them); the entrypoints "
-                    f"were parsed without them. Remove them from PENDING_RUN_OPTIONS once merged.")
-
-
-def test_without_pending_drops_only_missing_options():
-    _, run = run_parser()
-    argv = ["run", "s3://a", "s3://b", "--stall-timeout", "60", "--batch-size", "4", "--incremental"]
-    kept, missing = without_pending(argv, run)
-    assert set(missing) == {o for o in ("--stall-timeout", "--incremental") if o not in run._option_string_actions}
-    assert "--batch-size" in kept and "4" in kept and ("60" in kept) == ("--stall-timeout" not in missing)
 
 
 # --- The Dockerfile -----------------------------------------------------------------------------
