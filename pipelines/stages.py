@@ -32,30 +32,47 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
 
 
-def read_input(row: dict, *, source: Location, max_bytes: int, dest: Location | None = None) -> dict:
-    """Stage 1: fetch the bytes of one key (or find that its existing output can be reused)."""
-    t0 = time.perf_counter()
-    key = row["key"]
-    out = {"source_key": key, "input_etag": row.get("etag") or "", "error": "", "error_reason": "",
-           "reused_output_key": ""}
-    data, size = b"", row.get("size")
+class InputRefused(Exception):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def _fetch(key: str, size: int | None, source: Location, max_bytes: int) -> bytes:
+    try:
+        output_key(key, "")  # a key that could escape DEST is refused before anything is read
+    except ValueError as e:
+        raise InputRefused("unsafe_key", str(e)) from None
     try:
         if size is None or size < 0:  # from an input manifest: ask the store before reading
             size = source.fs.get_file_info(source.path(key)).size or 0
         if size > max_bytes:
-            out.update(error=f"input is {size / 1e6:.1f} MB, over the limit of {max_bytes / 1e6:.1f} MB",
-                       error_reason="too_large")
-        else:
-            data = source.read(key)
-            size = len(data)
-    except OSError as e:  # gone since listing, permissions, or an S3 error after retries
-        out.update(error=f"could not read input: {e}", error_reason="read_failed")
-    digest = "" if out["error_reason"] else hashlib.sha256(data).hexdigest()
+            raise InputRefused("too_large", f"input is {size / 1e6:.1f} MB, over the limit of {max_bytes / 1e6:.1f} MB")
+        return source.read(key)
+    except (OSError, ValueError) as e:  # gone since listing, permissions, an S3 error after retries
+        raise InputRefused("read_failed", f"could not read input: {e}") from None
+
+
+def read_input(row: dict, *, source: Location, max_bytes: int, dest: Location | None = None) -> dict:
+    """Stage 1: fetch the bytes of one key (or find that its existing output can be reused)."""
+    t0 = time.perf_counter()
+    key, listed_size = row["key"], row.get("size")
+    out = {"source_key": key, "input_etag": row.get("etag") or "", "error": "", "error_reason": "",
+           "reused_output_key": "", "sha256": ""}
+    try:
+        data = _fetch(key, listed_size, source, max_bytes)
+        out["sha256"] = hashlib.sha256(data).hexdigest()
+        size = len(data)
+    except InputRefused as e:
+        out.update(error=str(e), error_reason=e.reason)
+        data, size = b"", max(int(listed_size or 0), 0)
+        if e.reason == "too_large" and size == 0:
+            size = source.fs.get_file_info(source.path(key)).size or 0
     prev_out = row.get("prev_output_key") or ""
-    if data and prev_out and digest == row.get("prev_sha256") and dest is not None and dest.exists(prev_out):
+    if data and prev_out and out["sha256"] == row.get("prev_sha256") and dest is not None and dest.exists(prev_out):
         out["reused_output_key"] = prev_out  # same bytes, model and parameters: nothing to redo
         data = b""
-    out.update(data=data, size_bytes=max(int(size or 0), 0), sha256=digest, t_read=time.perf_counter() - t0)
+    out.update(data=data, size_bytes=size, t_read=time.perf_counter() - t0)
     return out
 
 

@@ -92,7 +92,8 @@ def open_location(uri: str, s3_endpoint: str | None = None, create: bool = False
 
 def _hidden(key: str) -> bool:
     # Ray's convention: components starting with '.' or '_' are metadata (our _manifests, temp files).
-    return any(part.startswith((".", "_")) for part in key.split("/"))
+    # '.' and '..' are not hidden files: such keys get a row saying they are unsafe.
+    return any(part.startswith((".", "_")) and part not in (".", "..") for part in key.split("/"))
 
 
 @dataclass(frozen=True)
