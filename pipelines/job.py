@@ -219,11 +219,12 @@ def run_job(cfg: JobConfig) -> JobResult:
         dest.write_atomic(job_file(run_id), fingerprint.to_json().encode())
     writer = ManifestWriter(dest, run_id, flush_rows=cfg.manifest_flush_rows)
     plan = plan_inputs(cfg, source, dest, run_id, resumed_run, writer)
-    inferred = 0
     if plan.candidates:
         log.info("%d inputs listed, %d to process, %d unchanged", plan.listed, plan.candidates, plan.skipped)
-        consume(build_dataset(cfg, source, dest, plan), writer, cfg.stall_timeout_s)
-        inferred = writer.inferred
+        try:
+            consume(build_dataset(cfg, source, dest, plan), writer, cfg.stall_timeout_s)
+        finally:  # stalled or failed: keep every finished row, so a rerun does only the rest
+            writer.flush()
     writer.flush()
     processed = writer.rows - plan.pruned
     if processed != plan.candidates:  # the invariant every other guarantee rests on
@@ -231,7 +232,7 @@ def run_job(cfg: JobConfig) -> JobResult:
     plan.cleanup()
     seconds = time.perf_counter() - t0
     result = JobResult(run_id, dest.uri_of(writer.prefix), plan.listed, plan.skipped, processed,
-                       writer.status.get("ok", 0), writer.status.get("error", 0), plan.pruned, inferred, seconds,
+                       writer.status.get("ok", 0), writer.status.get("error", 0), plan.pruned, writer.inferred, seconds,
                        dict(writer.reasons), resumed=bool(resumed_run))
     dest.write_atomic(success_file(run_id), result.summary().encode())
     return result
