@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 import pyarrow.parquet as pq
 
-from pipelines.manifest import list_runs, read_manifest, summarize
+from pipelines.manifest import MANIFEST_DIR, list_runs, read_manifest, summarize
+from pipelines.state import consolidated
 from pipelines.storage import open_location
 
 # Inside the archive: report.txt, manifest.csv, manifest.parquet. No output key can collide with
@@ -40,14 +41,20 @@ class BundleResult:
         return line
 
 
-def write_bundle(dest_uri: str, zip_path: str, run_id: str | None = None,
-                 s3_endpoint: str | None = None) -> BundleResult:
-    """Bundle one run (the latest when `run_id` is None) of the destination `dest_uri` into `zip_path`."""
+def write_bundle(dest_uri: str, zip_path: str, run_id: str | None = None, s3_endpoint: str | None = None,
+                 current: bool = False) -> BundleResult:
+    """Bundle one run (the latest when `run_id` is None) of the destination `dest_uri` into `zip_path`;
+    `current`: every input's current output across all runs instead (incremental catalogs)."""
     if "://" in zip_path:
         raise ValueError(f"the bundle is written to a local file; got {zip_path!r}")
     dest = open_location(dest_uri, s3_endpoint)
-    run_id = run_id or (list_runs(dest) or [None])[-1]
-    table = read_manifest(dest, run_id)  # raises FileNotFoundError naming the runs there are
+    if current:
+        if not list_runs(dest):
+            raise FileNotFoundError(f"no manifests under {dest.uri_of(MANIFEST_DIR)}")
+        table, run_id = consolidated(dest), "(current view over all runs)"
+    else:
+        run_id = run_id or (list_runs(dest) or [None])[-1]
+        table = read_manifest(dest, run_id)  # raises FileNotFoundError naming the runs there are
     rows = table.to_pylist()
     zip_path = os.path.abspath(os.path.expanduser(zip_path))
     os.makedirs(os.path.dirname(zip_path), exist_ok=True)

@@ -66,7 +66,7 @@ def fake_row(key: str, rgb: np.ndarray, error: str = "") -> dict:
     prob[5:15, 5:15] = 1.0
     return {"source_key": key, "error": error, "error_reason": "corrupt" if error else "", "pixels": rgb,
             "prob": prob, "size_bytes": 10, "sha256": "0" * 64, "width": rgb.shape[1], "height": rgb.shape[0],
-            "t_read": 0.0, "t_decode": 0.0}
+            "t_read": 0.0, "t_decode": 0.0, "input_etag": "", "reused_output_key": ""}
 
 
 def make_run(tmp_path, params: PostprocParams, run_id="run1"):
@@ -120,6 +120,15 @@ def test_bundle_names_outputs_that_went_missing_and_the_cli_prints_it(tmp_path, 
     assert "1 listed outputs were missing" in capsys.readouterr().out
     with zipfile.ZipFile(tmp_path / "run.zip") as zf:
         assert "b/two.png" in zf.read("_log/report.txt").decode() and "b/two.png" not in zf.namelist()
+
+
+def test_bundle_of_the_current_view_takes_each_inputs_latest_output(tmp_path):
+    make_run(tmp_path, PostprocParams.create(), run_id="run1")
+    dest, _ = make_run(tmp_path, PostprocParams.create(format="webp"), run_id="run2")
+    res = write_bundle(dest.uri, str(tmp_path / "all.zip"), current=True)
+    assert res.outputs == 2
+    with zipfile.ZipFile(tmp_path / "all.zip") as zf:
+        assert {n for n in zf.namelist() if not n.startswith("_log/")} == {"a/one.webp", "b/two.webp"}
 
 
 def test_bundle_of_a_destination_without_runs_is_a_clear_error(tmp_path, capsys):
