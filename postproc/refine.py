@@ -126,39 +126,44 @@ def closed_form(rgb: np.ndarray, alpha: np.ndarray, *, fg_level: int, bg_level: 
     """Closed-form matting (Levin et al. 2008, pymatting) on the unknown band of the matte's trimap.
 
     Degenerate trimaps give the matte back unrefined with a RefinementSkipped warning.
-    Above `max_pixels` the solve runs at the working resolution and its result is resized up;
-    the sure regions of the full-resolution trimap are kept exactly.
+    The cost grows with the band, so it is bounded twice: the image is brought to at most
+    `max_pixels`, and a band larger than a quarter of that (a matte that is grey over large
+    areas) is solved at a coarser scale still, its erosion scaled with it. The result is resized up.
     """
     H, W = alpha.shape
     scale = working_scale(H, W, max_pixels)
-    small_alpha = _resize(alpha, scale)
-    trimap = make_trimap(small_alpha, fg_level, bg_level, erode_px)
+    trimap = make_trimap(_resize(alpha, scale), fg_level, bg_level, erode_px)
+    band, band_limit = int((trimap == 128).sum()), max(1, max_pixels // 4)
+    if band > band_limit:
+        coarser = scale * math.sqrt(band_limit / band)
+        trimap = make_trimap(_resize(alpha, coarser), fg_level, bg_level, round(erode_px * coarser / scale))
+        scale = coarser
     reason = degenerate_reason(trimap)
     if reason is not None:
         warnings.warn(f"closed-form refinement skipped: {reason}", RefinementSkipped, stacklevel=2)
         return alpha
     pm = load_pymatting()
     small_rgb = _resize(rgb, scale)
+    if small_rgb.shape[:2] != trimap.shape:  # the two roundings of a coarser scale can differ by a pixel
+        small_rgb = cv2.resize(small_rgb, trimap.shape[::-1], interpolation=cv2.INTER_AREA)
+
+    def solve(image: np.ndarray, tri: np.ndarray) -> np.ndarray:
+        return pm.estimate_alpha_cf(image.astype(np.float64) / 255.0, tri.astype(np.float64) / 255.0,
+                                    laplacian_kwargs={"epsilon": epsilon}, cg_kwargs={"maxiter": max_iterations})
+
     # Only the band and the ring of sure pixels around it enter the solve (3×3 windows need 1 px;
     # a few more keep both sure sides in the crop).
     ys, xs = _band_window(trimap, margin=4)
-    tri = trimap[ys, xs]
-    out = trimap.astype(np.float64) / 255.0
-    if degenerate_reason(tri) is None:
-        solved = pm.estimate_alpha_cf(small_rgb[ys, xs].astype(np.float64) / 255.0, tri.astype(np.float64) / 255.0,
-                                      laplacian_kwargs={"epsilon": epsilon}, cg_kwargs={"maxiter": max_iterations})
-        out[ys, xs] = solved
-    else:
-        # The crop holds only one sure side (the band runs into the frame): the whole image has both.
-        out = pm.estimate_alpha_cf(small_rgb.astype(np.float64) / 255.0, out, laplacian_kwargs={"epsilon": epsilon},
-                                   cg_kwargs={"maxiter": max_iterations})
+    if degenerate_reason(trimap[ys, xs]) is None:
+        out = trimap.astype(np.float64) / 255.0
+        out[ys, xs] = solve(small_rgb[ys, xs], trimap[ys, xs])
+    else:  # the crop holds one sure side only (the band runs into the frame): the whole image has both
+        out = solve(small_rgb, trimap)
     refined = _to_u8(out)
     if scale < 1.0:
+        # Linear upsampling keeps the sure regions exactly 0 and 255 (they are constant), and the
+        # band's values come from the solve; no full-resolution pass is needed.
         refined = cv2.resize(refined, (W, H), interpolation=cv2.INTER_LINEAR)
-        # Sure regions at full resolution stay exactly sure.
-        full_trimap = make_trimap(alpha, fg_level, bg_level, max(0, math.ceil(erode_px / scale)))
-        refined[full_trimap == 255] = 255
-        refined[full_trimap == 0] = 0
     return refined
 
 
@@ -210,12 +215,14 @@ def guided(rgb: np.ndarray, alpha: np.ndarray, *, radius: int, eps: float, max_p
     small_i = _resize(rgb, scale).astype(np.float32) / 255.0
     small_p = (_resize(alpha, scale) >= 128).astype(np.float32)
     a, b = guided_filter(small_i, small_p, radius, eps)
-    if scale < 1.0:
-        a = cv2.resize(a, (W, H), interpolation=cv2.INTER_LINEAR)
-        b = cv2.resize(b, (W, H), interpolation=cv2.INTER_LINEAR)
-        q = (a * (rgb.astype(np.float32) / 255.0)).sum(axis=2) + b
-    else:
-        q = (a * small_i).sum(axis=2) + b
+    if scale >= 1.0:
+        return _to_u8((a * small_i).sum(axis=2) + b)
+    # q = b + Σ_c a_c·I_c at full resolution, one channel at a time: a 24 MP image needs a few
+    # hundred MB of temporaries instead of a gigabyte.
+    q = cv2.resize(b, (W, H), interpolation=cv2.INTER_LINEAR)
+    for c in range(3):
+        q += cv2.resize(np.ascontiguousarray(a[..., c]), (W, H), interpolation=cv2.INTER_LINEAR) * \
+            (rgb[..., c].astype(np.float32) * (1.0 / 255.0))
     return _to_u8(q)
 
 
@@ -241,9 +248,11 @@ def decontaminate(rgb: np.ndarray, alpha: np.ndarray, *, max_pixels: int) -> np.
     scale = working_scale(*crop_a.shape, max_pixels)
     fg = pm.estimate_foreground_ml(_resize(crop_rgb, scale).astype(np.float32) / 255.0,
                                    _resize(crop_a, scale).astype(np.float32) / 255.0)
-    if scale < 1.0:
-        fg = cv2.resize(fg, (crop_a.shape[1], crop_a.shape[0]), interpolation=cv2.INTER_LINEAR)
     out = rgb.copy()
-    crop_soft = soft[ys, xs]
-    out[ys, xs][crop_soft] = _to_u8(fg[crop_soft])
+    view, crop_soft = out[ys, xs], soft[ys, xs]
+    for c in range(3):  # channel by channel: full-size float copies of a large crop stay small
+        f = fg[..., c] if scale >= 1.0 else cv2.resize(np.ascontiguousarray(fg[..., c]),
+                                                      (crop_a.shape[1], crop_a.shape[0]),
+                                                      interpolation=cv2.INTER_LINEAR)
+        view[..., c][crop_soft] = _to_u8(f[crop_soft])
     return out

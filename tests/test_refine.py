@@ -92,6 +92,23 @@ def test_closed_form_above_the_pixel_limit_solves_small_and_returns_full_size():
     assert refined[:, :40].min() == 255 and refined[:, 110:].max() == 0
 
 
+def test_a_wide_band_is_solved_coarser_and_still_returns_full_size(monkeypatch):
+    """A matte grey over most of the image: the band exceeds a quarter of the pixel limit."""
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (80, 80, 3), dtype=np.uint8)
+    alpha = np.full((80, 80), 128, np.uint8)
+    alpha[:, :10] = 255
+    alpha[:, 70:] = 0
+    import postproc.refine as refine_mod
+
+    sizes = []
+    real = refine_mod.make_trimap
+    monkeypatch.setattr(refine_mod, "make_trimap", lambda a, *args: sizes.append(a.shape) or real(a, *args))
+    out = closed_form(rgb, alpha, fg_level=240, bg_level=10, erode_px=2, max_pixels=6400)
+    assert sizes[0] == (80, 80) and sizes[1][0] * sizes[1][1] <= 6400 // 4 * 1.5  # band ≤ ~1600 px
+    assert out.shape == (80, 80) and out[:, :6].min() == 255 and out[:, 75:].max() == 0
+
+
 # -- guided filter -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("max_pixels", [10**6, 800])  # at full resolution, and the fast (subsampled) path
