@@ -12,13 +12,15 @@ Method:
    (scipy binary_erosion of alpha > 240 and alpha < 10 with a 10×10 square, border 1 for the
    background, then pymatting's estimate_alpha_cf on the whole image).
 3. Metrics on the whole image (not only a trimap's unknown band), alpha in [0, 1], mean over
-   images: SAD = Σ|α − α*| / 1000; MSE = mean (α − α*)² × 1000; Grad = Σ (|∇_σ α| − |∇_σ α*|)² / 1000
+   images, plus SAD_t: the SAD inside the set's own trimap1 unknown band (edge quality alone,
+   the alphamatting.com convention): SAD = Σ|α − α*| / 1000; MSE = mean (α − α*)² × 1000; Grad = Σ (|∇_σ α| − |∇_σ α*|)² / 1000
    with Gaussian-derivative gradients, σ = 1.4; Conn = Rhemann et al.'s connectivity error,
    thresholds in steps of 0.1, / 1000 (Grad and Conn as in the common Python ports of the
    alphamatting.com code). When the project's `matting eval` metrics module exists it should
    replace these.
-4. s/MP: wall seconds of refine_alpha (or of the rembg re-implementation) per megapixel of
-   input, summed over the set, pymatting's kernels loaded beforehand (warm-up not counted).
+4. s/MP: wall seconds of refine_alpha, plus decontaminate where it is on (rembg: its closed-form
+   matting plus the foreground estimate its alpha matting always runs), per megapixel of input,
+   summed over the set, pymatting's kernels loaded beforehand (warm-up not counted).
 5. --large-mp N: each refining setting once more on one image of N MP (a set image resized up
    with its raw matte), to show the cost bound of the working resolution.
 The machine may be shared: load averages are printed so that noisy timings can be recognised.
@@ -49,11 +51,18 @@ DEFAULT_SET = next((p / "shared" / "eval" / "alphamatting27" for p in (ROOT.pare
 # name → PostprocParams keyword arguments (None: rembg's re-implementation)
 SETTINGS: dict[str, dict | None] = {
     "raw": {},
-    "rembg defaults (240/10/erode 10)": None,
-    "trimap (defaults)": {"refine": "trimap"},
-    "guided (defaults)": {"refine": "guided"},
+    "rembg defaults (240/10, erode 10)": None,
+    "trimap 240/10 e10 (rembg's band, disc)": {"refine": "trimap", "trimap_fg": 240, "trimap_bg": 10},
+    "trimap 192/64 e10": {"refine": "trimap", "trimap_fg": 192, "trimap_bg": 64},
+    "trimap 128/127 e5": {"refine": "trimap", "trimap_erode": 5},
+    "trimap 128/127 e10 (default)": {"refine": "trimap"},
+    "trimap 128/127 e20": {"refine": "trimap", "trimap_erode": 20},
+    "guided r4 eps 1e-4": {"refine": "guided", "guided_radius": 4},
+    "guided r8 eps 1e-4 (default)": {"refine": "guided"},
+    "guided r8 eps 1e-3": {"refine": "guided", "guided_eps": 1e-3},
+    "guided r16 eps 1e-3": {"refine": "guided", "guided_radius": 16, "guided_eps": 1e-3},
     "decontaminate only": {"decontaminate": True},
-    "trimap + decontaminate": {"refine": "trimap", "decontaminate": True},
+    "trimap (default) + decontaminate": {"refine": "trimap", "decontaminate": True},
 }
 
 
@@ -91,9 +100,10 @@ def connectivity(pred: np.ndarray, gt: np.ndarray, step: float = 0.1) -> float:
     return float(np.abs(phi_p - phi_g).sum() / 1000.0)
 
 
-def metrics(pred_u8: np.ndarray, gt_u8: np.ndarray) -> dict:
+def metrics(pred_u8: np.ndarray, gt_u8: np.ndarray, unknown: np.ndarray | None) -> dict:
     p, g = pred_u8.astype(np.float64) / 255.0, gt_u8.astype(np.float64) / 255.0
-    return {"SAD": float(np.abs(p - g).sum() / 1000.0), "MSE": float(((p - g) ** 2).mean() * 1000.0),
+    sad_t = float(np.abs(p - g)[unknown].sum() / 1000.0) if unknown is not None else float("nan")
+    return {"SAD": float(np.abs(p - g).sum() / 1000.0), "MSE": float(((p - g) ** 2).mean() * 1000.0), "SAD_t": sad_t,
             "Grad": float(((gauss_gradient(p) - gauss_gradient(g)) ** 2).sum() / 1000.0),
             "Conn": connectivity(p, g)}
 
@@ -117,13 +127,19 @@ def rembg_alpha_matting(rgb: np.ndarray, raw: np.ndarray, fg: int = 240, bg: int
     return (np.clip(alpha, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def load_set(folder: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def load_set(folder: Path) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]]:
+    """(stem, rgb, ground-truth alpha, the set's trimap1 unknown band or None)."""
     items = []
     for p in sorted((folder / "image").glob("*.png")) + sorted((folder / "image").glob("*.jpg")):
         gt_path = next(iter(sorted((folder / "alpha").glob(p.stem + ".*"))))
         rgb = decode_image(p.read_bytes()).rgb
         gt = cv2.imread(str(gt_path), cv2.IMREAD_GRAYSCALE)
-        items.append((p.stem, rgb, gt))
+        tri_path = folder / "trimap1" / (p.stem + ".png")
+        unknown = None
+        if tri_path.is_file():
+            tri = np.asarray(decode_image(tri_path.read_bytes()).rgb[..., 0])
+            unknown = (tri > 0) & (tri < 255)
+        items.append((p.stem, rgb, gt, unknown))
     return items
 
 
@@ -131,21 +147,29 @@ def predict(items, runtime) -> list[np.ndarray]:
     from postproc.decode import DecodedImage
 
     probs = []
-    for _, rgb, _ in items:
+    for _, rgb, _, _ in items:
         small = model_input(DecodedImage(rgb, None, "PNG"), runtime.input_size)
         probs.append(runtime.predict(small[None])[0])
     return probs
 
 
 def run_setting(kwargs: dict | None, rgb: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, float]:
+    """The matte of one setting and the seconds it took, decontamination included where it is on."""
+    from postproc.refine import decontaminate, load_pymatting
+
     h, w = rgb.shape[:2]
     t0 = time.perf_counter()
     if kwargs is None:
         from postproc.alpha import to_full_resolution
 
         alpha = rembg_alpha_matting(rgb, to_full_resolution(prob, h, w))
+        # rembg's alpha matting always estimates the foreground colour too: part of its cost.
+        load_pymatting().estimate_foreground_ml(rgb / 255.0, alpha / 255.0)
     else:
-        alpha = refine_alpha(prob, h, w, PostprocParams.create(**kwargs), rgb=rgb)
+        params = PostprocParams.create(**kwargs)
+        alpha = refine_alpha(prob, h, w, params, rgb=rgb)
+        if params.decontaminate:  # what compose_and_encode does before encoding
+            decontaminate(rgb, alpha, max_pixels=int(params.refine_max_megapixels * 1e6))
     return alpha, time.perf_counter() - t0
 
 
@@ -173,20 +197,21 @@ def main() -> int:
         raise SystemExit(f"no images under {args.set}/image")
     runtime = create_runtime("u2netp", runtime="onnxruntime", device="cpu")
     probs = predict(items, runtime)
-    mp = sum(rgb.shape[0] * rgb.shape[1] for _, rgb, _ in items) / 1e6
+    mp = sum(rgb.shape[0] * rgb.shape[1] for _, rgb, _, _ in items) / 1e6
     print(f"{len(items)} images, {mp:.2f} MP in all; {runtime.describe()}", flush=True)
 
     rows = []
     for name, kwargs in settings.items():
         per_image, seconds = [], 0.0
-        for (stem, rgb, gt), prob in zip(items, probs):
+        for (stem, rgb, gt, unknown), prob in zip(items, probs):
             alpha, dt = run_setting(kwargs, rgb, prob)
             seconds += dt
-            per_image.append({"image": stem, **metrics(alpha, gt), "s": dt})
-        mean = {k: float(np.mean([r[k] for r in per_image])) for k in ("SAD", "MSE", "Grad", "Conn")}
+            per_image.append({"image": stem, **metrics(alpha, gt, unknown), "s": dt})
+        mean = {k: float(np.mean([r[k] for r in per_image])) for k in ("SAD", "MSE", "Grad", "Conn", "SAD_t")}
         rows.append({"setting": name, "kwargs": kwargs, **mean, "s_per_mp": seconds / mp, "per_image": per_image})
         print(f"{name:<44} SAD {mean['SAD']:7.2f}  MSE {mean['MSE']:6.2f}  Grad {mean['Grad']:7.2f}  "
-              f"Conn {mean['Conn']:7.2f}  {seconds / mp:6.3f} s/MP  (loadavg {os.getloadavg()[0]:.1f})", flush=True)
+              f"Conn {mean['Conn']:7.2f}  SAD_t {mean['SAD_t']:6.2f}  {seconds / mp:6.3f} s/MP  "
+              f"(loadavg {os.getloadavg()[0]:.1f})", flush=True)
 
     raw_sad = rows[0]["SAD"] if rows and rows[0]["setting"] == "raw" else None
     if raw_sad:
@@ -196,7 +221,7 @@ def main() -> int:
 
     large = []
     if args.large_mp:
-        stem, rgb, _ = items[0]
+        stem, rgb, _, _ = items[0]
         s = np.sqrt(args.large_mp * 1e6 / (rgb.shape[0] * rgb.shape[1]))
         big = cv2.resize(rgb, (round(rgb.shape[1] * s), round(rgb.shape[0] * s)), interpolation=cv2.INTER_CUBIC)
         print(f"\none {big.shape[1]}×{big.shape[0]} image ({big.shape[0] * big.shape[1] / 1e6:.1f} MP, {stem} resized up):")

@@ -31,11 +31,13 @@ _ONLY_WHEN = {
 class PostprocParams:
     # -- refinement of the predicted matte, before the alpha ops below (postproc/refine.py)
     refine: str = "none"  # none | trimap (closed-form matting on a band) | guided (guided filter)
-    trimap_fg: int = 240  # alpha ≥ this is sure foreground (before erosion)
-    trimap_bg: int = 10  # alpha ≤ this is sure background (before erosion)
+    # Defaults from bench/refine.py's figures: a band of ±10 px around the predicted edge (cut at
+    # one half) beat rembg's 240/10 grey band, which grows over whole regions where the model is unsure.
+    trimap_fg: int = 128  # alpha ≥ this is sure foreground (before erosion)
+    trimap_bg: int = 127  # alpha ≤ this is sure background (before erosion)
     trimap_erode: int = 10  # px both sure regions are eroded by, at the working resolution
     guided_radius: int = 8  # box radius in px at the working resolution
-    guided_eps: float = 1e-3  # regularisation: larger smooths more, smaller follows the image more
+    guided_eps: float = 1e-4  # regularisation: larger smooths more, smaller follows the image more
     refine_max_megapixels: float = 1.0  # refinement and decontamination run at most at this size
     decontaminate: bool = False  # estimate the foreground colour at semi-transparent pixels
     # -- alpha ops (the seed's)

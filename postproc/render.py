@@ -60,10 +60,12 @@ def compose_and_encode(rgb: np.ndarray, alpha: np.ndarray, params: PostprocParam
     """Image + final matte → the output file.
 
     `background` is the decoded background picture ((h, w, 3) uint8, any size: it is scaled to
-    cover the output) when params.background_image is set; the caller decodes it once.
+    cover the output), given exactly when params.background_image names it (a path, URI or
+    content hash: what the manifest records); the caller decodes it once.
     """
-    if params.background_image is not None and background is None:
-        raise ValueError("params.background_image is set: pass its decoded pixels as background=")
+    if (params.background_image is None) != (background is None):
+        raise ValueError("params.background_image and background= go together: name the picture in the "
+                         "parameters and pass its decoded pixels as background=")
     if params.crop:
         bbox = alpha_ops.bounding_box(alpha)
         if bbox is not None:  # an empty matte has no subject to crop to: the frame is kept

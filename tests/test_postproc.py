@@ -291,10 +291,12 @@ def test_subject_over_a_background_image(fmt):
     assert np.abs(out[16, 28].astype(int) - rgb[16, 28, ::-1].astype(int)).max() < 12  # the subject inside
 
 
-def test_background_image_without_its_pixels_is_refused():
+def test_background_image_without_its_pixels_and_pixels_without_a_name_are_refused():
     rgb, alpha = square_scene()
     with pytest.raises(ValueError, match="background="):
         compose_and_encode(rgb, alpha, PostprocParams.create(background_image="bg.jpg"))
+    with pytest.raises(ValueError, match="background="):
+        compose_and_encode(rgb, alpha, PostprocParams.create(), background=np.zeros((4, 4, 3), np.uint8))
 
 
 @pytest.mark.parametrize("fmt,background,channels", [("jpeg", None, 3), ("jpeg", "#336699", 3), ("webp", None, 4),
