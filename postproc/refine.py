@@ -12,6 +12,7 @@ once at set-up into a persistent cache directory, so workers only load them.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -22,6 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+log = logging.getLogger(__name__)
 
 class RefinementSkipped(UserWarning):
     """The refinement could not run on this matte (degenerate trimap); the matte is returned unrefined."""
@@ -41,9 +43,16 @@ def load_pymatting():
     Numba reads NUMBA_CACHE_DIR when it is first imported, so the default is set only then;
     without it numba caches beside the package, which fails on a read-only install.
     """
+    if "pymatting" in sys.modules:
+        return sys.modules["pymatting"]
     if "numba" not in sys.modules and "NUMBA_CACHE_DIR" not in os.environ:
         os.environ["NUMBA_CACHE_DIR"] = str(numba_cache_dir())
-    numba_cache_dir().mkdir(parents=True, exist_ok=True)
+    cache = numba_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    if not any(cache.rglob("estimate_foreground_ml.*.nbi")):
+        # A cold cache means minutes of compiling in this process, in every worker that gets here.
+        log.warning("pymatting's kernels are not in the numba cache %s: compiling them now (1–3 min) in "
+                    "pid %d; run `matting warmup` once per machine at set-up", cache, os.getpid())
     import pymatting
 
     return pymatting
