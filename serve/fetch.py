@@ -41,6 +41,8 @@ def address_refusal(address: str, allow_networks: list[str] = ()) -> str | None:
         return None
     if ip in METADATA_ADDRESSES:
         return "a cloud metadata address"
+    if ip.is_unspecified:
+        return "not a public address (unspecified)"
     if ip.is_loopback:
         return "a loopback address"
     if ip.is_link_local:

@@ -71,4 +71,4 @@ class MattingModel:
         out = await asyncio.to_thread(self.runtime.predict, probe)
         if out.shape != (1, h, w) or not np.isfinite(out).all() or out.min() < 0 or out.max() > 1:
             raise RuntimeError(f"the model answered a health probe with {out.shape} {out.dtype} "
-                               f"in [{np.nanmin(out):.3g}, {np.nanmax(out):.3g}], expected (1, {h}, {w}) in [0, 1]")
+                               f"in [{out.min():.3g}, {out.max():.3g}], expected (1, {h}, {w}) in [0, 1]")
