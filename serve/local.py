@@ -1,16 +1,22 @@
-"""`matting serve`: Serve's own `serve run` on our config file, with the command line's overrides.
+"""Running the app on this machine.
 
+`matting serve` (run): Serve's own `serve run` on our config file, with the command line's overrides.
 The config file stays the one source of deployment settings; this only rewrites host, port and the
 auth flag into a temporary copy and hands it to `serve run` (the documented way to run a config).
+
+`running_app`: the app in-process on a local Ray and a free loopback port, for tests and bench/.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import yaml
@@ -68,3 +74,45 @@ def run(config_path: Path | None, host: str, port: int, auth: bool, address: str
                 return child.wait()
             except KeyboardInterrupt:  # Ctrl-C reached the child too; wait for its clean shutdown
                 continue
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_app(args: AppArgs, overrides: dict | None = None, env: dict[str, str] | None = None,
+                num_cpus: int = 2):
+    """Start Ray (address="local"), Serve on 127.0.0.1:<free port> and the app; yield its base URL.
+
+    `env` reaches every replica through the job's runtime_env (how a keys file is named to it).
+    `overrides` maps deployment names to `.options(...)`, as a config file's `deployments:` would.
+    """
+    import ray
+    import requests
+    from ray import serve
+
+    from serve.app import make_app
+
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, object_store_memory=10**9,
+             runtime_env={"env_vars": dict(env or {})}, log_to_driver=False)
+    try:
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(make_app(args, overrides), name="matting", route_prefix="/")
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(requests.ConnectionError):
+                if requests.get(f"{base}/healthz", timeout=10).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("the app did not become healthy within 60 s")
+            time.sleep(0.5)
+        yield base
+    finally:
+        with contextlib.suppress(Exception):
+            serve.shutdown()
+        ray.shutdown()
