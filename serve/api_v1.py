@@ -10,7 +10,7 @@ from starlette.requests import Request
 from model.specs import get_spec
 from postproc.render import render
 from serve.errors import ApiError
-from serve.params import openapi_parameters, parse_params, parse_preset
+from serve.params import KNOWN_PRESETS, openapi_parameters, parse_params, parse_preset
 from serve.pipeline import Pipeline, Timings
 from serve.uploads import read_image_body
 
@@ -20,7 +20,7 @@ _OWN = ("preset", "model")
 
 OPENAPI_MATTE = {
     "parameters": [
-        {"name": "preset", "in": "query", "required": False, "schema": {"type": "string"},
+        {"name": "preset", "in": "query", "required": False, "schema": {"type": "string", "enum": list(KNOWN_PRESETS)},
          "description": "a named set of parameters; explicit parameters override it"},
         {"name": "model", "in": "query", "required": False, "schema": {"type": "string"},
          "description": "a served model (GET /v1/models); default: the first"},

@@ -105,7 +105,7 @@ def running_app(args: AppArgs, overrides: dict | None = None, env: dict[str, str
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while True:
-            with contextlib.suppress(requests.ConnectionError):
+            with contextlib.suppress(requests.RequestException):
                 if requests.get(f"{base}/healthz", timeout=10).status_code == 200:
                     break
             if time.monotonic() > deadline:

@@ -62,7 +62,10 @@ def _acceptable_part_type(content_type: str | None) -> bool:
 
 async def read_form(request: Request) -> tuple[dict[str, str], dict[str, UploadFile]]:
     """A multipart or urlencoded form → (text fields, file fields)."""
-    form = await request.form(max_files=4, max_fields=100, max_part_size=16 * 2**20)
+    # Text parts may carry a whole image (remove.bg's image_file_b64: 4/3 of the file's size); the
+    # body limit middleware caps the request as a whole.
+    limit = request.app.state.max_upload_bytes
+    form = await request.form(max_files=4, max_fields=100, max_part_size=max(2**20, limit * 4 // 3 + 1024))
     texts, files = {}, {}
     for name, value in form.multi_items():
         if isinstance(value, UploadFile):
