@@ -25,7 +25,10 @@ Method:
    90 % mark (whole batches, since outputs land in bursts), which leaves out actor start-up,
    fill and drain (n/a when fewer than 2 batches lie between the marks). The manifest's
    per-stage times show what each stage cost inside the job, where the stages run concurrently.
-The machine may be shared: load averages are printed so that noisy runs can be recognised.
+The machine may be shared: load averages are printed so that noisy runs can be recognised, and
+Ray's workers run at this process's niceness (Ray's default is nice 15), so that on a busy machine
+the job's workers and the plain loop compete for the CPUs on equal terms (--worker-niceness 15:
+Ray's default).
 """
 
 from __future__ import annotations
@@ -140,7 +143,8 @@ def job_run(cfg: JobConfig) -> dict:
     k_lo, k_hi = -(-(n // bs) // 10), (n // bs) * 9 // 10
     ok = len(done) == n and k_hi - k_lo >= 2
     span = done[k_hi * bs - 1] - done[k_lo * bs - 1] if ok else 0.0
-    rows = [r for r in read_manifest(open_location(str(out)), res.run_id).to_pylist() if r["status"] == "ok"]
+    rows = [r for r in read_manifest(open_location(str(out)), res.run_id).to_pylist()
+            if r["status"] == "ok" and not r.get("reused")]
     stage = {c[2:]: sum(r[c] for r in rows) / max(len(rows), 1) for c in STAGE_COLUMNS}
     return {"images": n, "ok": res.ok, "errors": res.errors, "errors_by_reason": res.errors_by_reason,
             "wall_s": wall, "images_per_s": n / wall, "first_output_s": (done[0] - t_epoch) if done else None,
@@ -171,8 +175,12 @@ def main() -> int:
     p.add_argument("--actor-cpus", type=float, default=1.0)
     p.add_argument("--decode-cpus", type=float, default=0.5)
     p.add_argument("--warmup", type=int, help="images in the untimed warm-up job (default 2 batches; 0: none)")
+    p.add_argument("--worker-niceness", type=int, help="niceness of Ray's workers (default: this process's)")
     p.add_argument("--json", help="also write the figures to this file")
     args = p.parse_args()
+    if args.worker_niceness is None:
+        args.worker_niceness = os.nice(0)
+    os.environ["RAY_worker_niceness"] = str(args.worker_niceness)  # read by the raylet ray.init starts
     command = shlex.join(["python", *sys.argv])
     tmp = None if args.workdir else tempfile.mkdtemp(prefix="bench-batch-")
     work = Path(args.workdir or tmp).resolve()
@@ -222,7 +230,8 @@ def main() -> int:
     print(f"\n$ {command}\nmachine: {m['nproc']} CPUs (affinity {m['affinity']}), {m['cpu']}; {m['date']}; "
           f"python {m['python']}, ray {m['ray']}, onnxruntime {m['onnxruntime']}")
     print(f"job: batch_size={args.batch_size} actors={args.actors} threads={args.threads} "
-          f"actor_cpus={args.actor_cpus} decode_cpus={args.decode_cpus}; {job['images']} images "
+          f"actor_cpus={args.actor_cpus} decode_cpus={args.decode_cpus}; bench nice {os.nice(0)}, Ray workers "
+          f"nice {args.worker_niceness}; {job['images']} images "
           f"of {WIDTH}x{HEIGHT}, {job['ok']} ok, {job['errors']} errors")
     if warm:
         print(f"warm-up job: {warm['images']} images in {warm['wall_s']:.1f} s (not counted)")

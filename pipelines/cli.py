@@ -47,7 +47,17 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--s3-endpoint", default=os.environ.get("MATTING_S3_ENDPOINT"),
                    help="S3-compatible endpoint URL, e.g. http://127.0.0.1:9000 (credentials from the AWS variables)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
-    p.add_argument("--run-id", help="name of this run's manifest folder (default: UTC time + random suffix)")
+    p.add_argument("--run-name", help="suffix of this run's manifest folder (default: random)")
+    p.add_argument("--max-megabytes", type=float, default=200.0, help="refuse larger input files (default 200)")
+    p.add_argument("--incremental", action="store_true",
+                   help="process only inputs that are new or changed, or whose model or parameters changed")
+    p.add_argument("--prune", action="store_true", help="remove outputs whose inputs are gone from SOURCE")
+    p.add_argument("--input-manifest", metavar="FILE",
+                   help="Parquet or CSV with a column of keys or URIs under SOURCE, instead of listing SOURCE")
+    p.add_argument("--stall-timeout", type=float, default=900.0, metavar="SECONDS",
+                   help="stop (resumably) when no image finishes for this long, e.g. the GPU nodes are gone")
+    p.add_argument("--manifest-flush-rows", type=int, default=1000, help="rows per manifest part file: what a "
+                   "killed driver can lose and a rerun redoes (default 1000; parts are also written every 10 s)")
     add_postproc_arguments(p)
 
 
@@ -57,15 +67,22 @@ def job_config(args: argparse.Namespace, source: str, dest: str):
     return JobConfig(source=source, dest=dest, model=args.model, runtime=args.runtime, device=args.device,
                      weights=args.weights, batch_size=args.batch_size, actors=args.actors,
                      actor_cpus=args.actor_cpus, threads=args.threads, s3_endpoint=args.s3_endpoint,
-                     max_pixels=int(args.max_megapixels * 1e6), params=params_from_args(args), run_id=args.run_id)
+                     max_pixels=int(args.max_megapixels * 1e6), max_bytes=int(args.max_megabytes * 1e6),
+                     params=params_from_args(args), run_name=args.run_name, incremental=args.incremental,
+                     prune=args.prune, input_manifest=args.input_manifest, stall_timeout_s=args.stall_timeout,
+                     manifest_flush_rows=args.manifest_flush_rows)
 
 
 def cmd_run(args: argparse.Namespace, source: str | None = None, dest: str | None = None) -> int:
-    from pipelines.job import init_ray, run_job
+    from pipelines.job import JobStalled, init_ray, run_job
 
     cfg = job_config(args, source or args.source, dest or args.dest)  # validate before starting Ray
     init_ray(args.address)
-    result = run_job(cfg)
+    try:
+        result = run_job(cfg)
+    except JobStalled as e:
+        print(f"matting: stalled: {e}", file=sys.stderr)
+        return 3
     print(result.summary())
     return 0
 
@@ -82,9 +99,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from pipelines.manifest import list_runs, read_manifest, summarize
+    from pipelines.state import consolidated
     from pipelines.storage import open_location
 
     dest = open_location(args.dest, args.s3_endpoint)
+    if args.current:
+        print(summarize(consolidated(dest), "(current view over all runs)"))
+        return 0
     run_id = args.run_id or (list_runs(dest) or [None])[-1]
     print(summarize(read_manifest(dest, run_id), run_id or ""))
     return 0
@@ -134,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="summarise a run's manifest: counts, errors, seconds per stage")
     p.add_argument("dest")
     p.add_argument("--run-id", help="default: the latest run")
+    p.add_argument("--current", action="store_true", help="the consolidated view: one current row per input")
     p.add_argument("--s3-endpoint", default=os.environ.get("MATTING_S3_ENDPOINT"))
     p.set_defaults(func=cmd_report)
 
@@ -165,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:
         # Configuration and environment problems: one clear line, no traceback.
         print(f"matting: error: {e}", file=sys.stderr)
         return 2

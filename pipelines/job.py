@@ -1,14 +1,16 @@
 """The batch job: list → read → decode → infer (actor pool) → post-process and write, plus a manifest.
 
-`build_dataset` builds the lazy Ray Data chain; `run_job` does the I/O around it: listing,
-consuming the results and writing the manifest in the driver.
+`build_dataset` builds the lazy Ray Data chain; `run_job` does the I/O around it: planning what to
+process (listing or an input manifest, the incremental filter, resuming), consuming the results
+under a stall watchdog and writing the manifest in the driver.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -17,12 +19,18 @@ from ray.data import ActorPoolStrategy
 
 from model.specs import get_spec
 from pipelines.manifest import ManifestWriter, new_run_id
+from pipelines.planning import Plan, plan_inputs
 from pipelines.stages import Predictor, decode_input, read_input, render_output
-from pipelines.storage import Location, list_inputs, open_location
+from pipelines.state import JobFingerprint, job_file, success_file, unfinished_run
+from pipelines.storage import Location, open_location
 from postproc import PostprocParams
 from postproc.decode import DEFAULT_MAX_PIXELS
 
 log = logging.getLogger(__name__)
+
+
+class JobStalled(RuntimeError):
+    """No result arrived for `stall_timeout_s`: capacity is gone and did not come back."""
 
 
 @dataclass
@@ -40,8 +48,13 @@ class JobConfig:
     decode_cpus: float = 0.5  # CPUs each read/decode task reserves
     s3_endpoint: str | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = 200_000_000  # larger inputs get an error row instead of being read
     params: PostprocParams = field(default_factory=PostprocParams)
-    run_id: str | None = None
+    run_name: str | None = None
+    incremental: bool = False
+    prune: bool = False
+    input_manifest: str | None = None
+    stall_timeout_s: float = 900.0
     manifest_flush_rows: int = 1000
 
     def __post_init__(self) -> None:
@@ -57,26 +70,42 @@ class JobConfig:
         if not 0 < self.decode_cpus <= 64 or self.decode_cpus == self.actor_cpus:
             raise ValueError("decode_cpus must be in (0, 64] and differ from actor_cpus (equal shares fuse "
                              "decoding into the inference actor)")
-        if self.max_pixels < 1:
-            raise ValueError("max_pixels must be positive")
+        if self.max_pixels < 1 or self.max_bytes < 1:
+            raise ValueError("max_pixels and max_bytes must be positive")
+        if self.stall_timeout_s <= 0:
+            raise ValueError(f"stall_timeout_s must be positive, got {self.stall_timeout_s}")
+        if self.prune and self.input_manifest:
+            raise ValueError("--prune needs a full listing of SOURCE; it cannot be combined with --input-manifest")
+
+    def fingerprint(self) -> JobFingerprint:
+        spec = get_spec(self.model)
+        return JobFingerprint(self.source.rstrip("/"), spec.version, self.params.params_hash(), self.incremental)
 
 
 @dataclass
 class JobResult:
     run_id: str
     manifest_uri: str
-    images: int
+    listed: int  # inputs found in SOURCE (or in the input manifest)
+    skipped: int  # done before, with the same input, model and parameters
+    images: int  # inputs this run processed
     ok: int
     errors: int
+    pruned: int
+    inferred: int  # rows that went through the model in this run
     seconds: float
     errors_by_reason: dict
+    resumed: bool = False
 
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
     def summary(self) -> str:
-        return (f"done: {self.images} images, {self.ok} ok, {self.errors} errors in {self.seconds:.1f} s, "
+        extra = f", {self.skipped} unchanged skipped" if self.skipped else ""
+        extra += f", {self.pruned} pruned" if self.pruned else ""
+        extra += " (resumed)" if self.resumed else ""
+        return (f"done: {self.images} images, {self.ok} ok, {self.errors} errors{extra} in {self.seconds:.1f} s, "
                 f"{self.images_per_second:.2f} images/s; manifest {self.manifest_uri}")
 
 
@@ -84,21 +113,27 @@ def inference_resources(cfg: JobConfig) -> tuple[int, float]:
     """(pool size, GPUs per actor): one actor per GPU where the cluster has GPUs."""
     gpus = int(ray.cluster_resources().get("GPU", 0))
     if cfg.device == "cuda" and gpus == 0:
-        raise RuntimeError("--device cuda was asked for but the Ray cluster has no GPU resources; "
-                           "use --device auto to run on CPU")
+        if cfg.actors:  # an autoscaling GPU group may start from zero: wait, bounded by the stall timeout
+            log.warning("no GPU in the cluster yet: %d GPU actors wait for the autoscaler (stall timeout %.0f s)",
+                        cfg.actors, cfg.stall_timeout_s)
+            return cfg.actors, 1.0
+        raise RuntimeError("--device cuda was asked for but the Ray cluster has no GPU resources; use --device "
+                           "auto to run on CPU, or --actors N to wait for an autoscaler to add GPU nodes")
     if gpus and cfg.device != "cpu":
         return cfg.actors or gpus, 1.0
     return cfg.actors or 1, 0.0
 
 
-def build_dataset(cfg: JobConfig, source: Location, dest: Location, items: list[dict]) -> ray.data.Dataset:
+def build_dataset(cfg: JobConfig, source: Location, dest: Location, plan: Plan) -> ray.data.Dataset:
     spec = get_spec(cfg.model)
     pool, gpus = inference_resources(cfg)
-    blocks = max(1, math.ceil(len(items) / cfg.batch_size))
-    ds = ray.data.from_items(items, override_num_blocks=blocks)
+    ds = ray.data.read_parquet(plan.input_files, filesystem=dest.fs)
+    # Small blocks keep every stage busy: a planned chunk holds thousands of keys.
+    ds = ds.repartition(target_num_rows_per_block=cfg.batch_size)
     # Reading and decoding ask for a different CPU share than the actors on purpose: Ray fuses
     # maps with identical resources into the actor, which would serialise decoding with inference.
-    ds = ds.map(read_input, fn_kwargs={"source": source}, num_cpus=cfg.decode_cpus)
+    ds = ds.map(read_input, fn_kwargs={"source": source, "max_bytes": cfg.max_bytes, "dest": dest},
+                num_cpus=cfg.decode_cpus)
     ds = ds.map(decode_input, fn_kwargs={"input_size": spec.preprocess.input_size, "max_pixels": cfg.max_pixels},
                 num_cpus=cfg.decode_cpus)
     ds = ds.map_batches(
@@ -115,6 +150,51 @@ def build_dataset(cfg: JobConfig, source: Location, dest: Location, items: list[
                                             "model_version": spec.version})
 
 
+def capacity_report() -> str:
+    total, free = ray.cluster_resources(), ray.available_resources()
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    return (f"{nodes} live nodes; GPU {free.get('GPU', 0):g} free of {total.get('GPU', 0):g}, "
+            f"CPU {free.get('CPU', 0):g} free of {total.get('CPU', 0):g}")
+
+
+def consume(ds: ray.data.Dataset, writer: ManifestWriter, stall_timeout_s: float) -> None:
+    """Stream result rows into the manifest; stop with JobStalled when nothing arrives for too long.
+
+    With default settings Ray Data waits forever for an actor whose node is gone. The results
+    are pumped from a daemon thread so the driver can notice, say so, and stop.
+    """
+    results: queue.Queue = queue.Queue(maxsize=8)
+
+    def pump() -> None:
+        try:
+            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                results.put(("rows", batch))
+            results.put(("done", None))
+        except BaseException as e:  # handed to the driver thread, which re-raises it
+            results.put(("error", e))
+
+    threading.Thread(target=pump, name="matting-results", daemon=True).start()
+    last = time.monotonic()
+    warn_every = max(stall_timeout_s / 5, 5.0)
+    while True:
+        try:
+            kind, value = results.get(timeout=min(warn_every, stall_timeout_s))
+        except queue.Empty:
+            idle = time.monotonic() - last
+            if idle >= stall_timeout_s:
+                raise JobStalled(f"no result for {idle:.0f} s ({capacity_report()}). The inference actors "
+                                 "have no node to run on and capacity did not return. Rows finished so far "
+                                 "are in the manifest: run the same command again to finish the rest.") from None
+            log.warning("no result for %.0f s (stall timeout %.0f s): %s", idle, stall_timeout_s, capacity_report())
+            continue
+        if kind == "error":
+            raise value
+        if kind == "done":
+            return
+        writer.add(value)
+        last = time.monotonic()
+
+
 def check_weights(cfg: JobConfig) -> None:
     """Missing weights fail now, in the driver, not in every actor after the job started."""
     from model import weights
@@ -128,19 +208,34 @@ def run_job(cfg: JobConfig) -> JobResult:
     check_weights(cfg)
     source = open_location(cfg.source, cfg.s3_endpoint)
     dest = open_location(cfg.dest, cfg.s3_endpoint, create=True)
-    run_id = cfg.run_id or new_run_id()
+    fingerprint = cfg.fingerprint()
     t0 = time.perf_counter()
-    items = [{"key": k, "size": s} for k, s in list_inputs(source, exclude=dest)]
+
+    resumed_run = unfinished_run(dest, fingerprint)
+    run_id = resumed_run or new_run_id(cfg.run_name)
+    if resumed_run:
+        log.warning("resuming unfinished run %s: inputs it already finished are skipped", run_id)
+    else:
+        dest.write_atomic(job_file(run_id), fingerprint.to_json().encode())
     writer = ManifestWriter(dest, run_id, flush_rows=cfg.manifest_flush_rows)
-    if items:
-        for batch in build_dataset(cfg, source, dest, items).iter_batches(batch_format="pyarrow", batch_size=None):
-            writer.add(batch)
+    plan = plan_inputs(cfg, source, dest, run_id, resumed_run, writer)
+    if plan.candidates:
+        log.info("%d inputs listed, %d to process, %d unchanged", plan.listed, plan.candidates, plan.skipped)
+        try:
+            consume(build_dataset(cfg, source, dest, plan), writer, cfg.stall_timeout_s)
+        finally:  # stalled or failed: keep every finished row, so a rerun does only the rest
+            writer.flush()
     writer.flush()
+    processed = writer.rows - plan.pruned
+    if processed != plan.candidates:  # the invariant every other guarantee rests on
+        raise RuntimeError(f"manifest has {processed} rows for {plan.candidates} inputs")
+    plan.cleanup()
     seconds = time.perf_counter() - t0
-    if writer.rows != len(items):  # the invariant every other guarantee rests on
-        raise RuntimeError(f"manifest has {writer.rows} rows for {len(items)} inputs")
-    return JobResult(run_id, dest.uri_of(writer.prefix), len(items), writer.status.get("ok", 0),
-                     writer.status.get("error", 0), seconds, dict(writer.reasons))
+    result = JobResult(run_id, dest.uri_of(writer.prefix), plan.listed, plan.skipped, processed,
+                       writer.status.get("ok", 0), writer.status.get("error", 0), plan.pruned, writer.inferred, seconds,
+                       dict(writer.reasons), resumed=bool(resumed_run))
+    dest.write_atomic(success_file(run_id), result.summary().encode())
+    return result
 
 
 def init_ray(address: str | None = None, **kwargs) -> None:

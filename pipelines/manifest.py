@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import io
 import posixpath
+import time
 import uuid
 from collections import Counter
 from datetime import datetime, timezone
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pyarrow import fs as pafs
 
 from pipelines.storage import Location
 
@@ -22,10 +24,11 @@ MANIFEST_DIR = "_manifests"
 SCHEMA = pa.schema([
     ("source_key", pa.string()),
     ("output_key", pa.string()),
-    ("status", pa.string()),  # ok | error
+    ("status", pa.string()),  # ok | error | pruned (the input is gone and its output was removed)
     ("error", pa.string()),
     ("error_reason", pa.string()),
     ("size_bytes", pa.int64()),
+    ("input_etag", pa.string()),  # S3 ETag or local mtime: the identity --incremental compares
     ("sha256", pa.string()),
     ("width", pa.int64()),
     ("height", pa.int64()),
@@ -46,24 +49,33 @@ SCHEMA = pa.schema([
     ("worker_node", pa.string()),
     ("worker_pid", pa.int64()),
     ("device", pa.string()),
+    ("reused", pa.bool_()),  # the input's bytes were unchanged: its existing output was kept
 ])
 
 STAGE_COLUMNS = ["t_read", "t_decode", "t_infer", "t_postprocess", "t_encode", "t_write"]
 
 
-def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+def new_run_id(name: str | None = None) -> str:
+    """Time first, so run folders sort in the order the runs started."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    if name and not all(c.isalnum() or c in "-_." for c in name):
+        raise ValueError(f"run name {name!r} may only hold letters, digits, '-', '_' and '.'")
+    return f"{stamp}-{name or uuid.uuid4().hex[:6]}"
 
 
 class ManifestWriter:
-    def __init__(self, dest: Location, run_id: str, flush_rows: int = 1000):
+    def __init__(self, dest: Location, run_id: str, flush_rows: int = 1000, flush_seconds: float = 10.0):
         self.dest = dest
         self.run_id = run_id
         self.flush_rows = flush_rows
+        self.flush_seconds = flush_seconds
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
-        self._parts = 0
+        self._last_flush = time.monotonic()
+        # A resumed run appends after the parts its killed predecessor left.
+        self._parts = len(_part_files(dest, run_id))
         self.rows = 0
+        self.inferred = 0  # rows that went through the model
         self.status = Counter()
         self.reasons = Counter()
 
@@ -78,7 +90,9 @@ class ManifestWriter:
         self.rows += table.num_rows
         self.status.update(table.column("status").to_pylist())
         self.reasons.update(r for r in table.column("error_reason").to_pylist() if r)
-        if self._pending_rows >= self.flush_rows:
+        self.inferred += sum(1 for s, r in zip(table.column("status").to_pylist(), table.column("reused").to_pylist())
+                             if s == "ok" and not r)
+        if self._pending_rows >= self.flush_rows or time.monotonic() - self._last_flush > self.flush_seconds:
             self.flush()
 
     def flush(self) -> None:
@@ -89,14 +103,26 @@ class ManifestWriter:
         self.dest.write_atomic(posixpath.join(self.prefix, f"part-{self._parts:05d}.parquet"), buf.getvalue())
         self._parts += 1
         self._pending, self._pending_rows = [], 0
+        self._last_flush = time.monotonic()
 
 
 def list_runs(dest: Location) -> list[str]:
-    from pyarrow import fs as pafs
-
     base = dest.path(MANIFEST_DIR)
     infos = dest.fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
     return sorted(posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.Directory)
+
+
+def _part_files(dest: Location, run_id: str) -> list[str]:
+    base = dest.path(posixpath.join(MANIFEST_DIR, run_id))
+    return sorted(i.path for i in dest.fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+                  if i.type == pafs.FileType.File and posixpath.basename(i.path).startswith("part-"))
+
+
+def read_run(dest: Location, run_id: str) -> pa.Table:
+    """Every row one run wrote, in the order written."""
+    files = _part_files(dest, run_id)
+    tables = [pq.read_table(f, filesystem=dest.fs) for f in files]
+    return pa.concat_tables(tables, promote_options="default") if tables else SCHEMA.empty_table()
 
 
 def read_manifest(dest: Location, run_id: str | None = None) -> pa.Table:
@@ -107,21 +133,16 @@ def read_manifest(dest: Location, run_id: str | None = None) -> pa.Table:
     run_id = run_id or runs[-1]
     if run_id not in runs:
         raise FileNotFoundError(f"no run {run_id!r} under {dest.uri_of(MANIFEST_DIR)}; runs: {', '.join(runs)}")
-    from pyarrow import fs as pafs
-
-    base = dest.path(posixpath.join(MANIFEST_DIR, run_id))
-    files = sorted(i.path for i in dest.fs.get_file_info(pafs.FileSelector(base))
-                   if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
-    tables = [pq.read_table(f, filesystem=dest.fs) for f in files]
-    return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+    return read_run(dest, run_id)
 
 
 def summarize(table: pa.Table, run_id: str = "") -> str:
     rows = table.to_pylist()
     status = Counter(r["status"] for r in rows)
     reasons = Counter(r["error_reason"] for r in rows if r["status"] == "error")
-    lines = [f"run {run_id}: {len(rows)} inputs, {status.get('ok', 0)} ok, {status.get('error', 0)} errors"]
-    ok = [r for r in rows if r["status"] == "ok"]
+    lines = [f"run {run_id}: {len(rows) - status.get('pruned', 0)} inputs, {status.get('ok', 0)} ok, "
+             f"{status.get('error', 0)} errors" + (f", {status['pruned']} pruned" if status.get("pruned") else "")]
+    ok = [r for r in rows if r["status"] == "ok" and not r.get("reused")]
     if ok:
         means = {c: sum(r[c] for r in ok) / len(ok) for c in STAGE_COLUMNS}
         lines.append("mean seconds per image: " + ", ".join(f"{c[2:]} {v:.4f}" for c, v in means.items()))

@@ -17,6 +17,7 @@ import numpy as np
 from postproc import DecodeError, PostprocParams, decode_image, model_input
 from postproc.alpha import bounding_box
 from postproc.render import compose_and_encode, refine_alpha
+from pipelines.metrics import record_row
 from pipelines.storage import Location, output_key
 
 log = logging.getLogger(__name__)
@@ -31,18 +32,52 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
 
 
-def read_input(row: dict, *, source: Location) -> dict:
-    """Stage 1: fetch the bytes of one key."""
-    t0 = time.perf_counter()
-    out = {"source_key": row["key"], "error": "", "error_reason": ""}
+class InputRefused(Exception):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def _fetch(key: str, size: int | None, source: Location, max_bytes: int) -> bytes:
     try:
-        data = source.read(row["key"])
-    except OSError as e:  # gone since listing, permissions, or an S3 error after retries
+        output_key(key, "")  # a key that could escape DEST is refused before anything is read
+    except ValueError as e:
+        raise InputRefused("unsafe_key", str(e)) from None
+    try:
+        if size is None or size < 0:  # from an input manifest: ask the store before reading
+            size = source.fs.get_file_info(source.path(key)).size or 0
+        if size > max_bytes:
+            raise InputRefused("too_large", f"input is {size / 1e6:.1f} MB, over the limit of {max_bytes / 1e6:.1f} MB")
+        return source.read(key)
+    except (OSError, ValueError) as e:  # gone since listing, permissions, an S3 error after retries
+        raise InputRefused("read_failed", f"could not read input: {e}") from None
+
+
+def read_input(row: dict, *, source: Location, max_bytes: int, dest: Location | None = None) -> dict:
+    """Stage 1: fetch the bytes of one key (or find that its existing output can be reused)."""
+    t0 = time.perf_counter()
+    key, listed_size = row["key"], row.get("size")
+    out = {"source_key": key, "input_etag": row.get("etag") or "", "error": "", "error_reason": "",
+           "reused_output_key": "", "sha256": ""}
+    try:
+        data = _fetch(key, listed_size, source, max_bytes)
+        out["sha256"] = hashlib.sha256(data).hexdigest()
+        size = len(data)
+    except InputRefused as e:
+        out.update(error=str(e), error_reason=e.reason)
+        data, size = b"", max(int(listed_size or 0), 0)
+        if e.reason == "too_large" and size == 0:
+            size = source.fs.get_file_info(source.path(key)).size or 0
+    prev_out = row.get("prev_output_key") or ""
+    if data and prev_out and out["sha256"] == row.get("prev_sha256") and dest is not None and dest.exists(prev_out):
+        out["reused_output_key"] = prev_out  # same bytes, model and parameters: nothing to redo
         data = b""
-        out.update(error=f"could not read input: {e}", error_reason="read_failed")
-    out.update(data=data, size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
-               t_read=time.perf_counter() - t0)
+    out.update(data=data, size_bytes=size, t_read=time.perf_counter() - t0)
     return out
+
+
+def _skip(row: dict) -> bool:
+    return bool(row["error"] or row["reused_output_key"])
 
 
 def decode_input(row: dict, *, input_size: tuple[int, int], max_pixels: int) -> dict:
@@ -50,7 +85,7 @@ def decode_input(row: dict, *, input_size: tuple[int, int], max_pixels: int) -> 
     t0 = time.perf_counter()
     out = {k: v for k, v in row.items() if k != "data"}
     pixels, small, width, height = _NO_PIXELS, np.zeros((*input_size, 3), np.uint8), 0, 0
-    if not row["error"]:
+    if not _skip(row):
         try:
             img = decode_image(row["data"], max_pixels=max_pixels)
             pixels = img.rgb if img.alpha is None else np.dstack([img.rgb, img.alpha])
@@ -78,7 +113,7 @@ class Predictor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["source_key"])
-        ok = np.asarray([not e for e in batch["error"]], bool)
+        ok = np.asarray([not (e or r) for e, r in zip(batch["error"], batch["reused_output_key"])], bool)
         h, w = self.runtime.input_size
         prob = np.zeros((n, h, w), np.float16)
         t0 = time.perf_counter()
@@ -99,12 +134,14 @@ def render_output(row: dict, *, dest: Location, params: PostprocParams, model_na
     error, reason = row["error"], row["error_reason"]
     out_key, bbox = "", None
     t_post = t_encode = t_write = 0.0
-    if not error:
+    if not error and row["reused_output_key"]:
+        out_key = row["reused_output_key"]
+    elif not error:
         try:
             out_key = output_key(key, params.extension)
         except ValueError as e:
             error, reason = str(e), "unsafe_key"
-    if not error:
+    if not error and not row["reused_output_key"]:
         pixels = np.asarray(row["pixels"])
         rgb, in_alpha = (pixels[..., :3], pixels[..., 3]) if pixels.shape[2] == 4 else (pixels, None)
         alpha = refine_alpha(np.asarray(row["prob"], np.float32), rgb.shape[0], rgb.shape[1], params, in_alpha)
@@ -120,13 +157,14 @@ def render_output(row: dict, *, dest: Location, params: PostprocParams, model_na
             error, reason, out_key = f"could not write output: {e}", "write_failed", ""
         t_write = time.perf_counter() - t1
     left, top, bw, bh = bbox if bbox else (-1, -1, 0, 0)
-    return {
+    result = {
         "source_key": key,
         "output_key": out_key,
         "status": "error" if error else "ok",
         "error": error,
         "error_reason": reason,
         "size_bytes": int(row["size_bytes"]),
+        "input_etag": row["input_etag"],
         "sha256": row["sha256"],
         "width": int(row["width"]),
         "height": int(row["height"]),
@@ -144,4 +182,7 @@ def render_output(row: dict, *, dest: Location, params: PostprocParams, model_na
         "worker_node": _node_id(),
         "worker_pid": os.getpid(),
         "device": str(row.get("device", "")),
+        "reused": bool(row["reused_output_key"]),
     }
+    record_row(result)
+    return result

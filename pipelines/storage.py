@@ -35,6 +35,7 @@ class Location:
     uri: str
     fs: pafs.FileSystem
     root: str
+    s3_endpoint: str | None = None
 
     @property
     def is_s3(self) -> bool:
@@ -67,13 +68,18 @@ class Location:
     def exists(self, key: str) -> bool:
         return self.fs.get_file_info(self.path(key)).type == pafs.FileType.File
 
+    def delete(self, key: str) -> None:
+        path = self.path(key)
+        if self.fs.get_file_info(path).type == pafs.FileType.File:
+            self.fs.delete_file(path)
+
 
 def open_location(uri: str, s3_endpoint: str | None = None, create: bool = False) -> Location:
     if uri.startswith("s3://"):
         root = uri[len("s3://"):].strip("/")
         if not root:
             raise ValueError(f"{uri!r} names no bucket: use s3://bucket/prefix")
-        return Location(uri.rstrip("/"), s3_filesystem(s3_endpoint), root)
+        return Location(uri.rstrip("/"), s3_filesystem(s3_endpoint), root, s3_endpoint)
     if "://" in uri:
         raise ValueError(f"unsupported location {uri!r}: use a local folder or s3://bucket/prefix")
     path = os.path.abspath(os.path.expanduser(uri))
@@ -86,26 +92,61 @@ def open_location(uri: str, s3_endpoint: str | None = None, create: bool = False
 
 def _hidden(key: str) -> bool:
     # Ray's convention: components starting with '.' or '_' are metadata (our _manifests, temp files).
-    return any(part.startswith((".", "_")) for part in key.split("/"))
+    # '.' and '..' are not hidden files: such keys get a row saying they are unsafe.
+    return any(part.startswith((".", "_")) and part not in (".", "..") for part in key.split("/"))
 
 
-def list_inputs(loc: Location, exclude: Location | None = None) -> Iterator[tuple[str, int]]:
-    """(key, size) of every file under the location, keys relative to it, sorted.
+@dataclass(frozen=True)
+class ListedInput:
+    key: str  # relative to the source location
+    size: int
+    etag: str  # S3 ETag, or the local file's mtime in ns: changes whenever the content is rewritten
+
+
+def _iter_local(root: str) -> Iterator[ListedInput]:
+    # os.walk streams folder by folder; sorting inside each folder keeps runs reproducible.
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:  # deleted while we listed
+                continue
+            yield ListedInput(os.path.relpath(path, root).replace(os.sep, "/"), st.st_size, f"mtime:{st.st_mtime_ns}")
+
+
+def boto3_client(endpoint: str | None):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=endpoint,
+                        config=Config(retries={"max_attempts": 8, "mode": "standard"}))
+
+
+def _iter_s3(loc: Location) -> Iterator[ListedInput]:
+    bucket, _, prefix = loc.root.partition("/")
+    prefix = prefix + "/" if prefix else ""
+    pages = boto3_client(loc.s3_endpoint).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    for page in pages:  # 1,000 keys a page: the driver never holds the whole listing
+        for obj in page.get("Contents", []):
+            key = obj["Key"][len(prefix):]
+            if key and not key.endswith("/"):
+                yield ListedInput(key, int(obj["Size"]), obj["ETag"].strip('"'))
+
+
+def list_inputs(loc: Location, exclude: Location | None = None) -> Iterator[ListedInput]:
+    """Every file under the location, streamed, keys relative to it.
 
     `exclude` skips a destination nested inside the source, so a rerun never eats its own output.
     """
     skip_prefix = None
     if exclude is not None and exclude.uri != loc.uri and exclude.root.startswith(loc.root.rstrip("/") + "/"):
         skip_prefix = exclude.root[len(loc.root.rstrip("/")) + 1:] + "/"
-    infos = loc.fs.get_file_info(pafs.FileSelector(loc.root, recursive=True))
-    prefix_len = len(loc.root.rstrip("/")) + 1 if loc.root else 0
-    for info in sorted(infos, key=lambda i: i.path):
-        if info.type != pafs.FileType.File:
+    for item in (_iter_s3(loc) if loc.is_s3 else _iter_local(loc.root)):
+        if _hidden(item.key) or (skip_prefix and item.key.startswith(skip_prefix)):
             continue
-        key = info.path[prefix_len:]
-        if _hidden(key) or (skip_prefix and key.startswith(skip_prefix)):
-            continue
-        yield key, int(info.size or 0)
+        yield item
 
 
 def output_key(source_key: str, extension: str) -> str:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-
 import boto3
 import pytest
 
@@ -14,34 +11,6 @@ from pipelines.manifest import read_manifest
 from pipelines.storage import open_location
 
 pytestmark = pytest.mark.timeout(600)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    from moto.server import ThreadedMotoServer
-
-    # Credentials before Ray starts, so its workers inherit them as they would on a cluster.
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def ray_s3(s3_server):
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
 
 
 def test_s3_catalog_gives_one_row_per_input_and_valid_cutouts(s3_server, ray_s3):
@@ -61,3 +30,21 @@ def test_s3_catalog_gives_one_row_per_input_and_valid_cutouts(s3_server, ray_s3)
     listed = [o["Key"] for o in s3.list_objects_v2(Bucket="catalog", Prefix="out/")["Contents"]]
     outputs = [k for k in listed if "/_manifests/" not in k]
     assert len(outputs) == 30  # cut-outs only for the good inputs, nothing half-written beside them
+
+
+def test_transient_s3_failures_are_retried(s3_server, ray_s3):
+    """Every third request to S3 fails with 503 SlowDown: listing, reads and writes all retry."""
+    from faulty_proxy import FaultyProxy
+
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    s3.create_bucket(Bucket="flaky")
+    files = {k: v for k, v in catalog(6).items() if k.startswith("photos/")}
+    for key, data in files.items():
+        s3.put_object(Bucket="flaky", Key=f"in/{key}", Body=data)
+    with FaultyProxy(s3_server, every=3) as proxy:
+        result = run_job(JobConfig(source="s3://flaky/in", dest="s3://flaky/out", s3_endpoint=proxy.url,
+                                   batch_size=3))
+    assert proxy.injected >= 5, proxy.injected
+    assert (result.images, result.ok, result.errors) == (6, 6, 0)
+    rows = read_manifest(open_location("s3://flaky/out", s3_server), result.run_id).to_pylist()
+    check_outputs(files, rows, lambda key: s3.get_object(Bucket="flaky", Key=f"out/{key}")["Body"].read())

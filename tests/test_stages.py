@@ -27,13 +27,14 @@ def tree(tmp_path):
 
 def test_listing_skips_hidden_and_metadata_files(tree):
     tmp, files = tree
-    assert [k for k, _ in list_inputs(open_location(str(tmp / "src")))] == sorted(files)
+    assert sorted(i.key for i in list_inputs(open_location(str(tmp / "src")))) == sorted(files)
 
 
 def test_stages_chain_without_a_cluster(tree):
     tmp, files = tree
     src, dst = open_location(str(tmp / "src")), open_location(str(tmp / "dst"), create=True)
-    rows = [decode_input(read_input({"key": k}, source=src), input_size=(320, 320), max_pixels=10**8)
+    rows = [decode_input(read_input({"key": k, "size": -1}, source=src, max_bytes=10**8), input_size=(320, 320),
+                         max_pixels=10**8)
             for k in sorted(files)]
     batch = {k: np.array([r[k] for r in rows], dtype=object) if k == "pixels" else np.array([r[k] for r in rows])
              for k in rows[0]}
@@ -53,8 +54,8 @@ def test_stages_chain_without_a_cluster(tree):
 
 
 def test_read_failure_becomes_an_error_row(tmp_path):
-    row = read_input({"key": "gone.jpg"}, source=open_location(str(tmp_path)))
-    assert row["error_reason"] == "read_failed" and row["size_bytes"] == 0
+    row = read_input({"key": "gone.jpg", "size": 10}, source=open_location(str(tmp_path)), max_bytes=100)
+    assert row["error_reason"] == "read_failed" and row["data"] == b"" and row["size_bytes"] == 10  # as listed
 
 
 @pytest.mark.parametrize("key", ["../x.jpg", "a/../../x.jpg", "/etc/x.jpg", "a//b.jpg"])
@@ -66,3 +67,23 @@ def test_keys_that_could_escape_the_destination_are_refused(key):
 def test_output_key_mirrors_the_input_key():
     assert output_key("photos/a/b.jpg", ".png") == "photos/a/b.png"
     assert output_key("photos/a/b c é.jpeg", ".webp") == "photos/a/b c é.webp"
+
+
+def test_oversized_input_is_refused_without_reading(tmp_path):
+    (tmp_path / "big.jpg").write_bytes(b"x" * 2000)
+    row = read_input({"key": "big.jpg", "size": -1}, source=open_location(str(tmp_path)), max_bytes=1000)
+    assert row["error_reason"] == "too_large" and row["data"] == b"" and row["size_bytes"] == 2000
+
+
+def test_unchanged_bytes_reuse_the_existing_output(tmp_path):
+    import hashlib
+
+    (tmp_path / "a.jpg").write_bytes(b"same bytes")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a.png").write_bytes(b"png")
+    src, dst = open_location(str(tmp_path)), open_location(str(tmp_path / "out"))
+    row = {"key": "a.jpg", "size": 10, "prev_sha256": hashlib.sha256(b"same bytes").hexdigest(),
+           "prev_output_key": "a.png"}
+    assert read_input(row, source=src, max_bytes=100, dest=dst)["reused_output_key"] == "a.png"
+    row["prev_sha256"] = "0" * 64
+    assert read_input(row, source=src, max_bytes=100, dest=dst)["reused_output_key"] == ""

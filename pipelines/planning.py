@@ -1,0 +1,144 @@
+"""Deciding what a run processes, streamed into Parquet chunks the Ray Data chain reads.
+
+The keys come from a listing of SOURCE or from an input manifest (Parquet or CSV). Either way
+they are streamed: the driver holds one chunk at a time, never the whole catalog (the previous
+state of an incremental run is the exception: one small row per input, columnar).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import posixpath
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from model.specs import get_spec
+from pipelines.manifest import MANIFEST_DIR, SCHEMA, ManifestWriter, read_run
+from pipelines.state import PERMANENT_REASONS, current_rows, is_done
+from pipelines.storage import ListedInput, Location, list_inputs, open_location
+
+log = logging.getLogger(__name__)
+
+CHUNK_ROWS = 50_000
+KEY_COLUMNS = ("key", "source_key", "uri", "path")
+INPUT_SCHEMA = pa.schema([("key", pa.string()), ("size", pa.int64()), ("etag", pa.string()),
+                          ("prev_sha256", pa.string()), ("prev_output_key", pa.string())])
+
+
+@dataclass
+class Plan:
+    dest: Location
+    listed: int = 0
+    candidates: int = 0
+    skipped: int = 0
+    pruned: int = 0
+    input_files: list[str] = field(default_factory=list)
+
+    def cleanup(self) -> None:
+        for path in self.input_files:
+            self.dest.fs.delete_file(path)
+
+
+def _entries(path: str, s3_endpoint: str | None) -> Iterator[str]:
+    """The key column of a Parquet or CSV file, batch by batch."""
+    parent, name = posixpath.split(path)
+    loc = open_location(parent or ".", s3_endpoint)
+    with loc.fs.open_input_file(loc.path(name)) as f:
+        if name.endswith((".csv", ".csv.gz")):
+            import pyarrow.csv as pacsv
+
+            reader = pacsv.open_csv(f)
+            batches = iter(reader)
+            names = reader.schema.names
+        else:
+            pf = pq.ParquetFile(f)
+            names = pf.schema_arrow.names
+            batches = pf.iter_batches(batch_size=10_000)
+        column = next((c for c in KEY_COLUMNS if c in names), names[0] if len(names) == 1 else None)
+        if column is None:
+            raise ValueError(f"input manifest {path} needs a column named one of {KEY_COLUMNS} (or a single column); "
+                             f"it has {names}")
+        for batch in batches:
+            yield from (str(v) for v in batch.column(names.index(column)).to_pylist() if v)
+
+
+def read_input_manifest(path: str, source: Location) -> Iterator[ListedInput]:
+    """Keys relative to SOURCE, or URIs/paths under it. Sizes and ETags are unknown until read."""
+    base = source.uri.rstrip("/") + "/"
+    for entry in _entries(path, source.s3_endpoint):
+        if "://" in entry or entry.startswith("/"):
+            if not entry.startswith(base):
+                raise ValueError(f"input manifest {path} names {entry!r}, which is not under SOURCE {source.uri}")
+            entry = entry[len(base):]
+        yield ListedInput(entry, -1, "")
+
+
+def _done_in_run(dest: Location, run_id: str) -> set[str]:
+    rows = read_run(dest, run_id).select(["source_key", "status", "error_reason"]).to_pylist()
+    return {r["source_key"] for r in rows
+            if r["status"] == "ok" or (r["status"] == "error" and r["error_reason"] in PERMANENT_REASONS)}
+
+
+def plan_inputs(cfg, source: Location, dest: Location, run_id: str, resumed_run: str | None,
+                writer: ManifestWriter) -> Plan:
+    version, phash = get_spec(cfg.model).version, cfg.params.params_hash()
+    plan = Plan(dest)
+    previous = current_rows(dest) if (cfg.incremental or cfg.prune) else {}
+    done_here = _done_in_run(dest, resumed_run) if resumed_run else set()
+    seen: set[str] | None = set() if cfg.prune else None
+    chunk: list[dict] = []
+
+    def flush() -> None:
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(chunk, INPUT_SCHEMA), buf)
+        key = posixpath.join(MANIFEST_DIR, run_id, "_inputs", f"inputs-{len(plan.input_files):05d}.parquet")
+        dest.write_atomic(key, buf.getvalue())
+        plan.input_files.append(dest.path(key))
+        chunk.clear()
+
+    items = read_input_manifest(cfg.input_manifest, source) if cfg.input_manifest else list_inputs(source, dest)
+    for item in items:
+        plan.listed += 1
+        if seen is not None:
+            seen.add(item.key)
+        prev = previous.get(item.key)
+        if item.key in done_here or (cfg.incremental and is_done(prev, item, version, phash)):
+            plan.skipped += 1
+            continue
+        # Same model and parameters but a new ETag/mtime (or none known): if the bytes hash the
+        # same, the read stage reuses the existing output instead of running the model again.
+        reuse = (cfg.incremental and prev is not None and prev["status"] == "ok"
+                 and prev["model_version"] == version and prev["params_hash"] == phash)
+        chunk.append({"key": item.key, "size": item.size, "etag": item.etag,
+                      "prev_sha256": prev["sha256"] if reuse else "",
+                      "prev_output_key": prev["output_key"] if reuse else ""})
+        plan.candidates += 1
+        if len(chunk) >= CHUNK_ROWS:
+            flush()
+    if chunk:
+        flush()
+    if seen is not None:
+        plan.pruned = _prune(dest, previous, seen, writer)
+    return plan
+
+
+def _prune(dest: Location, previous: dict[str, dict], seen: set[str], writer: ManifestWriter) -> int:
+    """Remove outputs whose inputs are gone; record a `pruned` row so the consolidated view drops them."""
+    gone = [row for key, row in previous.items() if key not in seen]
+    for row in gone:
+        if row["output_key"]:
+            dest.delete(row["output_key"])
+    if gone:
+        cols = {name: [] for name in SCHEMA.names}
+        for row in gone:
+            for name in SCHEMA.names:
+                cols[name].append(row.get(name))
+        t = pa.table(cols, SCHEMA)
+        t = t.set_column(SCHEMA.get_field_index("status"), "status", pa.array(["pruned"] * len(gone)))
+        writer.add(t)
+        log.warning("pruned %d outputs whose inputs are gone", len(gone))
+    return len(gone)
