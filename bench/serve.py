@@ -65,7 +65,7 @@ def serve_rss_mb() -> dict[str, float]:
             if title.startswith(("ray::ServeReplica", "ray::ProxyActor")):
                 rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
                            if line.startswith("VmRSS:"))
-                name = title.split()[0].removeprefix("ray::")
+                name = title.split()[0].removeprefix("ray::").split(".")[0]  # drop ".method" while busy
                 out[name] = round(out.get(name, 0.0) + rss / 1024, 1)
         except (OSError, StopIteration):
             pass
