@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install browser demo test test-all bench clean
 
 install: $(VENV)/.installed
 
@@ -22,7 +22,11 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/matting demo --dest matting-demo-output
 
-test: install
+# The web page's browser test drives Debian's Chromium (never a browser download of Playwright's own).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+test: install browser
 	$(BIN)/pytest -m "not slow" -q -p no:cacheprovider
 
 test-all: install

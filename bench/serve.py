@@ -1,0 +1,181 @@
+"""Online serving under load: batching off and on, at 1, 4 and 8 concurrent clients (a benchmark, not a test).
+
+    python bench/serve.py [--duration 20] [--clients 1 4 8] [--batch-size 8] [--wait 0.02] [--json PATH]
+
+Method:
+1. The app runs in-process as the tests run it (serve.local.running_app): a local Ray
+   (address="local", num_cpus=os.cpu_count()), Serve on a free 127.0.0.1 port, auth on with a key
+   made for the run, a rate limit far above what the clients can send. Model replica: one, with
+   max_ongoing_requests=max(16, batch size), max_queued_requests=-1 (no 503s: queueing is measured).
+2. Two modes on the same running Serve instance, switched through the model deployment's
+   user_config (Serve's reconfigure, no restart): "batching off" = max_batch_size 1, wait 0;
+   "batching on" = --batch-size and --wait.
+3. For each mode: a warm-up of two bursts of 2 × max_batch_size concurrent requests (full
+   batches, so ONNX Runtime's memory arena reaches its working size), then the RSS of this run's
+   Serve processes (the replicas and the proxy: descendants of this process whose title starts
+   with ray::ServeReplica or ray::ProxyActor). Then, for each client count, that many threads
+   POST /v1/matte (raw JPEG body, the bundled photos in turn, default parameters: PNG out) back
+   to back for --duration seconds, and the RSS again. A request counts when it completes inside
+   the window; latency is the client's wall time per request. req/s = completed / duration;
+   errors = non-200 answers and exceptions.
+The clients run on the same machine as the server and share its cores, so absolute numbers are
+lower than on a dedicated host; compare the two modes side by side, within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # `python bench/serve.py` from the repository root or anywhere
+
+from serve.local import running_app  # noqa: E402
+from serve.settings import AppArgs  # noqa: E402
+
+KEY = "bench-" + os.urandom(8).hex()
+PHOTOS = [p.read_bytes() for p in sorted((ROOT / "pipelines" / "samples").glob("*.jpg"))]
+
+
+def serve_rss_mb() -> dict[str, float]:
+    """RSS in MB of this process's Serve descendants, by process title."""
+    parent = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    mine, frontier = set(), {os.getpid()}
+    while frontier:
+        frontier = {p for p, pp in parent.items() if pp in frontier} - mine
+        mine |= frontier
+    out = {}
+    for pid in mine:
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            if title.startswith(("ray::ServeReplica", "ray::ProxyActor")):
+                rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                           if line.startswith("VmRSS:"))
+                name = title.split()[0].removeprefix("ray::").split(".")[0]  # drop ".method" while busy
+                out[name] = round(out.get(name, 0.0) + rss / 1024, 1)
+        except (OSError, StopIteration):
+            pass
+    return dict(sorted(out.items()))
+
+
+def warm_up(base: str, n: int) -> None:
+    """n concurrent requests, twice: full batches reach the model, so its memory arena reaches its working size."""
+    def one(i: int) -> None:
+        requests.post(f"{base}/v1/matte", data=PHOTOS[i % len(PHOTOS)], timeout=300,
+                      headers={"X-Api-Key": KEY, "Content-Type": "image/jpeg"}).raise_for_status()
+
+    for _ in range(2):
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+
+def load(base: str, clients: int, duration: float) -> dict:
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    stop_at = time.monotonic() + duration
+
+    def client(i: int) -> None:
+        s = requests.Session()
+        n = i
+        while True:
+            t0 = time.monotonic()
+            if t0 >= stop_at:
+                return
+            try:
+                r = s.post(f"{base}/v1/matte", data=PHOTOS[n % len(PHOTOS)], timeout=120,
+                           headers={"X-Api-Key": KEY, "Content-Type": "image/jpeg"})
+                ok, why = r.status_code == 200, f"HTTP {r.status_code}"
+            except requests.RequestException as e:
+                ok, why = False, type(e).__name__
+            t1 = time.monotonic()
+            n += clients
+            if t1 <= stop_at:
+                with lock:
+                    (latencies.append(t1 - t0) if ok else errors.append(why))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lat = np.asarray(latencies) * 1000.0
+    pct = (lambda q: float(np.percentile(lat, q))) if len(lat) else (lambda q: float("nan"))
+    return {"clients": clients, "requests": len(latencies), "rps": len(latencies) / duration,
+            "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99), "errors": len(errors),
+            "error_kinds": sorted(set(errors))}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--duration", type=float, default=20.0, help="seconds per client count (default 20)")
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8])
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--wait", type=float, default=0.02, help="batch_wait_timeout_s when batching (default 0.02)")
+    ap.add_argument("--json", help="also write the figures here")
+    a = ap.parse_args()
+
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start (shared machines "
+          "give noisy figures)", flush=True)
+    args = AppArgs(rate_limit_per_minute=1e6, rate_limit_burst=10_000, cpu_threads=4)
+    modes = [("batching off", {"max_batch_size": 1, "batch_wait_timeout_s": 0.0}),
+             ("batching on", {"max_batch_size": a.batch_size, "batch_wait_timeout_s": a.wait})]
+
+    def overrides(user_config: dict) -> dict:
+        return {"Model_u2netp": {"user_config": user_config, "max_queued_requests": -1,
+                                 "max_ongoing_requests": max(16, a.batch_size), "ray_actor_options": {"num_cpus": 1}},
+                "MattingIngress": {"ray_actor_options": {"num_cpus": 0}}}
+
+    results = []
+    from ray import serve
+
+    from serve.app import make_app
+
+    with running_app(args, overrides(modes[0][1]), env={"MATTING_API_KEYS": KEY}, num_cpus=os.cpu_count()) as base:
+        for name, user_config in modes:
+            serve.run(make_app(args, overrides(user_config)), name="matting", route_prefix="/")
+            got = requests.get(f"{base}/healthz", timeout=30).json()["models"]["u2netp"]
+            assert got["max_batch_size"] == user_config["max_batch_size"], got
+            warm_up(base, 2 * user_config["max_batch_size"])
+            mem_start = serve_rss_mb()
+            print(f"{name:13s} Serve RSS MB after warm-up   {json.dumps(mem_start)}", flush=True)
+            for c in a.clients:
+                r = load(base, c, a.duration)
+                r.update(mode=name, **user_config, rss_mb=serve_rss_mb())
+                results.append(r)
+                print(f"{name:13s} clients={c}  {r['rps']:6.2f} req/s  p50 {r['p50_ms']:7.0f} ms  p95 "
+                      f"{r['p95_ms']:7.0f} ms  p99 {r['p99_ms']:7.0f} ms  errors {r['errors']} {r['error_kinds'] or ''}",
+                      flush=True)
+                print(f"{name:13s} Serve RSS MB after {c} client(s) {json.dumps(r['rss_mb'])}", flush=True)
+            results.append({"mode": name, "rss_start_mb": mem_start, "rss_end_mb": results[-1]["rss_mb"]})
+
+    print(f"\n| mode | clients | req/s | p50 ms | p95 ms | p99 ms | errors |\n|---|---|---|---|---|---|---|")
+    for r in results:
+        if "clients" in r:
+            print(f"| {r['mode']} (batch {r['max_batch_size']}) | {r['clients']} | {r['rps']:.2f} | {r['p50_ms']:.0f} | "
+                  f"{r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['errors']} |")
+    print(f"load average at end {os.getloadavg()[0]:.1f}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Our API, POST /v1/matte: an image in, the cut-out out, with what a caller needs in headers."""
+
+from __future__ import annotations
+
+import re
+
+from fastapi.responses import Response
+from starlette.requests import Request
+
+from model.specs import get_spec
+from postproc.render import render
+from serve.errors import ApiError
+from serve.params import KNOWN_PRESETS, openapi_parameters, parse_params, parse_preset
+from serve.pipeline import Pipeline, Timings
+from serve.uploads import read_image_body
+
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "mask": "image/png"}
+# Parameters of the request that are not post-processing parameters.
+_OWN = ("preset", "model")
+
+OPENAPI_MATTE = {
+    "parameters": [
+        {"name": "preset", "in": "query", "required": False, "schema": {"type": "string", "enum": list(KNOWN_PRESETS)},
+         "description": "a named set of parameters; explicit parameters override it"},
+        {"name": "model", "in": "query", "required": False, "schema": {"type": "string"},
+         "description": "a served model (GET /v1/models); default: the first"},
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": {
+                "type": "object", "required": ["file"],
+                "properties": {"file": {"type": "string", "format": "binary"}},
+                "description": "the image as `file`; any query parameter may also be sent as a form field"}},
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+    "responses": {"200": {
+        "description": "the cut-out; X-Width, X-Height, X-Subject-Bbox (left,top,width,height or 'none'), "
+                       "X-Model, X-Model-Version, X-Server-Time-Ms and Server-Timing headers",
+        "content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}},
+}
+
+
+def openapi_matte() -> dict:
+    extra = dict(OPENAPI_MATTE)
+    extra["parameters"] = OPENAPI_MATTE["parameters"] + openapi_parameters()
+    return extra
+
+
+def _download_name(filename: str | None, fmt: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", (filename or "image").rsplit(".", 1)[0])[:100] or "image"
+    return f"{stem}{'-mask' if fmt == 'mask' else ''}.{'jpg' if fmt == 'jpeg' else 'png' if fmt == 'mask' else fmt}"
+
+
+async def matte(request: Request, pipeline: Pipeline, models: list[str]) -> Response:
+    timings = Timings()
+    data, fields, filename = await read_image_body(request)
+    raw = {**dict(request.query_params), **fields}
+    preset = parse_preset(raw.pop("preset", None))
+    model = raw.pop("model", None) or models[0]
+    if model not in models:
+        raise ApiError(422, "bad_parameter", f"model {model!r} is not served here; served: {', '.join(models)}")
+    params = parse_params(raw)
+    if not data:
+        raise ApiError(400, "undecodable", "the image is empty (0 bytes)")
+    t = timings.mark("read", timings.started)
+
+    image, small = await pipeline.decode(data, model)
+    t = timings.mark("decode", t)
+    prob = await pipeline.infer(model, small)
+    t = timings.mark("infer", t)
+    out = await pipeline.in_thread(render, image.rgb, prob, params, image.alpha)
+    timings.mark("render", t)
+
+    bbox = ",".join(map(str, out.bbox)) if out.bbox else "none"
+    headers = {
+        "X-Width": str(image.width), "X-Height": str(image.height), "X-Subject-Bbox": bbox,
+        "X-Model": model, "X-Model-Version": get_spec(model).version,
+        "X-Server-Time-Ms": f"{timings.total_ms:.1f}", "Server-Timing": timings.server_timing(),
+        "Content-Disposition": f'inline; filename="{_download_name(filename, params.format)}"',
+    }
+    if preset:
+        headers["X-Preset"] = preset
+    return Response(out.data, media_type=MEDIA_TYPES[params.format], headers=headers)

@@ -1,0 +1,179 @@
+"""The Serve application: a thin FastAPI ingress in front of one batched model deployment per model.
+
+    serve run serve/config.yaml        # or: matting serve [--host 127.0.0.1] [--port 8000]
+    serve deploy serve/config.yaml     # onto a running cluster
+
+`build_app` is the builder serve/config.yaml names; its `args:` are validated as AppArgs. Replica
+counts, autoscaling, batching (`user_config`), queue limits and GPUs are deployment options set in
+the config file's `deployments:` section, not here.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the route methods' annotations at run time.
+import asyncio
+import logging
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from ray import serve
+from ray.serve import Application
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+
+from serve import api_v1, removebg
+from serve.errors import ApiError, error_response
+from serve.model_deployment import MattingModel
+from serve.pipeline import Pipeline
+from serve.security import ApiKeys, RateLimiter, fingerprint
+from serve.settings import AppArgs, NoApiKeysError, load_api_keys
+from serve.uploads import BodyLimitMiddleware
+
+log = logging.getLogger("ray.serve")
+STATIC = Path(__file__).parent / "static"
+INGRESS_NAME = "MattingIngress"
+
+
+def model_deployment_name(model: str) -> str:
+    return f"Model_{model}"
+
+
+fastapi_app = FastAPI(
+    title="unet-matting",
+    description="Background removal: our API (/v1), a remove.bg-compatible API (/v1.0/removebg) and the web page (/). "
+                "Send the API key as `X-Api-Key` (or `Authorization: Bearer KEY`).",
+    version="1",
+)
+fastapi_app.state.max_upload_bytes = AppArgs().max_upload_bytes
+fastapi_app.add_middleware(BodyLimitMiddleware, limit=lambda: fastapi_app.state.max_upload_bytes)
+fastapi_app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+
+@fastapi_app.exception_handler(ApiError)
+async def _api_error(request: Request, exc: ApiError):
+    return error_response(exc, request.url.path)
+
+
+@fastapi_app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError):
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "body"))
+    return error_response(ApiError(422, "bad_parameter", f"{where}: {first['msg']}"), request.url.path)
+
+
+@fastapi_app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException):
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_response(ApiError(exc.status_code, code, str(exc.detail)), request.url.path)
+
+
+@fastapi_app.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception):
+    log.exception("unexpected error on %s", request.url.path)  # the path only: queries may hold secrets
+    return error_response(ApiError(500, "internal", "internal error; it was logged"), request.url.path)
+
+
+@serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.5})
+@serve.ingress(fastapi_app)
+class MattingIngress:
+    def __init__(self, handles: dict, args: AppArgs):
+        self.args = AppArgs.model_validate(args)
+        self.models = list(self.args.models)
+        self.pipeline = Pipeline(handles, self.args.max_pixels, self.args.cpu_threads, self.args.request_timeout_s)
+        self.handles = handles
+        self.limiter = RateLimiter(self.args.rate_limit_per_minute, self.args.rate_limit_burst)
+        fastapi_app.state.max_upload_bytes = self.args.max_upload_bytes
+        if self.args.auth:
+            keys = load_api_keys()
+            if not keys:
+                raise NoApiKeysError(
+                    "authentication is on but no API key is configured: set MATTING_API_KEYS (comma-separated) "
+                    "or MATTING_API_KEYS_FILE (one key per line) in the server's environment, or turn auth off "
+                    "for local use only (`matting serve --no-auth`, or `auth: false` in the config's args)")
+            self.keys = ApiKeys(keys)
+            log.info("API keys required: %d configured", len(self.keys))
+        else:
+            self.keys = None
+            log.warning("!!! AUTHENTICATION IS OFF: anyone who can reach this port can use the API. "
+                        "Use this only on your own machine. !!!")
+        if self.args.image_url.enabled:
+            log.warning("image_url is enabled: the server fetches URLs for callers (public addresses only%s)",
+                        f"; also allowed: {self.args.image_url.allow_networks}" if self.args.image_url.allow_networks
+                        else "")
+
+    def guard(self, request: Request) -> dict[str, str]:
+        """403 without a valid key, 429 over the key's rate; returns the rate-limit headers."""
+        if self.keys is not None:
+            key = request.headers.get("x-api-key")
+            auth = request.headers.get("authorization", "")
+            if key is None and auth.lower().startswith("bearer "):
+                key = auth[7:].strip()
+            if not self.keys.check(key):
+                raise ApiError(403, "forbidden" if key is None else "invalid_api_key",
+                               "missing API key: send it as X-Api-Key" if key is None else "the API key is not valid")
+            identity = "key:" + fingerprint(key)
+        else:
+            identity = "ip:" + (request.client.host if request.client else "unknown")
+        d = self.limiter.hit(identity)
+        headers = {"X-RateLimit-Limit": str(d.limit), "X-RateLimit-Remaining": str(d.remaining),
+                   "X-RateLimit-Reset": str(d.reset_s)}
+        if not d.allowed:
+            raise ApiError(429, "rate_limited", f"rate limit of {self.args.rate_limit_per_minute:g}/min "
+                                                f"(burst {self.args.rate_limit_burst}) exceeded; retry in "
+                                                f"{d.retry_after_s} s", retry_after_s=d.retry_after_s, headers=headers)
+        return headers
+
+    @fastapi_app.get("/", include_in_schema=False)
+    async def page(self):
+        return FileResponse(STATIC / "index.html")
+
+    @fastapi_app.get("/healthz", summary="Liveness and readiness: every model replica set answers")
+    async def healthz(self):
+        try:
+            described = await asyncio.wait_for(
+                asyncio.gather(*(self.handles[m].describe.remote() for m in self.models)), 10)
+        except (asyncio.TimeoutError, TimeoutError):
+            raise ApiError(503, "unavailable", "a model did not answer within 10 s") from None
+        return {"status": "ok", "auth": self.keys is not None,
+                "image_url": self.args.image_url.enabled,
+                "limits": {"max_upload_mb": self.args.max_upload_mb, "max_megapixels": self.args.max_megapixels},
+                "models": dict(zip(self.models, described))}
+
+    @fastapi_app.get("/v1/models", summary="The served models, their versions and devices")
+    async def list_models(self, request: Request):
+        headers = self.guard(request)
+        described = await asyncio.gather(*(self.handles[m].describe.remote() for m in self.models))
+        body = {"default": self.models[0], "models": [{"name": m, **d} for m, d in zip(self.models, described)]}
+        return JSONResponse(body, headers=headers)
+
+    @fastapi_app.post("/v1/matte", summary="Cut out the subject of one image", openapi_extra=api_v1.openapi_matte())
+    async def matte(self, request: Request):
+        headers = self.guard(request)
+        response = await api_v1.matte(request, self.pipeline, self.models)
+        response.headers.update(headers)
+        return response
+
+    @fastapi_app.post("/v1.0/removebg", summary="remove.bg-compatible background removal",
+                      description=removebg.__doc__)
+    async def removebg_endpoint(self, request: Request):
+        headers = self.guard(request)
+        response = await removebg.removebg(request, self.pipeline, self.args)
+        response.headers.update(headers)
+        return response
+
+
+def make_app(args: AppArgs, overrides: dict[str, dict] | None = None) -> Application:
+    """The application graph; `overrides` maps a deployment name to `.options(...)` (tests, bench)."""
+    overrides = overrides or {}
+    handles = {}
+    for m in args.models:
+        name = model_deployment_name(m)
+        dep = MattingModel.options(name=name, **overrides.get(name, {}))
+        handles[m] = dep.bind(m, args.runtime, args.device, args.threads)
+    return MattingIngress.options(**overrides.get(INGRESS_NAME, {})).bind(handles, args)
+
+
+def build_app(args: AppArgs) -> Application:
+    """The builder `serve run` / `serve deploy` call with the config file's `args:`."""
+    return make_app(args)

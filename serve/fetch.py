@@ -1,0 +1,141 @@
+"""Fetching remove.bg's `image_url` without becoming a proxy into the network we run in (SSRF).
+
+Every hop is checked, the first and each redirect alike: http(s) only, and every address the host
+resolves to must be public. The check sits in aiohttp's resolver, so the address we checked is the
+address we connect to (a DNS answer that changes between check and connect cannot slip through).
+IP literals never reach a resolver in aiohttp, so they are checked before the request is made.
+Size and time are capped; nothing of the URL but scheme and host is ever logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import ThreadedResolver
+from yarl import URL
+
+from serve.errors import ApiError
+from serve.settings import ImageUrlSettings
+
+log = logging.getLogger(__name__)
+
+# Cloud instance-metadata endpoints: AWS/GCP/Azure/OpenStack, AWS over IPv6, ECS task metadata,
+# Alibaba. Most are link-local already; naming them gives a clearer refusal.
+METADATA_ADDRESSES = {ipaddress.ip_address(a) for a in
+                      ("169.254.169.254", "fd00:ec2::254", "169.254.170.2", "100.100.100.200")}
+
+_REDIRECTS = (301, 302, 303, 307, 308)
+
+
+def address_refusal(address: str, allow_networks: list[str] = ()) -> str | None:
+    """Why `address` may not be fetched from, or None when it may."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone id
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+    if any(ip in ipaddress.ip_network(n, strict=False) for n in allow_networks):
+        return None
+    if ip in METADATA_ADDRESSES:
+        return "a cloud metadata address"
+    if ip.is_unspecified:
+        return "not a public address (unspecified)"
+    if ip.is_loopback:
+        return "a loopback address"
+    if ip.is_link_local:
+        return "a link-local address"
+    if ip.is_private:
+        return "a private address"
+    if ip.is_multicast or ip.is_reserved or ip.is_unspecified or not ip.is_global:
+        return "not a public address"
+    return None
+
+
+class _Refused(Exception):
+    """Raised inside aiohttp's connector; not an OSError, so aiohttp does not rewrap it as a DNS error."""
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolves with the system resolver, then refuses the host if any of its addresses is not allowed."""
+
+    def __init__(self, allow_networks: list[str]):
+        self._inner = ThreadedResolver()
+        self._allow = allow_networks
+        self.refusal: str | None = None
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+                      ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        for r in results:
+            why = address_refusal(r["host"], self._allow)
+            if why:
+                self.refusal = f"the host {host} resolves to {why}"
+                raise _Refused(self.refusal)
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def _check_url(url: URL, allow_networks: list[str]) -> None:
+    if url.scheme not in ("http", "https"):
+        raise ApiError(400, "url_refused", f"image_url must be http or https, not {url.scheme or 'a relative URL'!r}")
+    if not url.host:
+        raise ApiError(400, "url_refused", "image_url has no host")
+    try:
+        ipaddress.ip_address(url.host.split("%", 1)[0])
+    except ValueError:
+        return  # a name: the resolver checks what it resolves to
+    why = address_refusal(url.host, allow_networks)
+    if why:
+        raise ApiError(400, "url_refused", f"image_url points to {why}")
+
+
+async def fetch_image(url_text: str, settings: ImageUrlSettings) -> bytes:
+    """The bytes at `url_text`, following at most `max_redirects` checked redirects."""
+    if not settings.enabled:
+        raise ApiError(400, "url_disabled", "image_url is disabled on this server; upload the file instead")
+    try:
+        url = URL(url_text)
+    except (ValueError, TypeError):
+        raise ApiError(400, "url_refused", "image_url is not a valid URL") from None
+    resolver = GuardedResolver(settings.allow_networks)
+    try:
+        # wait_for caps the whole chain of hops, not each request.
+        return await asyncio.wait_for(_fetch_hops(url, settings, resolver), settings.timeout_s)
+    except _Refused:
+        raise ApiError(400, "url_refused", f"image_url refused: {resolver.refusal}") from None
+    except (TimeoutError, asyncio.TimeoutError):
+        raise ApiError(400, "url_fetch_failed", f"image_url took longer than {settings.timeout_s:g} s") from None
+    except aiohttp.ClientError as e:
+        if resolver.refusal:
+            raise ApiError(400, "url_refused", f"image_url refused: {resolver.refusal}") from None
+        raise ApiError(400, "url_fetch_failed", f"could not fetch image_url: {type(e).__name__}") from None
+
+
+async def _fetch_hops(url: URL, settings: ImageUrlSettings, resolver: GuardedResolver) -> bytes:
+    max_bytes = int(settings.max_mb * 1024 * 1024)
+    too_large = ApiError(413, "file_too_large", f"image_url's file is over {settings.max_mb:g} MB")
+    connector = aiohttp.TCPConnector(resolver=resolver, use_dns_cache=False)
+    async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
+        for _ in range(settings.max_redirects + 1):
+            _check_url(url, settings.allow_networks)
+            async with session.get(url, allow_redirects=False) as resp:
+                if resp.status in _REDIRECTS and "Location" in resp.headers:
+                    url = url.join(URL(resp.headers["Location"]))
+                    continue
+                if resp.status != 200:
+                    raise ApiError(400, "url_fetch_failed", f"image_url answered HTTP {resp.status}")
+                if (resp.content_length or 0) > max_bytes:
+                    raise too_large
+                data = bytearray()
+                async for chunk in resp.content.iter_chunked(1 << 16):
+                    data += chunk
+                    if len(data) > max_bytes:
+                        raise too_large
+                log.info("fetched image_url from %s://%s (%d bytes)", url.scheme, url.host, len(data))
+                return bytes(data)
+    raise ApiError(400, "url_fetch_failed", f"image_url redirected more than {settings.max_redirects} times")

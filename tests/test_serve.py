@@ -1,0 +1,460 @@
+"""The Serve app over real HTTP on a local Ray: every endpoint, every error code, auth, the rate limit,
+overload, oversize uploads, image_url's refusals, and remove.bg's documented curl command run by curl.
+
+Every address contacted is on this machine (127.0.0.1, 127.0.0.2, localhost).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shlex
+import subprocess
+import threading
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import cv2
+import numpy as np
+import pytest
+import requests
+
+from catalog import SAMPLES, real_photos
+from serve.settings import AppArgs, ImageUrlSettings
+from serve_harness import running_app, session_logs_dir
+
+pytestmark = [pytest.mark.timeout(300), pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+
+KEY = "test-key-main-7f3a"
+RATE_KEY = "test-key-rate-91c2"
+LOAD_KEY = "test-key-load-5d0e"
+DOCS_KEY = "INSERT_YOUR_API_KEY_HERE"  # remove.bg's docs' placeholder, configured so its curl runs verbatim
+BURST = 60  # every test but the rate-limit one stays below it; the refill is slow (20/min)
+RATE_PER_MINUTE = 20
+MAX_UPLOAD_MB = 1.0
+
+
+def decode(data: bytes) -> np.ndarray:
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert img is not None, "the response is not an image"
+    return img
+
+
+def photo() -> bytes:
+    return real_photos(1)[0][1]
+
+
+def has_subject(alpha: np.ndarray) -> bool:
+    fg = float((alpha > 127).mean())
+    return 0.01 < fg < 0.99 and alpha.max() >= 200
+
+
+class FileHost(BaseHTTPRequestHandler):
+    """A tiny web server for image_url tests; counts the requests that reach it."""
+
+    hits: list[str] = []
+    redirect_to = ""
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        type(self).hits.append(self.path)
+        if self.path == "/photo.jpg":
+            body = photo()
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        elif self.path == "/redirect":
+            self.send_response(302)
+            self.send_header("Location", type(self).redirect_to)
+            self.end_headers()
+        elif self.path == "/big.jpg":
+            body = b"\xff" * int(1.5 * 2**20)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        elif self.path == "/slow.jpg":
+            time.sleep(4)
+            self.send_response(200)
+            self.end_headers()
+        else:
+            self.send_response(404)
+            self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def start_host(address: str, handler: type) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer((address, 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+class LoopbackHost(FileHost):
+    hits: list[str] = []
+
+
+class TrustedHost(FileHost):
+    hits: list[str] = []
+
+
+@pytest.fixture(scope="module")
+def hosts():
+    """127.0.0.2 plays an operator-trusted image store; 127.0.0.1 plays a loopback service to protect."""
+    loopback = start_host("127.0.0.1", LoopbackHost)
+    trusted = start_host("127.0.0.2", TrustedHost)
+    TrustedHost.redirect_to = f"http://127.0.0.1:{loopback.server_port}/photo.jpg"
+    yield {"loopback": f"http://127.0.0.1:{loopback.server_port}", "trusted": f"http://127.0.0.2:{trusted.server_port}",
+           "loopback_port": loopback.server_port}
+    loopback.shutdown()
+    trusted.shutdown()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    keys = tmp_path_factory.mktemp("keys") / "keys.txt"
+    keys.write_text(f"# test keys\n{KEY}\n{RATE_KEY}\n\n{LOAD_KEY}\n{DOCS_KEY}\n")
+    args = AppArgs(auth=True, rate_limit_per_minute=RATE_PER_MINUTE, rate_limit_burst=BURST, max_upload_mb=MAX_UPLOAD_MB,
+                   max_megapixels=2.0, cpu_threads=2,
+                   image_url=ImageUrlSettings(enabled=True, max_mb=1.0, timeout_s=2.0, allow_networks=["127.0.0.2/32"]))
+    overrides = {
+        # Small limits so that a dozen concurrent requests overload the model replica (503).
+        "Model_u2netp": {"max_ongoing_requests": 2, "max_queued_requests": 2, "ray_actor_options": {"num_cpus": 0},
+                         "user_config": {"max_batch_size": 2, "batch_wait_timeout_s": 0.05}},
+        "MattingIngress": {"ray_actor_options": {"num_cpus": 0}},
+    }
+    with running_app(args, overrides, env={"MATTING_API_KEYS_FILE": str(keys)}) as base:
+        yield base
+
+
+def auth(key: str = KEY) -> dict:
+    return {"X-Api-Key": key}
+
+
+def assert_error(r: requests.Response, status: int, code: str | None = None) -> dict:
+    assert r.status_code == status, (r.status_code, r.text[:300])
+    body = r.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    assert body["error"]["message"]
+    if code:
+        assert body["error"]["code"] == code, body
+    return body["error"]
+
+
+def assert_removebg_error(r: requests.Response, status: int, code: str | None = None) -> dict:
+    assert r.status_code == status, (r.status_code, r.text[:300])
+    errors = r.json()["errors"]
+    assert len(errors) == 1 and errors[0]["title"] and errors[0]["code"], errors
+    if code:
+        assert errors[0]["code"] == code, errors
+    return errors[0]
+
+
+# --- public endpoints -------------------------------------------------------------------------------
+
+def test_healthz_is_public_and_reports_the_model(server):
+    r = requests.get(f"{server}/healthz")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "ok" and body["auth"] is True
+    assert body["models"]["u2netp"]["version"] == "u2netp-rembg-0.1.3"
+    assert body["models"]["u2netp"]["max_batch_size"] == 2  # user_config reached the replica
+
+
+def test_page_and_openapi_docs(server):
+    page = requests.get(f"{server}/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    docs = requests.get(f"{server}/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    spec = requests.get(f"{server}/openapi.json").json()
+    assert {"/v1/matte", "/v1/models", "/healthz", "/v1.0/removebg"} <= set(spec["paths"])
+    params = {p["name"] for p in spec["paths"]["/v1/matte"]["post"]["parameters"]}
+    assert {"alpha_threshold", "erode", "feather", "background", "format", "preset", "model"} <= params
+
+
+def test_unknown_path_gets_the_json_envelope(server):
+    assert_error(requests.get(f"{server}/v1/nothing-here"), 404, "not_found")
+
+
+# --- auth and rate limit ----------------------------------------------------------------------------
+
+def test_models_needs_a_valid_key(server):
+    assert_error(requests.get(f"{server}/v1/models"), 403, "forbidden")
+    assert_error(requests.get(f"{server}/v1/models", headers=auth("nope")), 403, "invalid_api_key")
+    assert_error(requests.get(f"{server}/v1/models", headers=auth(KEY[:-1])), 403, "invalid_api_key")
+    r = requests.get(f"{server}/v1/models", headers=auth())
+    assert r.status_code == 200 and r.json()["default"] == "u2netp"
+    assert r.json()["models"][0]["device"] == "cpu"
+    bearer = requests.get(f"{server}/v1/models", headers={"Authorization": f"Bearer {KEY}"})
+    assert bearer.status_code == 200
+
+
+def test_post_endpoints_need_a_key(server):
+    assert_error(requests.post(f"{server}/v1/matte", data=photo(), headers={"Content-Type": "image/jpeg"}),
+                 403, "forbidden")
+    assert_removebg_error(requests.post(f"{server}/v1.0/removebg", files={"image_file": photo()},
+                                        headers=auth("wrong")), 403, "invalid_api_key")
+
+
+def test_rate_limit_answers_429_with_retry_after(server):
+    statuses = []
+    for _ in range(BURST + 30):
+        r = requests.get(f"{server}/v1/models", headers=auth(RATE_KEY))
+        statuses.append(r.status_code)
+        if r.status_code == 429:
+            break
+    assert statuses[:BURST] == [200] * BURST  # the burst is served (refills only add to it)
+    assert statuses[-1] == 429, statuses
+    err = assert_error(r, 429, "rate_limited")
+    assert int(r.headers["Retry-After"]) >= 1 and "retry" in err["message"]
+    assert r.headers["X-RateLimit-Remaining"] == "0"
+    # Right after (a token takes 3 s to refill): the same key is limited on the remove.bg API, in its
+    # envelope, before its body is even read; another key is not limited.
+    assert_removebg_error(requests.post(f"{server}/v1.0/removebg", headers=auth(RATE_KEY),
+                                        files={"image_file": photo()}), 429)
+    assert requests.get(f"{server}/v1/models", headers=auth()).status_code == 200
+
+
+# --- POST /v1/matte ---------------------------------------------------------------------------------
+
+def test_matte_multipart_returns_the_cutout_with_headers(server):
+    name, data = real_photos(1)[0]
+    src = decode(data)
+    r = requests.post(f"{server}/v1/matte", headers=auth(), files={"file": (name, data, "image/jpeg")},
+                      data={"erode": "1"})
+    assert r.status_code == 200, r.text[:300]
+    assert r.headers["content-type"] == "image/png"
+    out = decode(r.content)
+    assert out.shape == (*src.shape[:2], 4)
+    assert (int(r.headers["X-Width"]), int(r.headers["X-Height"])) == (src.shape[1], src.shape[0])
+    assert has_subject(out[..., 3])
+    left, top, w, h = map(int, r.headers["X-Subject-Bbox"].split(","))
+    ys, xs = np.nonzero(out[..., 3])
+    assert (left, top, left + w - 1, top + h - 1) == (xs.min(), ys.min(), xs.max(), ys.max())
+    assert r.headers["X-Model"] == "u2netp" and r.headers["X-Model-Version"] == "u2netp-rembg-0.1.3"
+    assert float(r.headers["X-Server-Time-Ms"]) > 0 and "infer;dur=" in r.headers["Server-Timing"]
+
+
+def test_matte_raw_body_with_query_parameters(server):
+    data = (SAMPLES / "coffee.jpg").read_bytes()
+    r = requests.post(f"{server}/v1/matte?format=jpeg&background=%23ff0000&preset=ecommerce",
+                      headers={**auth(), "Content-Type": "image/jpeg"}, data=data)
+    assert r.status_code == 200, r.text[:300]
+    assert r.headers["content-type"] == "image/jpeg" and r.headers["X-Preset"] == "ecommerce"
+    out = decode(r.content)
+    assert out.ndim == 3 and out.shape[2] == 3 and out.shape[:2] == decode(data).shape[:2]
+    corner = out[:10, :10].reshape(-1, 3).mean(axis=0)  # BGR: the red background shows in the corner
+    assert corner[2] > 200 and corner[0] < 60
+
+
+def test_matte_mask_format(server):
+    r = requests.post(f"{server}/v1/matte?format=mask", headers={**auth(), "Content-Type": "application/octet-stream"},
+                      data=(SAMPLES / "astronaut.jpg").read_bytes())
+    assert r.status_code == 200
+    mask = decode(r.content)
+    assert mask.ndim == 2 and has_subject(mask)
+
+
+@pytest.mark.parametrize("body,ctype,status,code", [
+    (b"", "image/jpeg", 400, "undecodable"),
+    ("truncated", "image/jpeg", 400, "undecodable"),
+    (b"plain text, not an image" * 10, "text/plain", 415, "unsupported_type"),
+    (b"plain text, not an image" * 10, "image/jpeg", 415, "unsupported_type"),
+    ("megapixels", "image/png", 413, "too_large"),
+])
+def test_matte_input_errors(server, body, ctype, status, code):
+    if body == "truncated":
+        body = photo()[:3000]
+    elif body == "megapixels":  # 2000×1500 = 3 MP of one colour: tiny as PNG, over the 2 MP limit
+        body = cv2.imencode(".png", np.full((1500, 2000, 3), 200, np.uint8))[1].tobytes()
+    r = requests.post(f"{server}/v1/matte", headers={**auth(), "Content-Type": ctype}, data=body)
+    assert_error(r, status, code)
+
+
+def test_oversize_uploads_are_refused(server):
+    big = b"\xff\xd8" + b"\0" * int(MAX_UPLOAD_MB * 2**20 + 10)
+    declared = requests.post(f"{server}/v1/matte", headers={**auth(), "Content-Type": "image/jpeg"}, data=big)
+    assert_error(declared, 413, "too_large")
+
+    def chunks():  # no Content-Length: the limit is enforced while the body streams in
+        for i in range(0, len(big), 65536):
+            yield big[i:i + 65536]
+
+    chunked = requests.post(f"{server}/v1/matte", headers={**auth(), "Content-Type": "image/jpeg"}, data=chunks())
+    assert_error(chunked, 413, "too_large")
+    multipart = requests.post(f"{server}/v1/matte", headers=auth(), files={"file": ("big.jpg", big, "image/jpeg")})
+    assert_error(multipart, 413, "too_large")
+    assert_removebg_error(requests.post(f"{server}/v1.0/removebg", headers=auth(),
+                                        files={"image_file": ("big.jpg", big)}), 400, "too_large")
+
+
+@pytest.mark.parametrize("query,fragment", [
+    ("erode=abc", "erode"),
+    ("alpha_threshold=300", "alpha_threshold"),
+    ("background=notacolour", "background"),
+    ("format=gif", "format"),
+    ("sharpen=3", "unknown parameter"),
+    ("preset=nope", "preset"),
+    ("model=u2net-huge", "model"),
+])
+def test_matte_bad_parameters_are_422(server, query, fragment):
+    r = requests.post(f"{server}/v1/matte?{query}", headers={**auth(), "Content-Type": "image/jpeg"}, data=photo())
+    assert fragment in assert_error(r, 422, "bad_parameter")["message"]
+
+
+def test_matte_multipart_without_a_file_is_400(server):
+    r = requests.post(f"{server}/v1/matte", headers=auth(), files={"erode": (None, "2")})
+    assert_error(r, 400, "missing_file")
+
+
+def test_overload_answers_503(server):
+    data = (SAMPLES / "rocket.jpg").read_bytes()
+
+    def post(_):
+        return requests.post(f"{server}/v1/matte", headers={**auth(LOAD_KEY), "Content-Type": "image/jpeg"},
+                             data=data, timeout=240)
+
+    with ThreadPoolExecutor(12) as pool:
+        responses = list(pool.map(post, range(12)))
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses.count(200) >= 1 and statuses.count(503) >= 1, statuses
+    rejected = next(r for r in responses if r.status_code == 503)
+    assert_error(rejected, 503, "overloaded")
+    assert int(rejected.headers["Retry-After"]) >= 1
+
+
+# --- remove.bg-compatible API -----------------------------------------------------------------------
+
+REMOVEBG_DOCS_CURL = ("curl -H 'X-API-Key: INSERT_YOUR_API_KEY_HERE' -F 'image_file=@/path/to/file.jpg' "
+                      "-F 'size=auto' -f https://api.remove.bg/v1.0/removebg -o no-bg.png")
+
+
+def test_removebg_docs_curl_command_works_unchanged(server, tmp_path):
+    """remove.bg's own sample, with only the host and the file path replaced."""
+    src = SAMPLES / "chelsea.jpg"
+    cmd = REMOVEBG_DOCS_CURL.replace("https://api.remove.bg", server).replace("/path/to/file.jpg", str(src))
+    done = subprocess.run(shlex.split(cmd), cwd=tmp_path, capture_output=True, timeout=240)
+    assert done.returncode == 0, done.stderr.decode()
+    out = decode((tmp_path / "no-bg.png").read_bytes())
+    assert out.shape == (*decode(src.read_bytes()).shape[:2], 4) and has_subject(out[..., 3])
+
+
+def test_removebg_json_response(server):
+    name, data = real_photos(1)[0]
+    r = requests.post(f"{server}/v1.0/removebg", headers={**auth(), "Accept": "application/json"},
+                      files={"image_file": (name, data)}, data={"size": "preview", "type": "product"})
+    assert r.status_code == 200
+    d = r.json()["data"]
+    out = decode(base64.b64decode(d["result_b64"]))
+    assert out.shape[2] == 4 and has_subject(out[..., 3])
+    assert (d["foreground_width"], d["foreground_height"]) == (int(r.headers["X-Foreground-Width"]),
+                                                               int(r.headers["X-Foreground-Height"]))
+    assert d["foreground_width"] > 0 and r.headers["X-Type"] == "product"
+    assert (int(r.headers["X-Width"]), int(r.headers["X-Height"])) == (out.shape[1], out.shape[0])
+
+
+def test_removebg_b64_crop_bgcolor_jpg(server):
+    data = (SAMPLES / "coffee.jpg").read_bytes()
+    src = decode(data)
+    body = {"image_file_b64": base64.b64encode(data).decode(), "crop": True, "crop_margin": "10px",
+            "bg_color": "81d4fa", "format": "jpg"}
+    r = requests.post(f"{server}/v1.0/removebg", headers=auth(), json=body)
+    assert r.status_code == 200, r.text[:300]
+    assert r.headers["content-type"] == "image/jpeg"
+    out = decode(r.content)
+    w, h = int(r.headers["X-Width"]), int(r.headers["X-Height"])
+    assert out.shape == (h, w, 3) and (w, h) != (src.shape[1], src.shape[0])
+    top, left = int(r.headers["X-Foreground-Top"]), int(r.headers["X-Foreground-Left"])
+    assert top <= 10 and left <= 10  # the margin (less where the image edge clamps it)
+
+
+def test_removebg_zip_and_alpha_channel(server):
+    data = (SAMPLES / "astronaut.jpg").read_bytes()
+    src = decode(data)
+    z = requests.post(f"{server}/v1.0/removebg", headers=auth(), files={"image_file": data}, data={"format": "zip"})
+    assert z.status_code == 200 and z.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(z.content)) as archive:
+        assert sorted(archive.namelist()) == ["alpha.png", "color.jpg"]
+        color, alpha = decode(archive.read("color.jpg")), decode(archive.read("alpha.png"))
+    assert color.shape == src.shape and alpha.shape == src.shape[:2] and has_subject(alpha)
+    a = requests.post(f"{server}/v1.0/removebg", headers=auth(), files={"image_file": data}, data={"channels": "alpha"})
+    assert a.status_code == 200 and a.headers["content-type"] == "image/png"
+    assert np.array_equal(decode(a.content), alpha)
+
+
+@pytest.mark.parametrize("fields,files,code", [
+    ({"size": "auto"}, None, "missing_source"),
+    ({"image_file_b64": "aGVsbG8=", "image_url": "http://127.0.0.2/x.jpg"}, None, "multiple_sources"),
+    ({"format": "gif"}, "photo", "invalid_parameter"),
+    ({"channels": "rgb"}, "photo", "invalid_parameter"),
+    ({"crop_margin": "80%", "crop": "true"}, "photo", "invalid_parameter"),
+    ({"bg_color": "not-a-colour"}, "photo", "invalid_parameter"),
+    ({"roi": "0% 0% 50% 50%"}, "photo", "unsupported_parameter"),
+    ({"image_file_b64": "bm90IGFuIGltYWdl"}, None, "unsupported_type"),
+])
+def test_removebg_errors_use_its_envelope(server, fields, files, code):
+    parts = {k: (None, str(v)) for k, v in fields.items()}  # multipart, as remove.bg's clients send
+    if files:
+        parts["image_file"] = ("photo.jpg", photo(), "image/jpeg")
+    r = requests.post(f"{server}/v1.0/removebg", headers=auth(), files=parts)
+    assert_removebg_error(r, 400, code)
+
+
+# --- image_url --------------------------------------------------------------------------------------
+
+def removebg_url(server, url):
+    return requests.post(f"{server}/v1.0/removebg", headers=auth(), data={"image_url": url})
+
+
+def test_image_url_fetches_from_an_allowed_host(server, hosts):
+    r = removebg_url(server, f"{hosts['trusted']}/photo.jpg")
+    assert r.status_code == 200, r.text[:300]
+    assert has_subject(decode(r.content)[..., 3])
+
+
+@pytest.mark.parametrize("url", [
+    "{loopback}/photo.jpg",
+    "http://localhost:{loopback_port}/photo.jpg",
+    "http://[::ffff:127.0.0.1]:{loopback_port}/photo.jpg",
+    "http://2130706433:{loopback_port}/photo.jpg",
+    "{trusted}/redirect",  # allowed host, redirected to loopback: refused after the redirect
+    "file:///etc/passwd",
+    "ftp://127.0.0.2/photo.jpg",
+])
+def test_image_url_refuses_loopback_and_non_http(server, hosts, url):
+    LoopbackHost.hits.clear()
+    r = removebg_url(server, url.format(**hosts))
+    err = assert_removebg_error(r, 400)
+    assert err["code"] in ("url_refused", "url_fetch_failed"), err
+    assert LoopbackHost.hits == [], "a refused URL must never be contacted"
+
+
+def test_image_url_caps_size_and_time(server, hosts):
+    assert_removebg_error(removebg_url(server, f"{hosts['trusted']}/big.jpg"), 400, "file_too_large")
+    t0 = time.monotonic()
+    assert_removebg_error(removebg_url(server, f"{hosts['trusted']}/slow.jpg"), 400, "url_fetch_failed")
+    assert time.monotonic() - t0 < 3.5
+
+
+# --- logs -------------------------------------------------------------------------------------------
+
+def test_no_key_reaches_the_logs(server):
+    """Runs after the others: every key used above, valid or not, is absent from every Ray/Serve log."""
+    requests.get(f"{server}/v1/models?api_key={KEY}", headers=auth())  # even a key pasted into a URL...
+    time.sleep(1.0)
+    secrets = [KEY, RATE_KEY, LOAD_KEY, "nope"]
+    logs = [p for p in session_logs_dir().rglob("*") if p.is_file()]
+    assert any("serve" in str(p) for p in logs)
+    leaked = []
+    for p in logs:
+        text = p.read_bytes().decode("utf-8", "replace")
+        leaked += [(p.name, s) for s in secrets[:3] if s in text]
+    # ...is a 200 whose access-log line holds the path only, never the query string
+    assert not leaked, leaked

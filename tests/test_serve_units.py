@@ -1,0 +1,187 @@
+"""The Serve app's parts as plain callables: keys, rate limit, address checks, parameters, crop
+arithmetic, the config files, and the model deployment's health check. No network, no Ray cluster."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from serve.errors import ApiError
+from serve.fetch import _check_url, address_refusal, fetch_image
+from serve.params import parse_params, parse_preset
+from serve.removebg import crop_box, parse_margin
+from serve.security import ApiKeys, RateLimiter, fingerprint
+from serve.settings import AppArgs, ImageUrlSettings, NoApiKeysError, load_api_keys
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# --- keys and rate limit ----------------------------------------------------------------------------
+
+def test_api_keys_accept_only_exact_keys():
+    keys = ApiKeys(["alpha-key", "beta-key"])
+    assert keys.check("alpha-key") and keys.check("beta-key")
+    for wrong in (None, "", "alpha", "alpha-key ", "ALPHA-KEY", "beta-keyx"):
+        assert not keys.check(wrong), wrong
+    with pytest.raises(ValueError):
+        ApiKeys([])
+    assert fingerprint("alpha-key") != fingerprint("beta-key") and "alpha" not in fingerprint("alpha-key")
+
+
+def test_keys_from_environment_and_file(tmp_path):
+    f = tmp_path / "keys"
+    f.write_text("# comment\nfile-key-1\n\n  file-key-2  \n")
+    assert load_api_keys({"MATTING_API_KEYS": " a, b ,,"}) == ["a", "b"]
+    assert load_api_keys({"MATTING_API_KEYS_FILE": str(f)}) == ["file-key-1", "file-key-2"]
+    assert load_api_keys({"MATTING_API_KEYS": "a", "MATTING_API_KEYS_FILE": str(f)}) == ["a", "file-key-1", "file-key-2"]
+    assert load_api_keys({}) == []
+    with pytest.raises(NoApiKeysError, match="not a file"):
+        load_api_keys({"MATTING_API_KEYS_FILE": str(tmp_path / "missing")})
+
+
+def test_rate_limiter_bucket_refills_and_names_the_wait():
+    now = [1000.0]
+    rl = RateLimiter(per_minute=60, burst=3, clock=lambda: now[0])
+    assert [rl.hit("k").allowed for _ in range(3)] == [True] * 3
+    refused = rl.hit("k")
+    assert not refused.allowed and refused.retry_after_s == 1 and refused.remaining == 0
+    assert rl.hit("other").allowed  # buckets are per identity
+    now[0] += 1.0  # one token per second at 60/min
+    assert rl.hit("k").allowed and not rl.hit("k").allowed
+    now[0] += 10.0
+    assert rl.hit("k").remaining == 2  # refilled to the burst, never past it
+
+
+def test_rate_limiter_table_is_bounded():
+    rl = RateLimiter(per_minute=60, burst=1, max_identities=10)
+    for i in range(100):
+        rl.hit(f"id{i}")
+    assert len(rl._buckets) == 10
+
+
+# --- image_url address checks (pure functions: nothing is contacted) --------------------------------
+
+@pytest.mark.parametrize("address,why", [
+    ("127.0.0.1", "loopback"), ("127.9.9.9", "loopback"), ("::1", "loopback"), ("::ffff:127.0.0.1", "loopback"),
+    ("10.1.2.3", "private"), ("172.16.0.1", "private"), ("192.168.1.1", "private"), ("fd12::1", "private"),
+    ("169.254.169.254", "metadata"), ("fd00:ec2::254", "metadata"), ("169.254.10.1", "link-local"),
+    ("fe80::1", "link-local"), ("100.64.0.1", "not a public"), ("0.0.0.0", "not a public"),
+    ("224.0.0.1", "not a public"), ("240.0.0.1", "address"),
+])
+def test_non_public_addresses_are_refused(address, why):
+    reason = address_refusal(address)
+    assert reason and why in reason
+
+
+def test_public_and_explicitly_allowed_addresses_pass():
+    assert address_refusal("93.184.216.34") is None
+    assert address_refusal("2606:4700::1111") is None
+    assert address_refusal("10.1.2.3", ["10.1.0.0/16"]) is None
+    assert address_refusal("10.2.0.1", ["10.1.0.0/16"]) is not None
+
+
+@pytest.mark.parametrize("url,fragment", [
+    ("file:///etc/passwd", "http or https"), ("ftp://example.org/a.jpg", "http or https"),
+    ("http://10.0.0.8/a.jpg", "private"), ("http://169.254.169.254/latest/meta-data", "metadata"),
+    ("http://[::1]:8080/", "loopback"), ("http://[::ffff:10.0.0.1]/", "private"), ("/relative.jpg", "http or https"),
+])
+def test_urls_refused_before_any_connection(url, fragment):
+    from yarl import URL
+
+    with pytest.raises(ApiError) as e:
+        _check_url(URL(url), [])
+    assert e.value.code == "url_refused" and fragment in e.value.message
+
+
+def test_image_url_is_off_unless_enabled():
+    with pytest.raises(ApiError) as e:
+        asyncio.run(fetch_image("http://127.0.0.1:9/a.jpg", ImageUrlSettings()))
+    assert e.value.code == "url_disabled"
+
+
+# --- parameters -------------------------------------------------------------------------------------
+
+def test_params_from_strings_are_typed_and_validated():
+    p = parse_params({"alpha_threshold": "20", "erode": "2", "feather": "1.5", "background": "", "format": "jpeg"})
+    assert (p.alpha_threshold, p.erode, p.feather, p.format) == (20, 2, 1.5, "jpeg")
+    assert p.background == "white"  # postproc's rule: JPEG has no alpha
+    for raw, fragment in (({"erode": "x"}, "erode"), ({"quality": "0"}, "quality"), ({"nope": "1"}, "unknown"),
+                          ({"background": "#12"}, "background")):
+        with pytest.raises(ApiError) as e:
+            parse_params(raw)
+        assert e.value.status == 422 and fragment in e.value.message
+
+
+def test_presets_are_validated_by_name():
+    assert parse_preset("id-photo") == "id-photo" and parse_preset("") is None and parse_preset(None) is None
+    with pytest.raises(ApiError, match="known: id-photo"):
+        parse_preset("passport")
+
+
+def test_crop_margin_parsing_and_box():
+    assert parse_margin("10px") == [(10.0, "px")] * 4
+    assert parse_margin("5% 20px") == [(5.0, "%"), (20.0, "px")] * 2
+    assert parse_margin(None) == [(0.0, "px")] * 4
+    for bad in ("51%", "501px", "1 2 3", "ten"):
+        with pytest.raises(ApiError):
+            parse_margin(bad)
+    # subject 100×50 at (200, 100) in a 1000×800 image; 10% of height (5px) top/bottom, 20px sides
+    assert crop_box((200, 100, 100, 50), parse_margin("10% 20px"), 1000, 800) == (180, 95, 320, 155)
+    assert crop_box((5, 5, 10, 10), parse_margin("500px"), 40, 30) == (0, 0, 40, 30)  # clamped to the image
+
+
+# --- config files -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["config.yaml", "config.gpu.yaml"])
+def test_config_files_are_valid_serve_configs(name):
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve.app import INGRESS_NAME, model_deployment_name
+
+    raw = yaml.safe_load((REPO / "serve" / name).read_text())
+    ServeDeploySchema.model_validate(raw)
+    (app,) = raw["applications"]
+    args = AppArgs.model_validate(app["args"])
+    assert args.auth is True and args.image_url.enabled is False  # secure by default
+    deployments = {d["name"]: d for d in app["deployments"]}
+    assert set(deployments) == {INGRESS_NAME, *(model_deployment_name(m) for m in args.models)}
+    for m in args.models:
+        d = deployments[model_deployment_name(m)]
+        assert d["max_ongoing_requests"] >= d["user_config"]["max_batch_size"]
+        assert d["max_queued_requests"] > 0 and d["autoscaling_config"]["max_replicas"] >= 1
+        assert d["ray_actor_options"]["num_gpus"] == (1 if "gpu" in name else 0)
+
+
+def test_matting_serve_overrides_host_port_and_auth():
+    from serve.local import CPU_CONFIG, local_config
+
+    cfg = local_config(CPU_CONFIG, "0.0.0.0", 9001, auth=False)
+    assert cfg["http_options"]["host"] == "0.0.0.0" and cfg["http_options"]["port"] == 9001
+    assert cfg["applications"][0]["args"]["auth"] is False
+    assert cfg["applications"][0]["deployments"] == yaml.safe_load(CPU_CONFIG.read_text())["applications"][0]["deployments"]
+
+
+def test_unknown_model_in_args_names_the_registered_ones():
+    with pytest.raises(ValueError, match="registered: \\['u2netp'"):
+        AppArgs(models=["u2net-xl"])
+
+
+# --- the model deployment's health check ------------------------------------------------------------
+
+def test_check_health_runs_the_model_and_rejects_a_broken_one():
+    from serve.model_deployment import MattingModel
+
+    replica = MattingModel.func_or_class("u2netp", runtime="onnxruntime", device="cpu")
+    asyncio.run(replica.check_health())
+    assert replica.describe()["version"] == "u2netp-rembg-0.1.3"
+
+    def broken(images):
+        return np.full((len(images), *replica.runtime.input_size), np.nan, np.float32)
+
+    replica.runtime.predict = broken
+    with pytest.raises(RuntimeError, match="health probe"):
+        asyncio.run(replica.check_health())
