@@ -18,7 +18,7 @@ Method:
    thresholds in steps of 0.1, / 1000 (Grad and Conn as in the common Python ports of the
    alphamatting.com code). When the project's `matting eval` metrics module exists it should
    replace these.
-4. s/MP: wall seconds of refine_alpha, plus decontaminate where it is on (rembg: its closed-form
+4. s/MP: wall (and CPU: process_time, all threads) seconds of refine_alpha, plus decontaminate where it is on (rembg: its closed-form
    matting plus the foreground estimate its alpha matting always runs), per megapixel of input,
    summed over the set, pymatting's kernels loaded beforehand (warm-up not counted).
 5. --large-mp N: each refining setting once more on one image of N MP (a set image resized up
@@ -153,12 +153,12 @@ def predict(items, runtime) -> list[np.ndarray]:
     return probs
 
 
-def run_setting(kwargs: dict | None, rgb: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, float]:
-    """The matte of one setting and the seconds it took, decontamination included where it is on."""
+def run_setting(kwargs: dict | None, rgb: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """The matte of one setting, and the wall and CPU seconds it took (decontamination included where on)."""
     from postproc.refine import decontaminate, load_pymatting
 
     h, w = rgb.shape[:2]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if kwargs is None:
         from postproc.alpha import to_full_resolution
 
@@ -170,7 +170,7 @@ def run_setting(kwargs: dict | None, rgb: np.ndarray, prob: np.ndarray) -> tuple
         alpha = refine_alpha(prob, h, w, params, rgb=rgb)
         if params.decontaminate:  # what compose_and_encode does before encoding
             decontaminate(rgb, alpha, max_pixels=int(params.refine_max_megapixels * 1e6))
-    return alpha, time.perf_counter() - t0
+    return alpha, time.perf_counter() - t0, time.process_time() - c0
 
 
 def main() -> int:
@@ -202,22 +202,25 @@ def main() -> int:
 
     rows = []
     for name, kwargs in settings.items():
-        per_image, seconds = [], 0.0
+        per_image, seconds, cpu = [], 0.0, 0.0
         for (stem, rgb, gt, unknown), prob in zip(items, probs):
-            alpha, dt = run_setting(kwargs, rgb, prob)
-            seconds += dt
-            per_image.append({"image": stem, **metrics(alpha, gt, unknown), "s": dt})
+            alpha, dt, dc = run_setting(kwargs, rgb, prob)
+            seconds, cpu = seconds + dt, cpu + dc
+            per_image.append({"image": stem, **metrics(alpha, gt, unknown), "s": dt, "cpu_s": dc})
         mean = {k: float(np.mean([r[k] for r in per_image])) for k in ("SAD", "MSE", "Grad", "Conn", "SAD_t")}
-        rows.append({"setting": name, "kwargs": kwargs, **mean, "s_per_mp": seconds / mp, "per_image": per_image})
+        rows.append({"setting": name, "kwargs": kwargs, **mean, "s_per_mp": seconds / mp, "cpu_s_per_mp": cpu / mp,
+                     "per_image": per_image})
         print(f"{name:<44} SAD {mean['SAD']:7.2f}  MSE {mean['MSE']:6.2f}  Grad {mean['Grad']:7.2f}  "
-              f"Conn {mean['Conn']:7.2f}  SAD_t {mean['SAD_t']:6.2f}  {seconds / mp:6.3f} s/MP  "
+              f"Conn {mean['Conn']:7.2f}  SAD_t {mean['SAD_t']:6.2f}  {seconds / mp:6.3f} s/MP  CPU {cpu / mp:6.3f} s/MP "
               f"(loadavg {os.getloadavg()[0]:.1f})", flush=True)
 
-    raw_sad = rows[0]["SAD"] if rows and rows[0]["setting"] == "raw" else None
-    if raw_sad:
-        print("\nSAD change against raw:")
+    if rows and rows[0]["setting"] == "raw":
+        raw = rows[0]
+        print("\nagainst raw: whole-image SAD change; images where SAD is lower; median per-image change:")
         for r in rows[1:]:
-            print(f"  {r['setting']:<44} {100 * (r['SAD'] - raw_sad) / raw_sad:+6.1f} %")
+            change = [(b["SAD"] - a["SAD"]) / a["SAD"] for a, b in zip(raw["per_image"], r["per_image"])]
+            print(f"  {r['setting']:<44} {100 * (r['SAD'] - raw['SAD']) / raw['SAD']:+6.1f} %  "
+                  f"{sum(c < 0 for c in change):2d}/{len(change)}  {100 * float(np.median(change)):+6.1f} %")
 
     large = []
     if args.large_mp:
@@ -228,9 +231,9 @@ def main() -> int:
         for name, kwargs in settings.items():
             if kwargs is None:
                 continue  # rembg's route solves on the whole image: not bounded
-            _, dt = run_setting(kwargs, big, probs[0])
-            large.append({"setting": name, "seconds": dt})
-            print(f"  {name:<44} {dt:7.2f} s  (loadavg {os.getloadavg()[0]:.1f})", flush=True)
+            _, dt, dc = run_setting(kwargs, big, probs[0])
+            large.append({"setting": name, "seconds": dt, "cpu_seconds": dc})
+            print(f"  {name:<44} {dt:7.2f} s  CPU {dc:7.2f} s  (loadavg {os.getloadavg()[0]:.1f})", flush=True)
     if args.json:
         args.json.write_text(json.dumps({"set": str(args.set), "rows": rows, "large": large}, indent=1))
     return 0
