@@ -115,6 +115,19 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         license="weights Apache-2.0 (U²-Net authors); package MIT",
         description="U²-Netp salient-object segmentation, 1.1 M parameters (Qin et al., 2020)",
     ),
+    # The seed's U-Net at a small width, distilled from U²-Netp by `matting train` on CPU and
+    # shipped inside the package (docs/models.md: how it was trained, its data and their credits).
+    "unet-small": ModelSpec(
+        name="unet-small",
+        version="unet-small-w8d5-192-v1",
+        architecture="unet",
+        arch_kwargs={"base_width": 8, "depth": 5},
+        preprocess=PreprocessSpec(input_size=(192, 192), input_scale="unit", output_activation="sigmoid",
+                                  output_normalization="none"),
+        weights=FileWeights(path="checkpoints/unet-small.safetensors", md5="b422822bb3fdaaaaa11b058296722382"),
+        license="weights Apache-2.0 (this project); training photos CC0 1.0, CC BY 4.0 and Apache-2.0 (docs/models.md)",
+        description="seed U-Net 8-16-32-64-128, 0.49 M parameters, distilled from U²-Netp (docs/models.md)",
+    ),
 }
 
 

@@ -95,6 +95,7 @@ def save_safetensors(state: dict, spec: ModelSpec, path: str | os.PathLike) -> P
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     partial = path.with_name(f".{path.name}.partial")
     save_file(tensors, str(partial), metadata={SPEC_METADATA_KEY: json.dumps(spec.to_json_dict())})
+    os.chmod(partial, 0o644)  # weights are read by other users (workers, images); nothing in them is secret
     os.replace(partial, path)
     return path
 

@@ -198,10 +198,13 @@ def run_training(cfg: TrainConfig) -> dict:
     cached = precompute_teacher(images, teacher=cfg.teacher, cache_dir=cfg.cache_dir or default_cache_dir(),
                                 size=cfg.cache_size, runtime=cfg.teacher_runtime, device=device, threads=cfg.threads)
     n_val = min(cfg.val_images, len(cached) // 10)
-    # Every 10th photo up to n_val is held out: spread over the interleaved folders, never trained on.
-    val_files = cached[::10][:n_val]
-    held = set(val_files)
-    train_files = [f for f in cached if f not in held]
+    # Every 10th photo up to n_val is held out: spread over the interleaved folders, never trained on,
+    # neither as a teacher sample nor as a pair.
+    held = cached[::10][:n_val]
+    held_images = {img.resolve() for img, _ in held}
+    val_files = [c for _, c in held]
+    train_files = [c for img, c in cached if img.resolve() not in held_images]
+    pairs = [p for p in pairs if p.image.resolve() not in held_images]
     spec = cfg.student_spec(0)
     net = build_architecture(spec)
     if cfg.init:

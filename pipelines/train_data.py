@@ -116,8 +116,8 @@ def read_rgba(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def precompute_teacher(images: list[Path], *, teacher: str, cache_dir: str | os.PathLike, size: int,
                        runtime: str = "auto", device: str = "auto", threads: int | None = None,
-                       batch_size: int = 8, log_every_s: float = 30.0) -> list[Path]:
-    """Run the teacher on every image not cached yet; return the cache files of all readable images."""
+                       batch_size: int = 8, log_every_s: float = 30.0) -> list[tuple[Path, Path]]:
+    """Run the teacher on every image not cached yet; return (image, cache file) of all readable images."""
     from model.runtime import create_runtime
     from model.specs import get_spec
 
@@ -152,4 +152,4 @@ def precompute_teacher(images: list[Path], *, teacher: str, cache_dir: str | os.
                 last = time.perf_counter()
                 log.info("teacher: %d/%d images, %.2f images/s", done, len(todo), done / (last - t0))
         log.info("teacher: %d images in %.0f s, %d unreadable", done, time.perf_counter() - t0, bad)
-    return [c for c in (cache_path(cache_dir, p, version, size) for p in images) if c.is_file()]
+    return [(p, c) for p, c in ((p, cache_path(cache_dir, p, version, size)) for p in images) if c.is_file()]
