@@ -89,7 +89,9 @@ def load_background(uri: str | None, s3_endpoint: str | None = None):
 def add_job_arguments(p: argparse.ArgumentParser) -> None:
     from model.specs import list_models
 
-    p.add_argument("--model", default="u2netp", choices=list_models())
+    p.add_argument("--model", default="u2netp", metavar="NAME|PATH",
+                   help=f"a registered model ({', '.join(list_models())}) or a .safetensors/.onnx file "
+                        "with its spec (in its metadata or a .spec.json beside it)")
     p.add_argument("--weights", help="weights file or s3:// URI instead of the packaged cache")
     p.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnxruntime"],
                    help="auto: torch FP16 on CUDA, onnxruntime FP32 on CPU")
@@ -212,12 +214,83 @@ def cmd_weights(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from model import weights
-    from model.specs import MODEL_SPECS
+    from model.specs import MODEL_SPECS, FileWeights
 
     for spec in MODEL_SPECS.values():
         cached = spec.weights is not None and weights.cached_path(spec).is_file()
+        state = ("bundled" if isinstance(spec.weights, FileWeights) else "cached") if cached else "missing"
         print(f"{spec.name}\t{spec.version}\tinput {spec.preprocess.input_size[0]}×{spec.preprocess.input_size[1]}\t"
-              f"weights {'cached' if cached else 'missing'}\t{spec.description}")
+              f"weights {state}\t{spec.description}")
+    return 0
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    from pipelines.train import TrainConfig
+
+    d = TrainConfig(images=("-",), out="-.safetensors")  # the defaults, shown in --help
+    p.add_argument("images", nargs="+", help="folders of unlabelled training photos (files directly inside)")
+    p.add_argument("--out", required=True, help="checkpoint to write, a .safetensors file (spec in its metadata)")
+    p.add_argument("--pairs", help="folder with image/ and alpha/ (mattes) or mask/ (binary masks): supervised pairs")
+    p.add_argument("--name", default=d.name, help=f"the model's name in its spec (default {d.name})")
+    p.add_argument("--base-width", type=int, default=d.base_width, help=f"channels of the first level (default "
+                   f"{d.base_width}; the reference U-Net has 64)")
+    p.add_argument("--depth", type=int, default=d.depth, help=f"levels, channels doubling each (default {d.depth})")
+    p.add_argument("--input-size", type=int, default=d.input_size, help=f"square training and inference size "
+                   f"(default {d.input_size})")
+    p.add_argument("--teacher", default=d.teacher, help=f"teacher model, name or path (default {d.teacher})")
+    p.add_argument("--teacher-runtime", default=d.teacher_runtime, choices=["auto", "torch", "onnxruntime"])
+    p.add_argument("--cache-dir",
+                   help="teacher-alpha cache (default $MATTING_CACHE_DIR or ~/.cache/unet-matting/teacher)")
+    p.add_argument("--cache-size", type=int, default=d.cache_size, help=f"square size photos and teacher alphas are "
+                   f"cached at (default {d.cache_size})")
+    p.add_argument("--max-images", type=int, help="use at most N photos, drawn round-robin from the folders")
+    p.add_argument("--precompute-only", action="store_true", help="fill the teacher cache and stop")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"optimisation steps (default {d.steps})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr, help=f"peak AdamW learning rate (default {d.lr})")
+    p.add_argument("--composite-prob", type=float, default=d.composite_prob,
+                   help=f"share of teacher samples composited over new backgrounds (default {d.composite_prob})")
+    p.add_argument("--pair-weight", type=float, default=d.pair_weight, help="loss weight of --pairs samples")
+    p.add_argument("--pair-prob", type=float,
+                   help="share of samples drawn from --pairs (default: their share of all photos)")
+    p.add_argument("--val-images", type=int, default=d.val_images, help="photos held out to report MAE vs the teacher")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    amp = p.add_mutually_exclusive_group()
+    amp.add_argument("--amp", dest="amp", action="store_true", default=None,
+                     help="mixed precision (CUDA only; the default there)")
+    amp.add_argument("--no-amp", dest="amp", action="store_false")
+    p.add_argument("--workers", type=int, default=d.workers, help="data-loading processes (default 0: in the trainer)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--max-minutes", type=float,
+                   help="stop training this long after the teacher cache is ready, with a checkpoint")
+    p.add_argument("--init", help="start from these weights (a .safetensors checkpoint) instead of random")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pipelines.train import TrainConfig, default_cache_dir, run_training
+    from pipelines.train_data import list_images, precompute_teacher
+
+    cfg = TrainConfig(images=tuple(args.images), out=args.out, pairs=args.pairs, name=args.name,
+                      base_width=args.base_width, depth=args.depth, input_size=args.input_size,
+                      teacher=args.teacher, teacher_runtime=args.teacher_runtime, cache_dir=args.cache_dir,
+                      cache_size=args.cache_size, max_images=args.max_images, steps=args.steps,
+                      batch_size=args.batch_size, lr=args.lr, composite_prob=args.composite_prob,
+                      pair_weight=args.pair_weight, pair_prob=args.pair_prob, val_images=args.val_images,
+                      device=args.device, amp=args.amp, workers=args.workers, threads=args.threads,
+                      seed=args.seed, log_every=args.log_every, checkpoint_every=args.checkpoint_every,
+                      max_minutes=args.max_minutes, init=args.init)
+    if args.precompute_only:
+        cached = precompute_teacher(list_images(list(cfg.images), cfg.max_images), teacher=cfg.teacher,
+                                    cache_dir=cfg.cache_dir or default_cache_dir(), size=cfg.cache_size,
+                                    runtime=cfg.teacher_runtime, device=cfg.device, threads=cfg.threads)
+        print(f"teacher cache: {len(cached)} photos")
+        return 0
+    summary = run_training(cfg)
+    print(f"trained {summary['steps']} steps in {summary['wall_s']} s; held-out MAE vs teacher {summary['val_mae']}; "
+          f"checkpoint {summary['out']}; log {summary['log']}")
     return 0
 
 
@@ -278,6 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "or MATTING_API_KEYS_FILE")
     p.add_argument("--address", help="an existing Ray cluster to deploy on (default: a new local instance)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("train", help="distil the U-Net from a teacher on folders of photos (+ optional pairs)")
+    add_train_arguments(p)
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("models", help="list registered models")
     p.set_defaults(func=cmd_models)
