@@ -163,3 +163,17 @@ def test_train_refuses_bad_arguments(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert cli_main(["train", str(tmp_path), "--out", str(tmp_path / "x.pt")]) == 2
     assert ".safetensors" in capsys.readouterr().err
+
+
+def test_a_job_accepts_a_checkpoint_path(tmp_path, monkeypatch):
+    from pipelines.job import JobConfig
+
+    spec = get_spec("unet-small")
+    spec = type(spec).from_json_dict({**spec.to_json_dict(), "name": "mine", "version": "mine-7"})
+    save_safetensors(UNet(**spec.arch_kwargs).state_dict(), spec, tmp_path / "mine.safetensors")
+    monkeypatch.chdir(tmp_path)
+    cfg = JobConfig(source="in", dest="out", model="mine.safetensors")
+    assert cfg.model == str(tmp_path / "mine.safetensors")  # absolute: Ray workers run elsewhere
+    assert cfg.fingerprint().model_version == "mine-7"
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        JobConfig(source="in", dest="out", model="nope.safetensors")
