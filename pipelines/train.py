@@ -23,8 +23,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
 
 from model.runtime import normalize_batch, resolve_device
 from model.specs import ModelSpec, PreprocessSpec
@@ -106,8 +104,12 @@ class TrainConfig:
         )
 
 
-class DistillDataset(Dataset):
-    """Sample i is drawn with its own seeded generator: reproducible, and safe across workers."""
+class DistillDataset:
+    """Sample i is drawn with its own seeded generator: reproducible, and safe across workers.
+
+    A map-style dataset for torch's DataLoader (which only needs __len__ and __getitem__ and turns
+    the numpy arrays into tensors), so that `matting` imports no torch until it trains.
+    """
 
     def __init__(self, cached: list[Path], pairs: list[Pair], *, out: int, cache_size: int,
                  preprocess: PreprocessSpec, length: int, seed: int, composite_prob: float, pair_weight: float,
@@ -150,10 +152,10 @@ class DistillDataset(Dataset):
         rgb, alpha, weight, coarse = self.sample(np.random.default_rng([self.seed, i]))
         x = normalize_batch(np.ascontiguousarray(rgb)[None], self.preprocess)[0]
         a = (alpha.astype(np.float32) / 255.0)[None]
-        return torch.from_numpy(x), torch.from_numpy(a), torch.tensor(weight), torch.tensor(coarse)
+        return x, a, np.float32(weight), np.float32(coarse)
 
 
-def validation_batch(files: list[Path], out: int, preprocess: PreprocessSpec) -> tuple[torch.Tensor, torch.Tensor]:
+def validation_batch(files: list[Path], out: int, preprocess: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
     """Held-out photos, no augmentation: the student's MAE against the teacher on unseen images."""
     import cv2
 
@@ -162,8 +164,7 @@ def validation_batch(files: list[Path], out: int, preprocess: PreprocessSpec) ->
         rgb, alpha = read_rgba(f)
         rgbs.append(cv2.resize(rgb, (out, out), interpolation=cv2.INTER_AREA))
         alphas.append(cv2.resize(alpha, (out, out), interpolation=cv2.INTER_AREA))
-    x = torch.from_numpy(normalize_batch(np.stack(rgbs), preprocess))
-    return x, torch.from_numpy(np.stack(alphas).astype(np.float32) / 255.0)[:, None]
+    return normalize_batch(np.stack(rgbs), preprocess), (np.stack(alphas).astype(np.float32) / 255.0)[:, None]
 
 
 class StopFlag:
@@ -183,6 +184,9 @@ class StopFlag:
 
 def run_training(cfg: TrainConfig) -> dict:
     """Train and write cfg.out; returns a summary (steps, wall time, losses, held-out MAE)."""
+    import torch
+    from torch.utils.data import DataLoader
+
     from model.factory import build_architecture
     from model.training import Trainer
     from model.weights import save_safetensors
@@ -221,7 +225,8 @@ def run_training(cfg: TrainConfig) -> dict:
     loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers,
                         pin_memory=device == "cuda", drop_last=True, persistent_workers=cfg.workers > 0)
     trainer = Trainer(net, lr=cfg.lr, weight_decay=cfg.weight_decay, total_steps=cfg.steps, device=device, amp=amp)
-    val = validation_batch(val_files, cfg.input_size, spec.preprocess) if val_files else None
+    val = [torch.from_numpy(a) for a in validation_batch(val_files, cfg.input_size, spec.preprocess)] \
+        if val_files else None
 
     out = Path(cfg.out)
     log_path = out.with_suffix(".train.csv")
