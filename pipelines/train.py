@@ -27,6 +27,7 @@ import numpy as np
 from model.runtime import normalize_batch, resolve_device
 from model.specs import ModelSpec, PreprocessSpec
 from pipelines import synth
+from postproc import DecodeError
 from pipelines.train_data import Pair, find_pairs, list_images, precompute_teacher, read_alpha, read_rgb, read_rgba
 
 log = logging.getLogger(__name__)
@@ -137,9 +138,15 @@ class DistillDataset:
         """(image uint8 (H,W,3), alpha uint8 (H,W), weight, coarse)."""
         if self.pairs and rng.random() < self.pair_share:
             pair = self.pairs[rng.integers(len(self.pairs))]
-            rgb, alpha = read_rgb(pair.image, self.cache_size), read_alpha(pair.alpha, self.cache_size)
-            rgb, alpha = synth.flip(*synth.random_resized_crop(rgb, alpha, self.out, rng), rng)
-            return synth.color_jitter(rgb, rng), alpha, self.pair_weight, float(pair.coarse)
+            try:
+                rgb, alpha = read_rgb(pair.image, self.cache_size), read_alpha(pair.alpha, self.cache_size)
+            except (DecodeError, OSError) as e:  # a bad pair costs its sample, not the run
+                log.warning("skipping pair %s: %s", pair.image, e)
+                if not self.cached:
+                    raise ValueError(f"pair {pair.image} is unreadable and there are no teacher photos") from e
+            else:
+                rgb, alpha = synth.flip(*synth.random_resized_crop(rgb, alpha, self.out, rng), rng)
+                return synth.color_jitter(rgb, rng), alpha, self.pair_weight, float(pair.coarse)
         rgb, alpha = read_rgba(self.cached[rng.integers(len(self.cached))])
         if rng.random() < self.composite_prob:
             made = synth.composite(synth.color_jitter(rgb, rng, 0.5), alpha, self._background(rng), rng)
