@@ -124,7 +124,7 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         arch_kwargs={"base_width": 8, "depth": 5},
         preprocess=PreprocessSpec(input_size=(192, 192), input_scale="unit", output_activation="sigmoid",
                                   output_normalization="none"),
-        weights=FileWeights(path="checkpoints/unet-small.safetensors", md5="b422822bb3fdaaaaa11b058296722382"),
+        weights=FileWeights(path="checkpoints/unet-small.safetensors", md5="5114ef76015315b582a3f6981c51b666"),
         license="weights Apache-2.0 (this project); training photos CC0 1.0, CC BY 4.0 and Apache-2.0 (docs/models.md)",
         description="seed U-Net 8-16-32-64-128, 0.49 M parameters, distilled from U²-Netp (docs/models.md)",
     ),
