@@ -15,10 +15,15 @@ for the day torch drops the old one. The tracer bakes Python branches on shapes 
 does not generalise.
 
 FP16: onnxconverter-common's float16 converter with keep_io_types=True, so inputs and outputs
-stay float32. Convolutions whose weights or bias exceed `keep_fp32_above` in magnitude stay
-FP32: folding BatchNorm into U²-Netp's convolutions left two with biases of 228 and 1361, whose
-FP16 rounding (0.125 and 1.0 apart there) is amplified by cancellation to 0.11–0.14 max abs in
-alpha on real photos; keeping the four convolutions above 16 in FP32 brings that under 1e-2.
+stay float32. Convolutions whose weights or bias exceed `keep_fp32_above` in magnitude stay FP32.
+Folding BatchNorm into U²-Netp's convolutions left biases up to 1361 and activations up to 228;
+the convolution after them cancels large terms, so it amplifies every upstream FP16 rounding
+~30×. Measured on 4 real photos at 256×384 against torch FP32: all-FP16 (emulated) 0.11–0.14
+max abs in alpha; keeping the 4 convolutions above 16 in FP32, 0.061 max abs (mean 8.7e-4)
+under ONNX Runtime CPU; onnxconverter-common's auto_mixed_precision bisection found no subset
+under 5e-3 short of keeping nearly the whole graph FP32. So U²-Netp's FP16 graph misses the
+1e-2 max-abs tolerance and the export says so; `tolerance=` accepts it knowingly (the eval
+command measures what FP16 does to SAD/MSE/Grad/Conn). A model trained for FP16 need not.
 """
 
 from __future__ import annotations
@@ -130,7 +135,10 @@ def to_fp16(model, keep_fp32_above: float | None = 16.0):
         for i, n in enumerate(model.graph.node):  # the block list matches by name
             n.name = n.name or f"{n.op_type}_{i}"
     keep = large_valued_convs(model, keep_fp32_above) if keep_fp32_above is not None else []
-    converted = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=keep)
+    with warnings.catch_warnings():
+        # One warning per weight below FP16's range that becomes ±1e-7: expected, and hundreds of them.
+        warnings.filterwarnings("ignore", message="the float32 number", category=UserWarning)
+        converted = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=keep)
     return converted, keep
 
 
@@ -170,7 +178,7 @@ def synthetic_images(n: int, height: int, width: int, seed: int = 0) -> np.ndarr
     return out
 
 
-def check_parity(net, model_bytes: bytes, images: np.ndarray, tolerance: float) -> float:
+def check_parity(net, model_bytes: bytes, images: np.ndarray, tolerance: float, fp16: bool = False) -> float:
     """Max |alpha_onnx − alpha_torch| on `images` ((N, H, W, 3) uint8); raises ParityError above `tolerance`.
 
     The torch side runs in float64, so the figure is the exported graph's own error: U²-Netp's
@@ -195,16 +203,20 @@ def check_parity(net, model_bytes: bytes, images: np.ndarray, tolerance: float) 
         raise ParityError(f"ONNX output {got.shape} differs in shape from torch's {want.shape}")
     diff = float(np.abs(got.astype(np.float64) - want).max())
     if not diff <= tolerance:  # NaN fails too
-        raise ParityError(f"exported graph differs from torch by {diff:.3g} max abs in alpha at input "
-                          f"{x.shape}, over the tolerance {tolerance:g}. A shape-dependent branch baked in "
-                          "by the tracer shows up here: try exporter='dynamo' or a static height/width.")
+        hint = ("FP16 rounding, amplified by the model's large folded-BatchNorm terms, can do this: compare "
+                "qualities with `matting eval --model NAME --model NAME=FILE.onnx` and accept it with --tolerance"
+                if fp16 else
+                "a shape-dependent branch baked in by the tracer shows up here: try --exporter dynamo or --static-hw")
+        raise ParityError(f"exported graph differs from torch by {diff:.3g} max abs in alpha (mean "
+                          f"{float(np.abs(got - want).mean()):.2g}) at input {x.shape}, over the tolerance "
+                          f"{tolerance:g}. {hint}")
     return diff
 
 
 def export_onnx(model: str, output: str | Path | None = None, *, fp16: bool = False, opset: int | None = None,
                 exporter: str = "torchscript", weights: str | Path | None = None, dynamic_hw: bool = True,
-                check: bool = True, check_images: np.ndarray | None = None, check_batch: int = 2,
-                keep_fp32_above: float | None = 16.0) -> tuple[ExportResult, bytes]:
+                check: bool = True, check_images=None, check_batch: int = 2,
+                keep_fp32_above: float | None = 16.0, tolerance: float | None = None) -> tuple[ExportResult, bytes]:
     """Export registered `model` to ONNX; with `output`, write it there atomically.
 
     The parity check runs by default at batch `check_batch` and, with `dynamic_hw`, a height and
@@ -234,7 +246,7 @@ def export_onnx(model: str, output: str | Path | None = None, *, fp16: bool = Fa
     data = proto.SerializeToString()
     seconds_export = time.perf_counter() - t0
 
-    tolerance = FP16_TOLERANCE if fp16 else FP32_TOLERANCE
+    tolerance = tolerance if tolerance is not None else (FP16_TOLERANCE if fp16 else FP32_TOLERANCE)
     diff, check_shape, seconds_check = None, None, 0.0
     if check:
         import cv2
@@ -245,7 +257,7 @@ def export_onnx(model: str, output: str | Path | None = None, *, fp16: bool = Fa
                            for im in source])
         check_shape = (len(images), 3, ch, cw)
         t1 = time.perf_counter()
-        diff = check_parity(net, data, images, tolerance)
+        diff = check_parity(net, data, images, tolerance, fp16)
         seconds_check = time.perf_counter() - t1
 
     path = None

@@ -89,18 +89,24 @@ class Runtime:
 
 
 class TorchRuntime(Runtime):
-    def __init__(self, spec: ModelSpec, device: str, weights=None, s3_endpoint=None, threads: int | None = None):
+    """PyTorch: FP16 with channels_last on CUDA (or FP32 when asked, for comparison), FP32 on CPU."""
+
+    def __init__(self, spec: ModelSpec, device: str, weights=None, s3_endpoint=None, threads: int | None = None,
+                 precision: str | None = None):
         import torch
 
         from model.factory import create_model
 
-        precision = "fp16" if device == "cuda" else "fp32"
+        precision = precision or ("fp16" if device == "cuda" else "fp32")
+        if precision not in ("fp16", "fp32") or (precision == "fp16" and device != "cuda"):
+            raise ValueError(f"torch runs fp16 on cuda and fp32 anywhere, not {precision} on {device}")
         super().__init__(spec, device, precision, "torch")
         if threads and device == "cpu":
             torch.set_num_threads(threads)
         net = create_model(spec.name, weights=weights, s3_endpoint=s3_endpoint)
+        self.dtype = torch.float16 if precision == "fp16" else torch.float32
         if device == "cuda":
-            net = net.to("cuda", memory_format=torch.channels_last).half()
+            net = net.to("cuda", memory_format=torch.channels_last).to(self.dtype)
         self.net = net
         self._torch = torch
 
@@ -109,7 +115,7 @@ class TorchRuntime(Runtime):
         with torch.inference_mode():
             t = torch.from_numpy(x)
             if self.device == "cuda":
-                t = t.to("cuda", non_blocking=True).half().contiguous(memory_format=torch.channels_last)
+                t = t.to("cuda", non_blocking=True).to(self.dtype).contiguous(memory_format=torch.channels_last)
             return self.net(t).float().cpu().numpy()
 
 
@@ -167,7 +173,8 @@ class OnnxRuntime(Runtime):
 
     def __init__(self, spec: ModelSpec, device: str, weights=None, s3_endpoint=None, threads: int | None = None,
                  providers: Sequence[str] | None = None, trt_cache_dir: str | os.PathLike | None = None,
-                 trt_max_batch: int = 32, trt_input_size: tuple[int, int] | None = None):
+                 trt_max_batch: int = 32, trt_input_size: tuple[int, int] | None = None,
+                 precision: str | None = None):
         import onnxruntime as ort
 
         available = ort.get_available_providers()
@@ -186,10 +193,13 @@ class OnnxRuntime(Runtime):
                                    f"this onnxruntime build (available: {', '.join(available)}). TensorRT and CUDA "
                                    "need onnxruntime-gpu (pip install 'unet-matting[gpu]') and a GPU.")
         gpu = any(p in GPU_PROVIDERS for p in wanted)
-        # TensorRT builds its own FP16 engine from the FP32 graph; the CUDA provider runs what it
-        # is given, so it gets the FP16 graph (float32 inputs and outputs kept).
-        fp16_graph = gpu and wanted[0] == "cuda"
-        super().__init__(spec, "cuda" if gpu else "cpu", "fp16" if gpu else "fp32", "onnxruntime")
+        precision = precision or ("fp16" if gpu else "fp32")
+        if precision not in ("fp16", "fp32"):
+            raise ValueError(f"precision must be fp16 or fp32, got {precision!r}")
+        # TensorRT builds its own FP16 engine from the FP32 graph; the CUDA and CPU providers run
+        # what they are given, so FP16 there means the FP16 graph (float32 inputs and outputs kept).
+        fp16_graph = precision == "fp16" and wanted[0] != "tensorrt"
+        super().__init__(spec, "cuda" if gpu else "cpu", precision, "onnxruntime")
         model_bytes = self._graph(spec, weights, s3_endpoint, fp16_graph)
         opts = ort.SessionOptions()
         opts.inter_op_num_threads = 1
@@ -202,7 +212,7 @@ class OnnxRuntime(Runtime):
                 cache = Path(trt_cache_dir) if trt_cache_dir else default_trt_cache_dir()
                 cache.mkdir(parents=True, exist_ok=True)
                 name = self._input_name(model_bytes)
-                options.append({"trt_fp16_enable": True, "trt_engine_cache_enable": True,
+                options.append({"trt_fp16_enable": precision == "fp16", "trt_engine_cache_enable": True,
                                 "trt_engine_cache_path": str(cache), "trt_timing_cache_enable": True,
                                 "trt_timing_cache_path": str(cache),
                                 # One engine for every batch size up to trt_max_batch at one input size.
@@ -220,6 +230,8 @@ class OnnxRuntime(Runtime):
             raise RuntimeError(f"ONNX Runtime could not start provider(s) {', '.join(failed)} "
                                f"(session providers: {', '.join(active)}); is a GPU visible to this process?")
         self.provider = next(k for k, v in PROVIDERS.items() if v == active[0])
+        if self.session.get_modelmeta().custom_metadata_map.get("precision") == "fp16":
+            self.precision = "fp16"  # an FP16 file from `matting export --fp16`, on whatever provider
         self.input_name = self.session.get_inputs()[0].name
         log.info("onnxruntime session providers: %s (first: %s)", ", ".join(active), self.provider)
 

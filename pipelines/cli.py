@@ -143,7 +143,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     photos = [decode_image(p.read_bytes()).rgb for p in sorted(SAMPLES.glob("*.jpg"))[:args.check_batch]]
     result, _ = export_onnx(args.model, output, fp16=args.fp16, opset=args.opset, exporter=args.exporter,
                             weights=args.weights, dynamic_hw=not args.static_hw, check=not args.no_check,
-                            check_images=photos, check_batch=args.check_batch)
+                            check_images=photos, check_batch=args.check_batch, tolerance=args.tolerance)
     print(result.summary())
     return 0
 
@@ -209,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--static-hw", action="store_true", help="fix height and width at the model's input size")
     p.add_argument("--check-batch", type=int, default=2, help="images in the parity check (default 2)")
     p.add_argument("--no-check", action="store_true", help="skip the parity check")
+    p.add_argument("--tolerance", type=float,
+                   help="max |Δalpha| the parity check accepts (default 1e-4 FP32, 1e-2 FP16)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("models", help="list registered models")
@@ -222,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, FileNotFoundError, RuntimeError) as e:  # ParityError is a RuntimeError
         # Configuration and environment problems: one clear line, no traceback.
         print(f"matting: error: {e}", file=sys.stderr)
         return 2
