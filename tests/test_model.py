@@ -10,6 +10,7 @@ import torch
 from catalog import real_photos
 from model import create_model, get_spec, list_models
 from model.runtime import create_runtime, finish_output, normalize_batch
+from model.weights import save_safetensors
 from postproc import decode_image, model_input
 
 
@@ -42,12 +43,17 @@ class TestEveryRegisteredModel:
         path = tmp_path / "w.pt"
         torch.save(net.state_dict(), path)
         again = create_model(name, weights=path)
+        # Our own format: safetensors with the spec in its metadata, loaded by path alone.
+        own = create_model(str(save_safetensors(net.state_dict(), net.spec, tmp_path / "w.safetensors")))
+        assert own.spec.to_json_dict() == net.spec.to_json_dict()
         x = torch.randn(1, 3, 96, 128)
         with torch.inference_mode():
             assert torch.equal(net(x), again(x))
+            assert torch.equal(net(x), own(x))
 
     def test_batch_of_n_equals_n_single_calls(self, name):
-        rt = create_runtime(name, runtime="onnxruntime", device="cpu")
+        # auto on CPU: ONNX Runtime where the weights are ONNX, torch for checkpoints not exported yet.
+        rt = create_runtime(name, device="cpu")
         imgs = photos_at(rt.input_size, 3)
         batched = rt.predict(imgs)
         singles = np.concatenate([rt.predict(imgs[i:i + 1]) for i in range(3)])

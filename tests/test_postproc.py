@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 
 import cv2
 import numpy as np
@@ -11,8 +13,10 @@ from PIL import Image
 
 from postproc import DecodeError, PostprocParams, decode_image, model_input, render
 from postproc.alpha import bounding_box, erode, feather, threshold, to_full_resolution
-from postproc.colors import parse_color
+from postproc.colors import NAMED_COLORS, parse_color, to_hex
 from postproc.composite import over_color
+from postproc.geometry import cover, crop_box, fit_size
+from postproc.render import compose_and_encode
 
 
 def pil_bytes(im: Image.Image, fmt: str, **kw) -> bytes:
@@ -210,3 +214,188 @@ def test_params_hash_is_stable_and_tracks_effective_values():
                                        ("#00ff0080", (0, 255, 0, 128)), ("0000FF", (0, 0, 255, 255))])
 def test_colours(text, rgba):
     assert parse_color(text) == rgba
+
+
+# -- outputs: crop, maximum size, backgrounds ----------------------------------------------------
+
+def decode(data: bytes) -> np.ndarray:
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert img is not None
+    return img
+
+
+def square_scene(h=48, w=64, box=(20, 10, 16, 12)):
+    """A gradient image and a matte that is 255 inside the (left, top, width, height) box."""
+    x, y, bw, bh = box
+    alpha = np.zeros((h, w), np.uint8)
+    alpha[y:y + bh, x:x + bw] = 255
+    return gradient(w, h), alpha
+
+
+@pytest.mark.parametrize("margin,expected", [(0, (12, 16)), (3, (18, 22)), (15, (37, 46))])
+def test_crop_returns_the_exact_bounding_box_plus_margin(margin, expected):
+    rgb, alpha = square_scene()
+    out = decode(compose_and_encode(rgb, alpha, PostprocParams.create(crop=True, crop_margin=margin)))
+    assert out.shape[:2] == expected  # margin 15 is clipped by the frame: top 0, left 5, bottom 37, right 51
+    back = cv2.cvtColor(out, cv2.COLOR_BGRA2RGBA)
+    x, y, w, h = crop_box((20, 10, 16, 12), margin, 48, 64)
+    assert np.array_equal(back[..., :3], rgb[y:y + h, x:x + w]) and np.array_equal(back[..., 3], alpha[y:y + h, x:x + w])
+
+
+def test_crop_box_is_clipped_to_the_frame():
+    assert crop_box((2, 3, 10, 10), 5, 20, 14) == (0, 0, 14, 18)
+
+
+def test_crop_of_an_empty_matte_keeps_the_frame():
+    rgb, _ = square_scene()
+    out = decode(compose_and_encode(rgb, np.zeros((48, 64), np.uint8), PostprocParams.create(crop=True)))
+    assert out.shape[:2] == (48, 64)
+
+
+@pytest.mark.parametrize("size,max_size,expected", [((48, 64), 32, (24, 32)), ((64, 48), 32, (32, 24)),
+                                                    ((48, 64), 100, (48, 64)), ((30, 1000), 100, (3, 100))])
+def test_maximum_size_keeps_the_aspect_and_never_enlarges(size, max_size, expected):
+    assert fit_size(*size, max_size) == expected
+    rgb, alpha = square_scene(*size, box=(0, 0, 4, 4))
+    for fmt in ("png", "jpeg", "webp", "mask"):
+        out = decode(compose_and_encode(rgb, alpha, PostprocParams.create(format=fmt, max_size=max_size)))
+        assert out.shape[:2] == expected, fmt
+
+
+def test_crop_then_maximum_size():
+    rgb, alpha = square_scene(box=(10, 10, 40, 20))
+    out = decode(compose_and_encode(rgb, alpha, PostprocParams.create(crop=True, max_size=20)))
+    assert out.shape[:2] == (10, 20)
+
+
+def test_background_image_is_scaled_to_cover_and_centred():
+    bg = np.zeros((10, 40, 3), np.uint8)  # wider than the output: scaled to height, centre kept
+    bg[:, :, 0] = np.arange(40, dtype=np.uint8)[None] * 6
+    covered = cover(bg, 30, 30)
+    assert covered.shape == (30, 30, 3)
+    # Scaled ×3 to 30×120, then columns 45..74 kept: the centre of the original's columns 15..24.
+    assert abs(int(covered[15, 0, 0]) - 15 * 6) <= 6 and abs(int(covered[15, 29, 0]) - 24 * 6) <= 6
+    tall = cover(np.full((100, 10, 3), 7, np.uint8), 30, 60)
+    assert tall.shape == (30, 60, 3) and tall.min() == tall.max() == 7
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "webp", "png"])
+def test_subject_over_a_background_image(fmt):
+    rgb, alpha = square_scene()
+    bg = np.zeros((24, 32, 3), np.uint8)
+    bg[:] = (0, 0, 255)  # blue, half the output's size: scaled ×2 to cover
+    params = PostprocParams.create(format=fmt, background_image="bg.jpg", quality=95)
+    out = decode(compose_and_encode(rgb, alpha, params, background=bg))
+    assert out.shape == (48, 64, 3)  # opaque over a picture: RGB whatever the format
+    assert out[0, 0].tolist()[0] > 240 and out[0, 0].tolist()[2] < 15  # BGR: blue outside the subject
+    assert np.abs(out[16, 28].astype(int) - rgb[16, 28, ::-1].astype(int)).max() < 12  # the subject inside
+
+
+def test_background_image_without_its_pixels_and_pixels_without_a_name_are_refused():
+    rgb, alpha = square_scene()
+    with pytest.raises(ValueError, match="background="):
+        compose_and_encode(rgb, alpha, PostprocParams.create(background_image="bg.jpg"))
+    with pytest.raises(ValueError, match="background="):
+        compose_and_encode(rgb, alpha, PostprocParams.create(), background=np.zeros((4, 4, 3), np.uint8))
+
+
+@pytest.mark.parametrize("fmt,background,channels", [("jpeg", None, 3), ("jpeg", "#336699", 3), ("webp", None, 4),
+                                                     ("webp", "white", 3), ("png", "#f0f0f0", 3),
+                                                     ("png", "#ff000080", 4), ("webp", "#00000000", 4)])
+def test_formats_over_colours_round_trip_with_the_expected_mode(fmt, background, channels):
+    rgb, alpha = square_scene()
+    out = decode(compose_and_encode(rgb, alpha, PostprocParams.create(format=fmt, background=background)))
+    assert out.shape[:2] == (48, 64) and (out.shape[2] if out.ndim == 3 else 1) == channels
+    if background == "#336699":
+        assert np.abs(out[2, 2].astype(int) - [0x99, 0x66, 0x33]).max() <= 3  # BGR
+
+
+def test_png_compression_levels_are_lossless_and_level_9_is_smaller_than_1():
+    rgb, alpha = square_scene(96, 128, box=(20, 20, 60, 50))
+    sizes = {}
+    for level in (1, 9):
+        data = compose_and_encode(rgb, alpha, PostprocParams.create(png_compression=level))
+        back = cv2.cvtColor(decode(data), cv2.COLOR_BGRA2RGBA)
+        assert np.array_equal(back[..., 3], alpha) and np.array_equal(back[..., :3], rgb)
+        sizes[level] = len(data)
+    assert sizes[9] <= sizes[1]
+
+
+# -- colours, presets, parameters ----------------------------------------------------------------
+
+@pytest.mark.parametrize("text,rgba", [("rebeccapurple", (0x66, 0x33, 0x99, 255)), ("LightGoldenRodYellow", (0xfa, 0xfa, 0xd2, 255)),
+                                       ("transparent", (0, 0, 0, 0)), ("#abc", (0xaa, 0xbb, 0xcc, 255)),
+                                       ("#abcd", (0xaa, 0xbb, 0xcc, 0xdd)), (" #F0F0F0 ", (240, 240, 240, 255))])
+def test_css_names_and_every_hex_form(text, rgba):
+    assert parse_color(text) == rgba
+
+
+def test_all_148_css_names_are_known():
+    assert len(NAMED_COLORS) == 149 and "transparent" in NAMED_COLORS  # 148 CSS names + transparent
+
+
+@pytest.mark.parametrize("text", ["#12", "#12345", "#gggggg", "notacolour", "#1234567890"])
+def test_bad_colours_say_what_is_accepted(text):
+    with pytest.raises(ValueError, match="CSS name .* or hex"):
+        parse_color(text)
+
+
+def test_to_hex_is_the_manifest_spelling():
+    assert to_hex(parse_color("white")) == "#ffffffff" and to_hex(parse_color("#0f08")) == "#00ff0088"
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("id-photo", {"alpha_threshold": 20, "erode": 2, "background": "white", "format": "jpeg"}),
+    ("ecommerce", {"format": "png", "alpha_threshold": 10, "feather": 1.0, "background": None}),
+    ("avatar", {"alpha_threshold": 6, "erode": 1, "background": "#f0f0f0", "format": "png"}),
+])
+def test_presets_give_the_seeds_values(name, expected):
+    p = PostprocParams.create(preset=name)
+    assert {k: getattr(p, k) for k in expected} == expected
+
+
+def test_explicit_values_override_a_preset():
+    p = PostprocParams.create(preset="id-photo", erode=0, background="#336699", format="webp")
+    assert (p.alpha_threshold, p.erode, p.background, p.format) == (20, 0, "#336699", "webp")
+    # An explicit background image replaces the preset's colour.
+    p = PostprocParams.create(preset="id-photo", background_image="bg.png")
+    assert p.background is None and p.background_image == "bg.png"
+
+
+def test_unknown_preset_names_the_valid_ones():
+    with pytest.raises(ValueError, match="id-photo, ecommerce, avatar"):
+        PostprocParams.create(preset="passport")
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"refine": "magic"}, "refine must be one of none, trimap, guided"),
+    ({"trimap_fg": 100, "trimap_bg": 120}, "trimap_bg .* below trimap_fg"),
+    ({"trimap_erode": -1}, "trimap_erode"), ({"guided_radius": 0}, "guided_radius"), ({"guided_eps": 0.0}, "guided_eps"),
+    ({"refine_max_megapixels": 0}, "refine_max_megapixels"), ({"decontaminate": "yes"}, "decontaminate must be"),
+    ({"crop_margin": -2}, "crop_margin"), ({"max_size": 0}, "max_size"),
+    ({"background": "white", "background_image": "x.png"}, "not both"),
+    ({"format": "jpeg", "background": "transparent"}, "JPEG has no alpha"),
+    ({"preset": "id-photo", "background": "#ffffff80"}, "JPEG has no alpha"),
+])
+def test_new_parameters_are_validated_with_clear_messages(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PostprocParams.create(**kwargs)
+
+
+def test_all_errors_are_reported_at_once():
+    with pytest.raises(ValueError) as e:
+        PostprocParams.create(alpha_threshold=999, quality=0)
+    assert "alpha_threshold" in str(e.value) and "quality" in str(e.value)
+
+
+def test_effective_values_leave_out_unused_fields_and_hash_tracks_them():
+    base = PostprocParams.create()
+    assert base.params_hash() == PostprocParams.create(guided_radius=3, trimap_erode=4, crop_margin=9,
+                                                       quality=50).params_hash()
+    assert "guided_radius" not in base.effective() and "png_compression" in base.effective()
+    g3, g4 = PostprocParams.create(refine="guided", guided_radius=3), PostprocParams.create(refine="guided", guided_radius=4)
+    assert g3.params_hash() != g4.params_hash() and json.loads(g3.to_json())["guided_radius"] == 3
+    assert json.loads(PostprocParams.create(preset="avatar").to_json())["background"] == "#f0f0f0ff"
+    assert PostprocParams.create(preset="avatar").params_hash() == PostprocParams.create(
+        alpha_threshold=6, erode=1, background="#F0F0F0").params_hash()
+    assert base.params_hash() == hashlib.sha256(base.to_json().encode()).hexdigest()[:16]

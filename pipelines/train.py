@@ -1,0 +1,282 @@
+"""`matting train`: distil the seed U-Net from a teacher on unlabelled photos (+ optional pairs).
+
+1. The teacher (U²-Netp by default) mats every photo once; its alphas are cached on disk.
+2. Each training sample is one of: a cached photo with the teacher's alpha (random crop, flip,
+   colour jitter); a composite of a teacher-matted foreground over another photo or a plain or
+   gradient background (its alpha is exact by construction); or, with --pairs, a photo with its
+   own alpha or mask (supervised).
+3. The student trains with BCE + L1 + gradient loss (model/training.py), on CPU in float32 or on
+   CUDA with autocast FP16 and a GradScaler; it logs losses and a held-out MAE against the teacher,
+   and writes a .safetensors checkpoint carrying its spec every --checkpoint-every steps and at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from model.runtime import normalize_batch, resolve_device
+from model.specs import ModelSpec, PreprocessSpec
+from pipelines import synth
+from pipelines.train_data import Pair, find_pairs, list_images, precompute_teacher, read_alpha, read_rgb, read_rgba
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("MATTING_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "unet-matting" / "teacher"
+
+
+@dataclass
+class TrainConfig:
+    images: tuple[str, ...]
+    out: str  # the .safetensors checkpoint to write
+    pairs: str | None = None
+    name: str = "unet-custom"
+    base_width: int = 8
+    depth: int = 5
+    input_size: int = 256
+    teacher: str = "u2netp"
+    teacher_runtime: str = "auto"
+    cache_dir: str | None = None
+    cache_size: int = 320
+    max_images: int | None = None
+    steps: int = 2000
+    batch_size: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    composite_prob: float = 0.5
+    pair_weight: float = 1.0
+    pair_prob: float | None = None  # share of samples drawn from --pairs; None: their share of all photos
+    val_images: int = 32
+    device: str = "auto"
+    amp: bool | None = None  # None: on for CUDA, off on CPU
+    workers: int = 0
+    threads: int | None = None
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 100
+    max_minutes: float | None = None
+    init: str | None = None  # start from these weights (continue or fine-tune)
+
+    def __post_init__(self) -> None:
+        self.images = tuple(self.images)
+        if not self.images:
+            raise ValueError("give at least one folder of training images")
+        if not self.out.endswith(".safetensors"):
+            raise ValueError(f"--out must name a .safetensors file, got {self.out!r}")
+        for key in ("base_width", "depth", "steps", "batch_size", "log_every", "checkpoint_every"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be ≥ 1, got {getattr(self, key)}")
+        if self.input_size < 32 or self.cache_size < 32:
+            raise ValueError(f"input_size and cache_size must be ≥ 32 px, got {self.input_size}, {self.cache_size}")
+        if not 0 <= self.composite_prob <= 1:
+            raise ValueError(f"composite_prob must be in [0, 1], got {self.composite_prob}")
+        if self.pair_prob is not None and not 0 <= self.pair_prob <= 1:
+            raise ValueError(f"pair_prob must be in [0, 1], got {self.pair_prob}")
+        if self.pair_weight < 0 or self.val_images < 0 or self.workers < 0:
+            raise ValueError("pair_weight, val_images and workers must be ≥ 0")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
+
+    def student_spec(self, step: int) -> ModelSpec:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M")
+        return ModelSpec(
+            name=self.name,
+            version=f"{self.name}-w{self.base_width}d{self.depth}-{self.input_size}-{stamp}-s{step}",
+            architecture="unet",
+            arch_kwargs={"base_width": self.base_width, "depth": self.depth},
+            preprocess=PreprocessSpec(input_size=(self.input_size, self.input_size), input_scale="unit",
+                                      output_activation="sigmoid", output_normalization="none"),
+            license="trained by `matting train`; credit the training data's sources",
+            description=f"U-Net {self.base_width}·2^i × {self.depth} levels distilled from {self.teacher} "
+                        f"at {self.input_size}², {step} steps",
+        )
+
+
+class DistillDataset(Dataset):
+    """Sample i is drawn with its own seeded generator: reproducible, and safe across workers."""
+
+    def __init__(self, cached: list[Path], pairs: list[Pair], *, out: int, cache_size: int,
+                 preprocess: PreprocessSpec, length: int, seed: int, composite_prob: float, pair_weight: float,
+                 pair_prob: float | None = None):
+        if not cached and not pairs:
+            raise ValueError("no training images: the teacher cache is empty and no pairs were given")
+        self.cached, self.pairs, self.out, self.cache_size = cached, pairs, out, cache_size
+        self.preprocess, self.length, self.seed = preprocess, length, seed
+        self.composite_prob, self.pair_weight = composite_prob, pair_weight
+        self.pair_share = len(pairs) / (len(pairs) + len(cached)) if pair_prob is None else pair_prob
+        if not cached or not pairs:  # only one kind of sample exists
+            self.pair_share = 0.0 if cached else 1.0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _background(self, rng: np.random.Generator) -> np.ndarray:
+        if self.cached and rng.random() < 0.6:
+            rgb, _ = read_rgba(self.cached[rng.integers(len(self.cached))])
+            bg, _ = synth.random_resized_crop(rgb, rgb[..., 0], self.out, rng, scale=(0.3, 1.0))
+            return synth.color_jitter(bg, rng)
+        return synth.plain_background(self.out, rng)
+
+    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """(image uint8 (H,W,3), alpha uint8 (H,W), weight, coarse)."""
+        if self.pairs and rng.random() < self.pair_share:
+            pair = self.pairs[rng.integers(len(self.pairs))]
+            rgb, alpha = read_rgb(pair.image, self.cache_size), read_alpha(pair.alpha, self.cache_size)
+            rgb, alpha = synth.flip(*synth.random_resized_crop(rgb, alpha, self.out, rng), rng)
+            return synth.color_jitter(rgb, rng), alpha, self.pair_weight, float(pair.coarse)
+        rgb, alpha = read_rgba(self.cached[rng.integers(len(self.cached))])
+        if rng.random() < self.composite_prob:
+            made = synth.composite(synth.color_jitter(rgb, rng, 0.5), alpha, self._background(rng), rng)
+            if made is not None:
+                return synth.color_jitter(made[0], rng, 0.5), made[1], 1.0, 0.0
+        rgb, alpha = synth.flip(*synth.random_resized_crop(rgb, alpha, self.out, rng), rng)
+        return synth.color_jitter(rgb, rng), alpha, 1.0, 0.0
+
+    def __getitem__(self, i: int):
+        rgb, alpha, weight, coarse = self.sample(np.random.default_rng([self.seed, i]))
+        x = normalize_batch(np.ascontiguousarray(rgb)[None], self.preprocess)[0]
+        a = (alpha.astype(np.float32) / 255.0)[None]
+        return torch.from_numpy(x), torch.from_numpy(a), torch.tensor(weight), torch.tensor(coarse)
+
+
+def validation_batch(files: list[Path], out: int, preprocess: PreprocessSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Held-out photos, no augmentation: the student's MAE against the teacher on unseen images."""
+    import cv2
+
+    rgbs, alphas = [], []
+    for f in files:
+        rgb, alpha = read_rgba(f)
+        rgbs.append(cv2.resize(rgb, (out, out), interpolation=cv2.INTER_AREA))
+        alphas.append(cv2.resize(alpha, (out, out), interpolation=cv2.INTER_AREA))
+    x = torch.from_numpy(normalize_batch(np.stack(rgbs), preprocess))
+    return x, torch.from_numpy(np.stack(alphas).astype(np.float32) / 255.0)[:, None]
+
+
+class StopFlag:
+    """SIGTERM (a scheduler's stop, `kill`) ends training after the current step, with a checkpoint."""
+
+    def __init__(self):
+        self.stop = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        log.warning("SIGTERM: stopping after this step and writing a checkpoint")
+        self.stop = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def run_training(cfg: TrainConfig) -> dict:
+    """Train and write cfg.out; returns a summary (steps, wall time, losses, held-out MAE)."""
+    from model.factory import build_architecture
+    from model.training import Trainer
+    from model.weights import save_safetensors
+
+    device = resolve_device(cfg.device)
+    amp = (device == "cuda") if cfg.amp is None else cfg.amp
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+
+    images = list_images(list(cfg.images), cfg.max_images)
+    pairs = find_pairs(cfg.pairs) if cfg.pairs else []
+    cached = precompute_teacher(images, teacher=cfg.teacher, cache_dir=cfg.cache_dir or default_cache_dir(),
+                                size=cfg.cache_size, runtime=cfg.teacher_runtime, device=device, threads=cfg.threads)
+    n_val = min(cfg.val_images, len(cached) // 10)
+    # Every 10th photo up to n_val is held out: spread over the interleaved folders, never trained on,
+    # neither as a teacher sample nor as a pair.
+    held = cached[::10][:n_val]
+    held_images = {img.resolve() for img, _ in held}
+    val_files = [c for _, c in held]
+    train_files = [c for img, c in cached if img.resolve() not in held_images]
+    pairs = [p for p in pairs if p.image.resolve() not in held_images]
+    spec = cfg.student_spec(0)
+    net = build_architecture(spec)
+    if cfg.init:
+        from model.factory import create_model
+
+        net.load_state_dict(create_model(spec, weights=cfg.init).state_dict())
+    params = sum(p.numel() for p in net.parameters())
+    log.info("student %s: %d parameters; %d teacher-matted photos (+%d held out), %d pairs; device %s, amp %s",
+             spec.architecture, params, len(train_files), len(val_files), len(pairs), device, amp)
+
+    data = DistillDataset(train_files, pairs, out=cfg.input_size, cache_size=cfg.cache_size,
+                          preprocess=spec.preprocess, length=cfg.steps * cfg.batch_size, seed=cfg.seed,
+                          composite_prob=cfg.composite_prob, pair_weight=cfg.pair_weight, pair_prob=cfg.pair_prob)
+    loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers,
+                        pin_memory=device == "cuda", drop_last=True, persistent_workers=cfg.workers > 0)
+    trainer = Trainer(net, lr=cfg.lr, weight_decay=cfg.weight_decay, total_steps=cfg.steps, device=device, amp=amp)
+    val = validation_batch(val_files, cfg.input_size, spec.preprocess) if val_files else None
+
+    out = Path(cfg.out)
+    log_path = out.with_suffix(".train.csv")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fields = ["step", "elapsed_s", "loss", "bce", "l1", "grad", "lr", "images_per_s", "val_mae"]
+    history: list[dict] = []
+    stop = StopFlag()
+    t0 = time.perf_counter()
+    window: list[dict] = []
+    step = 0
+
+    def held_out_mae() -> float:
+        if val is None:
+            return math.nan
+        preds = torch.cat([trainer.predict(val[0][i:i + 16]).cpu() for i in range(0, len(val[0]), 16)])
+        return float((preds - val[1]).abs().mean())
+
+    def checkpoint(reason: str) -> float:
+        mae = held_out_mae()
+        path = save_safetensors(trainer.net.state_dict(), cfg.student_spec(step), out)
+        log.info("checkpoint (%s) at step %d: held-out MAE vs teacher %.4f → %s", reason, step, mae, path)
+        return mae
+
+    try:
+        with open(log_path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            for x, alpha, weight, coarse in loader:
+                window.append(trainer.step(x, alpha, weight, coarse))
+                step += 1
+                elapsed = time.perf_counter() - t0
+                timed_out = cfg.max_minutes is not None and elapsed > cfg.max_minutes * 60
+                last = step == cfg.steps or timed_out or stop.stop
+                if not (step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or last):
+                    continue
+                row = {k: float(np.mean([w[k] for w in window])) for k in ("loss", "bce", "l1", "grad")}
+                row.update(step=step, elapsed_s=round(elapsed, 1), lr=window[-1]["lr"],
+                           images_per_s=round(step * cfg.batch_size / elapsed, 2), val_mae="")
+                window.clear()
+                log.info("step %d/%d loss %.4f (bce %.4f l1 %.4f grad %.4f) lr %.2e %.2f img/s", step, cfg.steps,
+                         row["loss"], row["bce"], row["l1"], row["grad"], row["lr"], row["images_per_s"])
+                if step % cfg.checkpoint_every == 0 or last:
+                    reason = "end" if step == cfg.steps else "stopped" if last else "periodic"
+                    row["val_mae"] = round(checkpoint(reason), 5)
+                history.append(row)
+                writer.writerow(row)
+                f.flush()
+                if last:
+                    break
+    except KeyboardInterrupt:
+        log.warning("interrupted: writing a checkpoint at step %d", step)
+        checkpoint("interrupted")
+        raise
+    finally:
+        stop.restore()
+    return {"steps": step, "wall_s": round(time.perf_counter() - t0, 1), "out": str(out), "log": str(log_path),
+            "first": history[0] if history else None, "last": history[-1] if history else None,
+            "val_mae": next((r["val_mae"] for r in reversed(history) if r["val_mae"] != ""), None)}

@@ -1,0 +1,155 @@
+"""Training data for `matting train`: image lists, (image, alpha) pairs, the teacher-alpha cache.
+
+The teacher runs once per image, not once per step: each image is squashed to the cache size
+(as the job squashes inputs to the model's size), matted by the teacher, and stored as one RGBA
+PNG (photo + teacher alpha) keyed by the image's path, size and mtime and the teacher's version.
+A killed precompute resumes where it stopped; training only reads these files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from postproc import DecodeError, decode_image, model_input
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def list_images(dirs: list[str | os.PathLike], max_images: int | None = None) -> list[Path]:
+    """Images directly inside each folder (not below: a mask/ folder beside image/ is not a photo).
+
+    Folders are interleaved round-robin, so any prefix (`max_images`) draws on every folder.
+    """
+    per_dir = []
+    for d in dirs:
+        d = Path(d)
+        if not d.is_dir():
+            raise ValueError(f"image folder {d} does not exist")
+        files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+        if not files:
+            raise ValueError(f"image folder {d} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        per_dir.append(files)
+    out = [lst[i] for i in range(max(map(len, per_dir), default=0)) for lst in per_dir if i < len(lst)]
+    return out[:max_images] if max_images else out
+
+
+@dataclass(frozen=True)
+class Pair:
+    image: Path
+    alpha: Path
+    coarse: bool  # a binary mask (mask/), not a matte (alpha/): its edges are not trusted
+
+
+def find_pairs(pairs_dir: str | os.PathLike) -> list[Pair]:
+    """(image, alpha) pairs from DIR/image and DIR/alpha (mattes) or DIR/mask (binary masks), by file stem."""
+    root = Path(pairs_dir)
+    images = root / "image"
+    kinds = [k for k in ("alpha", "mask") if (root / k).is_dir()]
+    if not images.is_dir() or not kinds:
+        raise ValueError(f"--pairs {root} needs image/ and alpha/ (or mask/) folders inside it")
+    targets = {}
+    for kind in reversed(kinds):  # alpha/ wins over mask/ where both have the stem
+        for p in (root / kind).iterdir():
+            if p.suffix.lower() in IMAGE_SUFFIXES:
+                targets[p.stem] = (p, kind == "mask")
+    pairs, missing = [], 0
+    for img in list_images([images]):
+        if img.stem in targets:
+            pairs.append(Pair(img, *targets[img.stem]))
+        else:
+            missing += 1
+    if missing:
+        log.info("pairs: %d images in %s have no alpha/mask and are used only as unlabelled photos", missing, images)
+    if not pairs:
+        raise ValueError(f"--pairs {root}: no image in image/ has an alpha or mask with the same stem")
+    return pairs
+
+
+def read_rgb(path: Path, size: int) -> np.ndarray:
+    """(size, size, 3) uint8, squashed like the job's model input; raises DecodeError for bad files."""
+    return model_input(decode_image(path.read_bytes()), (size, size))
+
+
+def read_alpha(path: Path, size: int) -> np.ndarray:
+    a = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if a is None:
+        raise DecodeError("corrupt", f"cannot read alpha {path}")
+    if a.ndim == 3:  # an RGBA cut-out: its alpha channel; an RGB/grey map: its first channel
+        a = a[..., 3] if a.shape[2] == 4 else a[..., 0]
+    if a.dtype != np.uint8:
+        a = (a.astype(np.float32) / np.iinfo(a.dtype).max * 255).round().astype(np.uint8)
+    return cv2.resize(a, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def cache_path(cache_dir: Path, image: Path, teacher_version: str, size: int) -> Path:
+    st = image.stat()
+    key = hashlib.sha1(f"{image.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:20]
+    return cache_dir / f"{teacher_version}-{size}" / f"{key}.png"
+
+
+def write_rgba(path: Path, rgb: np.ndarray, alpha: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode(".png", np.dstack([rgb[..., ::-1], alpha]), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise RuntimeError(f"could not encode {path}")
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_bytes(buf.tobytes())
+    os.replace(partial, path)  # a killed run leaves whole files or none
+
+
+def read_rgba(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    bgra = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if bgra is None or bgra.ndim != 3 or bgra.shape[2] != 4:
+        raise ValueError(f"cache file {path} is not an RGBA PNG; delete it and precompute again")
+    return np.ascontiguousarray(bgra[..., 2::-1]), np.ascontiguousarray(bgra[..., 3])
+
+
+def precompute_teacher(images: list[Path], *, teacher: str, cache_dir: str | os.PathLike, size: int,
+                       runtime: str = "auto", device: str = "auto", threads: int | None = None,
+                       batch_size: int = 8, log_every_s: float = 30.0) -> list[tuple[Path, Path]]:
+    """Run the teacher on every image not cached yet; return (image, cache file) of all readable images."""
+    from model.runtime import create_runtime
+    from model.specs import get_spec
+
+    cache_dir = Path(cache_dir)
+    version = get_spec(teacher).version
+    todo = [p for p in images if not cache_path(cache_dir, p, version, size).is_file()]
+    log.info("teacher %s: %d of %d images cached in %s, %d to do", teacher, len(images) - len(todo), len(images),
+             cache_dir, len(todo))
+    if todo:
+        rt = create_runtime(teacher, runtime=runtime, device=device, threads=threads)
+        t0 = last = time.perf_counter()
+        done = bad = 0
+        for start in range(0, len(todo), batch_size):
+            chunk, rgbs = [], []
+            for p in todo[start:start + batch_size]:
+                try:
+                    rgbs.append(read_rgb(p, size))
+                    chunk.append(p)
+                except (DecodeError, OSError) as e:
+                    bad += 1
+                    log.warning("skipping %s: %s", p, e)
+            if not chunk:
+                continue
+            teacher_in = np.stack([cv2.resize(im, rt.input_size[::-1], interpolation=cv2.INTER_AREA)
+                                   if im.shape[:2] != rt.input_size else im for im in rgbs])
+            alphas = rt.predict(teacher_in)
+            for p, rgb, a in zip(chunk, rgbs, alphas):
+                a8 = (cv2.resize(a, (size, size), interpolation=cv2.INTER_LINEAR) * 255).round().astype(np.uint8)
+                write_rgba(cache_path(cache_dir, p, version, size), rgb, a8)
+            done += len(chunk)
+            if time.perf_counter() - last > log_every_s:
+                last = time.perf_counter()
+                log.info("teacher: %d/%d images, %.2f images/s", done, len(todo), done / (last - t0))
+        log.info("teacher: %d images in %.0f s, %d unreadable", done, time.perf_counter() - t0, bad)
+    return [(p, c) for p, c in ((p, cache_path(cache_dir, p, version, size)) for p in images) if c.is_file()]

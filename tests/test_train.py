@@ -1,0 +1,165 @@
+"""The seed U-Net, weights that carry their spec, compositing, and `matting train` on tiny data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from catalog import real_photos
+from model import create_model, create_runtime, get_spec
+from model.architectures import UNet
+from model.weights import save_safetensors, sidecar_path
+from pipelines import synth
+from pipelines.cli import main as cli_main
+from pipelines.train_data import find_pairs, list_images
+
+
+def test_unet_reference_widths_and_any_input_size():
+    net = UNet()  # the reference design
+    assert [b[0].out_channels for b in net.encoder.blocks] == [64, 128, 256, 512]
+    small = UNet(base_width=4, depth=4).eval()
+    for h, w in [(37, 53), (64, 64), (1, 1), (101, 33)]:
+        with torch.inference_mode():
+            y = small(torch.randn(2, 3, h, w))
+        assert tuple(y.shape) == (2, 1, h, w)
+        assert torch.isfinite(y).all() and 0 <= y.min() and y.max() <= 1
+
+
+def test_unet_rejects_bad_configuration():
+    with pytest.raises(ValueError, match="base_width"):
+        UNet(base_width=0)
+    with pytest.raises(ValueError, match="norm"):
+        UNet(norm="group")
+
+
+def test_safetensors_file_carries_its_spec_and_loads_by_path(tmp_path):
+    base = get_spec("unet-small")
+    spec = type(base).from_json_dict({**base.to_json_dict(), "name": "mine", "version": "mine-1"})
+    net = UNet(**spec.arch_kwargs).eval()
+    path = save_safetensors(net.state_dict(), spec, tmp_path / "mine.safetensors")
+    loaded = get_spec(str(path))
+    assert (loaded.name, loaded.version, loaded.preprocess) == ("mine", "mine-1", base.preprocess)
+    again = create_model(str(path))
+    x = torch.randn(1, 3, 40, 56)
+    with torch.inference_mode():
+        assert torch.equal(net(x), again(x))
+    rt = create_runtime(str(path), device="cpu")  # auto on CPU: torch, since there is no ONNX file
+    assert rt.name == "torch" and rt.spec.version == "mine-1"
+    with pytest.raises(ValueError, match="matting export .*--format onnx"):
+        create_runtime(str(path), runtime="onnxruntime", device="cpu")
+
+
+def test_onnx_file_with_a_spec_file_beside_it(tmp_path, packaged_weights):
+    onnx_path = tmp_path / "my-u2netp.onnx"
+    shutil.copyfile(packaged_weights, onnx_path)
+    with pytest.raises(ValueError, match="carries no model spec.*my-u2netp.spec.json"):
+        get_spec(str(onnx_path))
+    spec = get_spec("u2netp").to_json_dict() | {"name": "my-u2netp", "version": "my-1"}
+    sidecar_path(onnx_path).write_text(json.dumps(spec))
+    imgs = np.stack([cv2.resize(cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR), (320, 320))
+                     for _, b in real_photos(2)])
+    ours = create_runtime(str(onnx_path), runtime="onnxruntime", device="cpu")
+    assert ours.spec.version == "my-1"
+    np.testing.assert_allclose(ours.predict(imgs), create_runtime("u2netp", runtime="onnxruntime",
+                                                                  device="cpu").predict(imgs), atol=1e-6)
+
+
+def test_unet_small_needs_export_for_onnxruntime():
+    with pytest.raises(ValueError, match="matting export unet-small --format onnx"):
+        create_runtime("unet-small", runtime="onnxruntime", device="cpu")
+
+
+def test_composite_alpha_is_exact():
+    rng = np.random.default_rng(0)
+    fg = np.zeros((80, 60, 3), np.uint8)
+    fg[..., 0] = 255  # pure red subject
+    alpha = np.zeros((80, 60), np.uint8)
+    cv2.ellipse(alpha, (30, 40), (20, 30), 0, 0, 360, 255, -1)
+    alpha = cv2.GaussianBlur(alpha, (9, 9), 3)  # soft edges: fractional alpha must survive
+    bg = np.zeros((64, 64, 3), np.uint8)
+    bg[..., 2] = 255  # over pure blue
+    image, out_alpha = synth.composite(fg, alpha, bg, rng)
+    assert 0 < (out_alpha > 0).mean() < 1 and ((out_alpha > 0) & (out_alpha < 255)).any()
+    np.testing.assert_allclose(image[..., 0].astype(int), out_alpha.astype(int), atol=1)
+    np.testing.assert_allclose(image[..., 2].astype(int), 255 - out_alpha.astype(int), atol=1)
+    assert synth.composite(fg, np.zeros_like(alpha), bg, rng) is None
+
+
+def test_pairs_need_image_and_alpha_or_mask(tmp_path):
+    with pytest.raises(ValueError, match="image/ and alpha/"):
+        find_pairs(tmp_path)
+    (tmp_path / "image").mkdir()
+    (tmp_path / "mask").mkdir()
+    cv2.imwrite(str(tmp_path / "image" / "a.jpg"), np.zeros((8, 8, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "image" / "b.jpg"), np.zeros((8, 8, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "mask" / "a.png"), np.zeros((8, 8), np.uint8))
+    pairs = find_pairs(tmp_path)
+    assert [(p.image.name, p.alpha.name, p.coarse) for p in pairs] == [("a.jpg", "a.png", True)]
+
+
+def test_image_folders_are_interleaved(tmp_path):
+    for d, n in (("x", 3), ("y", 1)):
+        (tmp_path / d).mkdir()
+        for i in range(n):
+            cv2.imwrite(str(tmp_path / d / f"{i}.png"), np.zeros((4, 4, 3), np.uint8))
+    names = [f"{p.parent.name}/{p.name}" for p in list_images([tmp_path / "x", tmp_path / "y"])]
+    assert names == ["x/0.png", "y/0.png", "x/1.png", "x/2.png"]
+    with pytest.raises(ValueError, match="does not exist"):
+        list_images([tmp_path / "nope"])
+
+
+def tiny_training_data(root):
+    """Six real photos shrunk to 96 px, and two synthetic (image, alpha) pairs with exact alphas."""
+    photos = root / "photos"
+    photos.mkdir()
+    for name, data in real_photos(6):
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        cv2.imwrite(str(photos / f"{name}.png"), cv2.resize(img, (96, 96), interpolation=cv2.INTER_AREA))
+    rng = np.random.default_rng(1)
+    for sub in ("image", "alpha"):
+        (root / "pairs" / sub).mkdir(parents=True)
+    for i in range(2):
+        alpha = np.zeros((96, 96), np.uint8)
+        cv2.circle(alpha, (int(rng.integers(30, 66)), int(rng.integers(30, 66))), 25, 255, -1)
+        texture = rng.integers(0, 255, (96, 96, 3)).astype(np.uint8)
+        bg = np.full((96, 96, 3), 220, np.uint8)
+        a = alpha[..., None] / 255.0
+        cv2.imwrite(str(root / "pairs" / "image" / f"p{i}.png"), (a * texture + (1 - a) * bg).astype(np.uint8))
+        cv2.imwrite(str(root / "pairs" / "alpha" / f"p{i}.png"), alpha)
+    return photos, root / "pairs"
+
+
+def test_training_runs_a_few_steps_and_the_loss_goes_down(tmp_path):
+    photos, pairs = tiny_training_data(tmp_path)
+    out = tmp_path / "tiny.safetensors"
+    code = cli_main(["train", str(photos), "--pairs", str(pairs), "--out", str(out), "--cache-dir",
+                     str(tmp_path / "cache"), "--cache-size", "64", "--input-size", "64", "--base-width", "4",
+                     "--depth", "3", "--steps", "60", "--batch-size", "4", "--lr", "5e-3", "--log-every", "10",
+                     "--checkpoint-every", "30", "--val-images", "0", "--threads", "1", "--device", "cpu"])
+    assert code == 0
+    assert len(list((tmp_path / "cache").rglob("*.png"))) == 6  # the teacher ran once per photo
+    rows = list(csv.DictReader(open(out.with_suffix(".train.csv"))))
+    losses = [float(r["loss"]) for r in rows]
+    assert [int(r["step"]) for r in rows] == [10, 20, 30, 40, 50, 60]
+    # Seeded, so the same curve every run: 0.98 → 0.72 here (BCE + L1 + gradient loss).
+    assert losses[-1] < 0.85 * losses[0] and np.mean(losses[-2:]) < np.mean(losses[:2]), losses
+    net = create_model(str(out))
+    assert net.spec.version.endswith("-s60") and net.spec.preprocess.input_size == (64, 64)
+    # A second run reuses the teacher cache and can start from the first run's weights.
+    assert cli_main(["train", str(photos), "--out", str(tmp_path / "again.safetensors"), "--init", str(out),
+                     "--cache-dir", str(tmp_path / "cache"), "--cache-size", "64", "--input-size", "64",
+                     "--base-width", "4", "--depth", "3", "--steps", "2", "--batch-size", "2",
+                     "--val-images", "0", "--threads", "1", "--device", "cpu"]) == 0
+
+
+def test_train_refuses_bad_arguments(tmp_path, capsys):
+    assert cli_main(["train", str(tmp_path / "none"), "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert cli_main(["train", str(tmp_path), "--out", str(tmp_path / "x.pt")]) == 2
+    assert ".safetensors" in capsys.readouterr().err
