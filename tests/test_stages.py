@@ -66,3 +66,13 @@ def test_keys_that_could_escape_the_destination_are_refused(key):
 def test_output_key_mirrors_the_input_key():
     assert output_key("photos/a/b.jpg", ".png") == "photos/a/b.png"
     assert output_key("photos/a/b c é.jpeg", ".webp") == "photos/a/b c é.webp"
+
+
+def test_job_config_checks_providers_before_ray_starts(tmp_path):
+    from pipelines.job import JobConfig
+
+    assert JobConfig(source=str(tmp_path), dest=str(tmp_path / "out"), providers="tensorrt,cuda").providers
+    with pytest.raises(ValueError, match="unknown ONNX Runtime provider 'gpu'"):
+        JobConfig(source=str(tmp_path), dest=str(tmp_path / "out"), providers="gpu")
+    with pytest.raises(ValueError, match="--runtime onnxruntime"):
+        JobConfig(source=str(tmp_path), dest=str(tmp_path / "out"), providers="cpu", runtime="torch")
