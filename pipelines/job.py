@@ -13,12 +13,13 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import ray
 from ray.data import ActorPoolStrategy
 
-from model.specs import get_spec
+from model.specs import WEIGHTS_SUFFIXES, get_spec
 from pipelines.manifest import ManifestWriter, new_run_id
 from pipelines.planning import Plan, plan_inputs
 from pipelines.stages import Predictor, decode_input, read_input, render_output
@@ -63,6 +64,8 @@ class JobConfig:
     background: np.ndarray | None = None
 
     def __post_init__(self) -> None:
+        if self.model.endswith(WEIGHTS_SUFFIXES):  # a checkpoint named by its path: workers need it absolute
+            self.model = str(Path(self.model).expanduser().resolve())
         get_spec(self.model)  # unknown names fail here, with the valid list
         from model.runtime import parse_providers
 

@@ -115,7 +115,7 @@ def test_image_folders_are_interleaved(tmp_path):
 
 
 def tiny_training_data(root):
-    """Six real photos shrunk to 96 px, and two synthetic (image, alpha) pairs with exact alphas."""
+    """Six real photos shrunk to 96 px, two synthetic (image, alpha) pairs with exact alphas, one corrupt pair."""
     photos = root / "photos"
     photos.mkdir()
     for name, data in real_photos(6):
@@ -132,6 +132,9 @@ def tiny_training_data(root):
         a = alpha[..., None] / 255.0
         cv2.imwrite(str(root / "pairs" / "image" / f"p{i}.png"), (a * texture + (1 - a) * bg).astype(np.uint8))
         cv2.imwrite(str(root / "pairs" / "alpha" / f"p{i}.png"), alpha)
+    # A corrupt pair: its samples fall back to teacher photos instead of stopping the run.
+    (root / "pairs" / "image" / "broken.jpg").write_bytes(b"not a JPEG")
+    (root / "pairs" / "alpha" / "broken.png").write_bytes(b"not a PNG")
     return photos, root / "pairs"
 
 
@@ -142,7 +145,7 @@ def test_training_runs_a_few_steps_and_the_loss_goes_down(tmp_path):
                      str(tmp_path / "cache"), "--cache-size", "64", "--input-size", "64", "--base-width", "4",
                      "--depth", "3", "--steps", "60", "--batch-size", "4", "--lr", "5e-3", "--log-every", "10",
                      "--checkpoint-every", "30", "--val-images", "0", "--threads", "1", "--device", "cpu"])
-    assert code == 0
+    assert code == 0  # though a third of the pair samples drawn were the corrupt pair
     assert len(list((tmp_path / "cache").rglob("*.png"))) == 6  # the teacher ran once per photo
     rows = list(csv.DictReader(open(out.with_suffix(".train.csv"))))
     losses = [float(r["loss"]) for r in rows]
@@ -163,3 +166,17 @@ def test_train_refuses_bad_arguments(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert cli_main(["train", str(tmp_path), "--out", str(tmp_path / "x.pt")]) == 2
     assert ".safetensors" in capsys.readouterr().err
+
+
+def test_a_job_accepts_a_checkpoint_path(tmp_path, monkeypatch):
+    from pipelines.job import JobConfig
+
+    spec = get_spec("unet-small")
+    spec = type(spec).from_json_dict({**spec.to_json_dict(), "name": "mine", "version": "mine-7"})
+    save_safetensors(UNet(**spec.arch_kwargs).state_dict(), spec, tmp_path / "mine.safetensors")
+    monkeypatch.chdir(tmp_path)
+    cfg = JobConfig(source="in", dest="out", model="mine.safetensors")
+    assert cfg.model == str(tmp_path / "mine.safetensors")  # absolute: Ray workers run elsewhere
+    assert cfg.fingerprint().model_version == "mine-7"
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        JobConfig(source="in", dest="out", model="nope.safetensors")
