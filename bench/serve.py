@@ -72,11 +72,19 @@ def serve_rss_mb() -> dict[str, float]:
     return dict(sorted(out.items()))
 
 
-def warm_up(base: str, n: int) -> None:
-    """n concurrent requests, twice: full batches reach the model, so its memory arena reaches its working size."""
+def warm_up(base: str, n: int) -> list[str]:
+    """n concurrent requests, twice: full batches reach the model, so its memory arena reaches its
+    working size. Returns what went wrong, if anything (warm-up answers are not counted)."""
+    problems: list[str] = []
+
     def one(i: int) -> None:
-        requests.post(f"{base}/v1/matte", data=PHOTOS[i % len(PHOTOS)], timeout=300,
-                      headers={"X-Api-Key": KEY, "Content-Type": "image/jpeg"}).raise_for_status()
+        try:
+            r = requests.post(f"{base}/v1/matte", data=PHOTOS[i % len(PHOTOS)], timeout=300,
+                              headers={"X-Api-Key": KEY, "Content-Type": "image/jpeg"})
+            if r.status_code != 200:
+                problems.append(f"HTTP {r.status_code} {r.text[:120]}")
+        except requests.RequestException as e:
+            problems.append(type(e).__name__)
 
     for _ in range(2):
         threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
@@ -84,6 +92,7 @@ def warm_up(base: str, n: int) -> None:
             t.start()
         for t in threads:
             t.join()
+    return problems
 
 
 def load(base: str, clients: int, duration: float) -> dict:
@@ -134,7 +143,9 @@ def main() -> int:
 
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start (shared machines "
           "give noisy figures)", flush=True)
-    args = AppArgs(rate_limit_per_minute=1e6, rate_limit_burst=10_000, cpu_threads=4)
+    # A long model wait: on a loaded machine a full batch can take tens of seconds, and the bench
+    # measures that latency rather than turning it into 503s.
+    args = AppArgs(rate_limit_per_minute=1e6, rate_limit_burst=10_000, cpu_threads=4, request_timeout_s=300)
     modes = [("batching off", {"max_batch_size": 1, "batch_wait_timeout_s": 0.0}),
              ("batching on", {"max_batch_size": a.batch_size, "batch_wait_timeout_s": a.wait})]
 
@@ -153,7 +164,9 @@ def main() -> int:
             serve.run(make_app(args, overrides(user_config)), name="matting", route_prefix="/")
             got = requests.get(f"{base}/healthz", timeout=30).json()["models"]["u2netp"]
             assert got["max_batch_size"] == user_config["max_batch_size"], got
-            warm_up(base, 2 * user_config["max_batch_size"])
+            problems = warm_up(base, 2 * user_config["max_batch_size"])
+            if problems:
+                print(f"{name:13s} warm-up: {len(problems)} failed request(s): {sorted(set(problems))}", flush=True)
             mem_start = serve_rss_mb()
             print(f"{name:13s} Serve RSS MB after warm-up   {json.dumps(mem_start)}", flush=True)
             for c in a.clients:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from model import weights as weights_mod
-from model.specs import MODEL_SPECS, ModelSpec, PreprocessSpec, get_spec
+from model.specs import ModelSpec, PreprocessSpec, get_spec
 
 log = logging.getLogger(__name__)
 
@@ -88,18 +89,24 @@ class Runtime:
 
 
 class TorchRuntime(Runtime):
-    def __init__(self, spec: ModelSpec, device: str, weights=None, s3_endpoint=None, threads: int | None = None):
+    """PyTorch: FP16 with channels_last on CUDA (or FP32 when asked, for comparison), FP32 on CPU."""
+
+    def __init__(self, spec: ModelSpec, device: str, weights=None, s3_endpoint=None, threads: int | None = None,
+                 precision: str | None = None):
         import torch
 
         from model.factory import create_model
 
-        precision = "fp16" if device == "cuda" else "fp32"
+        precision = precision or ("fp16" if device == "cuda" else "fp32")
+        if precision not in ("fp16", "fp32") or (precision == "fp16" and device != "cuda"):
+            raise ValueError(f"torch runs fp16 on cuda and fp32 anywhere, not {precision} on {device}")
         super().__init__(spec, device, precision, "torch")
         if threads and device == "cpu":
             torch.set_num_threads(threads)
         net = create_model(spec, weights=weights, s3_endpoint=s3_endpoint)
+        self.dtype = torch.float16 if precision == "fp16" else torch.float32
         if device == "cuda":
-            net = net.to("cuda", memory_format=torch.channels_last).half()
+            net = net.to("cuda", memory_format=torch.channels_last).to(self.dtype)
         self.net = net
         self._torch = torch
 
@@ -108,7 +115,7 @@ class TorchRuntime(Runtime):
         with torch.inference_mode():
             t = torch.from_numpy(x)
             if self.device == "cuda":
-                t = t.to("cuda", non_blocking=True).half().contiguous(memory_format=torch.channels_last)
+                t = t.to("cuda", non_blocking=True).to(self.dtype).contiguous(memory_format=torch.channels_last)
             return self.net(t).float().cpu().numpy()
 
 
@@ -129,31 +136,140 @@ def dynamic_onnx(path: Path) -> bytes:
     return m.SerializeToString()
 
 
+# Short names users type → ONNX Runtime's provider names, in the order we prefer them on a GPU.
+PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+GPU_PROVIDERS = ("tensorrt", "cuda")
+
+
+def parse_providers(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """'tensorrt,cuda' / ['CUDAExecutionProvider'] → ('tensorrt', 'cuda'); None stays None (automatic)."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else list(value)
+    by_long = {v.lower(): k for k, v in PROVIDERS.items()}
+    out = []
+    for item in (i.strip().lower() for i in items if i.strip()):
+        short = item if item in PROVIDERS else by_long.get(item)
+        if short is None:
+            raise ValueError(f"unknown ONNX Runtime provider {item!r}; known: {', '.join(PROVIDERS)}")
+        if short not in out:
+            out.append(short)
+    if not out:
+        raise ValueError("--providers is empty; name at least one of " + ", ".join(PROVIDERS))
+    return tuple(out)
+
+
+def default_trt_cache_dir() -> Path:
+    return weights_mod.weights_dir().parent / "trt-engines"
+
+
 class OnnxRuntime(Runtime):
-    def __init__(self, spec: ModelSpec, device: str, weights=None, s3_endpoint=None, threads: int | None = None):
+    """ONNX Runtime with TensorRT (FP16) → CUDA (FP16 graph) → CPU (FP32), or the providers asked for.
+
+    Asking for a provider explicitly makes it a requirement: one that this onnxruntime build
+    lacks, or that it lists but cannot start (onnxruntime-gpu lists CUDA even with no GPU, and
+    falls back silently), is an error naming the providers the session really got.
+    """
+
+    def __init__(self, spec: ModelSpec, device: str, weights=None, s3_endpoint=None, threads: int | None = None,
+                 providers: Sequence[str] | None = None, trt_cache_dir: str | os.PathLike | None = None,
+                 trt_max_batch: int = 32, trt_input_size: tuple[int, int] | None = None,
+                 precision: str | None = None):
         import onnxruntime as ort
 
-        super().__init__(spec, device, "fp32", "onnxruntime")
-        path = weights_mod.resolve(spec, weights, s3_endpoint)
-        if path.suffix != ".onnx":
-            model = spec.name if spec.name in MODEL_SPECS else str(path)
-            raise ValueError(f"the onnxruntime runtime needs an .onnx file, but {spec.name!r} has {path.name}: "
-                             f"run it with --runtime torch, or export it with `matting export {model} "
-                             f"--format onnx` and pass the .onnx file (with its spec) as the model")
+        available = ort.get_available_providers()
+        if providers is None:
+            if device == "cuda" and PROVIDERS["cuda"] not in available:
+                raise RuntimeError("--device cuda with --runtime onnxruntime needs onnxruntime-gpu: "
+                                   "pip install 'unet-matting[gpu]'")
+            # On a GPU: TensorRT when this build has it, then CUDA, then CPU for what neither takes.
+            wanted = [*(p for p in GPU_PROVIDERS if PROVIDERS[p] in available), "cpu"] if device == "cuda" else ["cpu"]
+            required = ["cuda"] if device == "cuda" else ["cpu"]
+        else:
+            wanted = required = list(providers)
+            missing = [p for p in wanted if PROVIDERS[p] not in available]
+            if missing:
+                raise RuntimeError(f"ONNX Runtime provider(s) {', '.join(missing)} asked for but not available in "
+                                   f"this onnxruntime build (available: {', '.join(available)}). TensorRT and CUDA "
+                                   "need onnxruntime-gpu (pip install 'unet-matting[gpu]') and a GPU.")
+        gpu = any(p in GPU_PROVIDERS for p in wanted)
+        precision = precision or ("fp16" if gpu else "fp32")
+        if precision not in ("fp16", "fp32"):
+            raise ValueError(f"precision must be fp16 or fp32, got {precision!r}")
+        # TensorRT builds its own FP16 engine from the FP32 graph; the CUDA and CPU providers run
+        # what they are given, so FP16 there means the FP16 graph (float32 inputs and outputs kept).
+        fp16_graph = precision == "fp16" and wanted[0] != "tensorrt"
+        super().__init__(spec, "cuda" if gpu else "cpu", precision, "onnxruntime")
+        model_bytes = self._graph(spec, weights, s3_endpoint, fp16_graph)
         opts = ort.SessionOptions()
         opts.inter_op_num_threads = 1
         if threads:
             opts.intra_op_num_threads = threads
-        wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-        available = ort.get_available_providers()
-        if device == "cuda" and "CUDAExecutionProvider" not in available:
-            raise RuntimeError("--device cuda with --runtime onnxruntime needs onnxruntime-gpu: "
-                               "pip install 'unet-matting[gpu]'")
-        self.session = ort.InferenceSession(dynamic_onnx(path), opts, providers=wanted)
+        h, w = trt_input_size or spec.preprocess.input_size
+        options = []
+        for p in wanted:
+            if p == "tensorrt":
+                cache = Path(trt_cache_dir) if trt_cache_dir else default_trt_cache_dir()
+                cache.mkdir(parents=True, exist_ok=True)
+                name = self._input_name(model_bytes)
+                options.append({"trt_fp16_enable": precision == "fp16", "trt_engine_cache_enable": True,
+                                "trt_engine_cache_path": str(cache), "trt_timing_cache_enable": True,
+                                "trt_timing_cache_path": str(cache),
+                                # One engine for every batch size up to trt_max_batch at one input size.
+                                "trt_profile_min_shapes": f"{name}:1x3x{h}x{w}",
+                                "trt_profile_opt_shapes": f"{name}:{min(8, trt_max_batch)}x3x{h}x{w}",
+                                "trt_profile_max_shapes": f"{name}:{trt_max_batch}x3x{h}x{w}"})
+            else:
+                options.append({})
+        self.session = ort.InferenceSession(model_bytes, opts, providers=[PROVIDERS[p] for p in wanted],
+                                            provider_options=options)
+        active = self.session.get_providers()
         # onnxruntime-gpu lists CUDA even where it cannot start it: trust only the session.
-        if device == "cuda" and self.session.get_providers()[0] != "CUDAExecutionProvider":
-            raise RuntimeError(f"onnxruntime could not start CUDA (session providers: {self.session.get_providers()})")
+        failed = [p for p in required if PROVIDERS[p] not in active]
+        if failed:
+            raise RuntimeError(f"ONNX Runtime could not start provider(s) {', '.join(failed)} "
+                               f"(session providers: {', '.join(active)}); is a GPU visible to this process?")
+        self.provider = next(k for k, v in PROVIDERS.items() if v == active[0])
+        if self.session.get_modelmeta().custom_metadata_map.get("precision") == "fp16":
+            self.precision = "fp16"  # an FP16 file from `matting export --fp16`, on whatever provider
         self.input_name = self.session.get_inputs()[0].name
+        log.info("onnxruntime session providers: %s (first: %s)", ", ".join(active), self.provider)
+
+    @staticmethod
+    def _input_name(model_bytes: bytes) -> str:
+        import onnx
+
+        return onnx.load_from_string(model_bytes).graph.input[0].name
+
+    @staticmethod
+    def _graph(spec: ModelSpec, weights, s3_endpoint, fp16: bool) -> bytes:
+        """The ONNX graph: the weights file itself when it is ONNX, else exported from torch here."""
+        path = weights_mod.resolve(spec, weights, s3_endpoint) if (weights is not None or spec.weights) else None
+        if path is not None and path.suffix == ".onnx":
+            data = dynamic_onnx(path)
+            if not fp16:
+                return data
+            import onnx
+
+            proto = onnx.load_from_string(data)
+            if any(i.data_type == onnx.TensorProto.FLOAT16 for i in proto.graph.initializer):
+                return data  # already an FP16 file (matting export --fp16)
+        else:
+            # Torch-only weights (safetensors, .pt): export in memory once per process.
+            from model.export import torch_to_onnx
+            from model.factory import create_model
+
+            log.info("exporting %s to ONNX in memory for onnxruntime", spec.name)
+            net = create_model(spec, weights=weights, s3_endpoint=s3_endpoint)
+            proto = torch_to_onnx(net, input_size=spec.preprocess.input_size, opset=17)
+            if not fp16:
+                return proto.SerializeToString()
+        from model.export import to_fp16
+
+        return to_fp16(proto)[0].SerializeToString()
+
+    def describe(self) -> str:
+        return f"{super().describe()} provider={self.provider}"
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: x})[0]
@@ -172,7 +288,7 @@ def resolve_device(device: str) -> str:
 
 
 def has_onnx_weights(spec: ModelSpec, weights: str | os.PathLike | None) -> bool:
-    """Whether ONNX Runtime can run this model as given (a checkpoint needs `matting export` first)."""
+    """Whether the weights are an ONNX graph already (a torch checkpoint would be exported first)."""
     if weights is not None:
         return str(weights).endswith(".onnx")
     return spec.weights is not None and spec.weights.format == "onnx"
@@ -180,20 +296,42 @@ def has_onnx_weights(spec: ModelSpec, weights: str | os.PathLike | None) -> bool
 
 def create_runtime(model: str | ModelSpec = "u2netp", *, runtime: str = "auto", device: str = "auto",
                    weights: str | os.PathLike | None = None, s3_endpoint: str | None = None,
-                   threads: int | None = None) -> Runtime:
+                   threads: int | None = None, providers: str | Sequence[str] | None = None,
+                   trt_cache_dir: str | os.PathLike | None = None) -> Runtime:
     """Pick device and runtime: CUDA FP16 through torch when a GPU is usable, else ONNX Runtime FP32 on CPU.
 
     ONNX Runtime is the CPU default because it measured faster than torch there (bench/RESULTS.md);
-    models whose weights are not ONNX (trained checkpoints) run on torch until exported.
+    models whose weights are a torch checkpoint run on torch under `auto` (no export at start-up).
     `model` is a registered name or a path to a weights file that carries its spec.
+    `providers` (e.g. "tensorrt,cuda" or ["cpu"]) selects ONNX Runtime with exactly those providers,
+    each of which must start; without it, onnxruntime on a GPU tries TensorRT → CUDA → CPU.
+    `trt_cache_dir` is where TensorRT keeps its built engines (default beside the weights cache).
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     spec = get_spec(model)
-    dev = resolve_device(device)
-    if runtime == "auto":
-        runtime = "torch" if dev == "cuda" or not has_onnx_weights(spec, weights) else "onnxruntime"
-    cls = TorchRuntime if runtime == "torch" else OnnxRuntime
-    rt = cls(spec, dev, weights=weights, s3_endpoint=s3_endpoint, threads=threads)
+    chosen = parse_providers(providers)
+    if chosen is not None:
+        if runtime == "torch":
+            raise ValueError("providers select ONNX Runtime execution providers; use --runtime onnxruntime (or auto)")
+        gpu = any(p in GPU_PROVIDERS for p in chosen)
+        if device == "cpu" and gpu:
+            raise ValueError(f"--device cpu contradicts providers {','.join(chosen)}; drop one of them")
+        if device == "cuda" and not gpu:
+            raise ValueError(f"--device cuda needs a GPU provider (tensorrt or cuda), got {','.join(chosen)}")
+        # ONNX Runtime, not torch, decides whether its providers can start: no torch CUDA check.
+        rt: Runtime = OnnxRuntime(spec, "cuda" if gpu else "cpu", weights=weights, s3_endpoint=s3_endpoint,
+                                  threads=threads, providers=chosen, trt_cache_dir=trt_cache_dir)
+    else:
+        dev = resolve_device(device)
+        if runtime == "auto":
+            runtime = "torch" if dev == "cuda" or not has_onnx_weights(spec, weights) else "onnxruntime"
+        if runtime == "torch":
+            rt = TorchRuntime(spec, dev, weights=weights, s3_endpoint=s3_endpoint, threads=threads)
+        else:
+            rt = OnnxRuntime(spec, dev, weights=weights, s3_endpoint=s3_endpoint, threads=threads,
+                             trt_cache_dir=trt_cache_dir)
     log.info("loaded %s (pid %d)", rt.describe(), os.getpid())
     return rt

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import re
 
 from fastapi.responses import Response
+from PIL import Image
 from starlette.requests import Request
 
 from model.specs import get_spec
@@ -37,7 +39,8 @@ OPENAPI_MATTE = {
         },
     },
     "responses": {"200": {
-        "description": "the cut-out; X-Width, X-Height, X-Subject-Bbox (left,top,width,height or 'none'), "
+        "description": "the cut-out; X-Width, X-Height (of the output), X-Subject-Bbox (left,top,width,height "
+                       "in input pixels, or 'none'), "
                        "X-Model, X-Model-Version, X-Server-Time-Ms and Server-Timing headers",
         "content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}},
 }
@@ -47,6 +50,12 @@ def openapi_matte() -> dict:
     extra = dict(OPENAPI_MATTE)
     extra["parameters"] = OPENAPI_MATTE["parameters"] + openapi_parameters()
     return extra
+
+
+def output_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of an encoded image, from its header alone."""
+    with Image.open(io.BytesIO(data)) as im:
+        return im.size
 
 
 def _download_name(filename: str | None, fmt: str) -> str:
@@ -62,7 +71,7 @@ async def matte(request: Request, pipeline: Pipeline, models: list[str]) -> Resp
     model = raw.pop("model", None) or models[0]
     if model not in models:
         raise ApiError(422, "bad_parameter", f"model {model!r} is not served here; served: {', '.join(models)}")
-    params = parse_params(raw)
+    params = parse_params(raw, preset)
     if not data:
         raise ApiError(400, "undecodable", "the image is empty (0 bytes)")
     t = timings.mark("read", timings.started)
@@ -75,8 +84,9 @@ async def matte(request: Request, pipeline: Pipeline, models: list[str]) -> Resp
     timings.mark("render", t)
 
     bbox = ",".join(map(str, out.bbox)) if out.bbox else "none"
+    width, height = output_size(out.data)  # crop and max_size make it differ from the input's
     headers = {
-        "X-Width": str(image.width), "X-Height": str(image.height), "X-Subject-Bbox": bbox,
+        "X-Width": str(width), "X-Height": str(height), "X-Subject-Bbox": bbox,
         "X-Model": model, "X-Model-Version": get_spec(model).version,
         "X-Server-Time-Ms": f"{timings.total_ms:.1f}", "Server-Timing": timings.server_timing(),
         "Content-Disposition": f'inline; filename="{_download_name(filename, params.format)}"',

@@ -22,6 +22,7 @@ from ray.serve import Application
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
+from postproc import PRESETS
 from serve import api_v1, removebg
 from serve.errors import ApiError, error_response
 from serve.model_deployment import MattingModel
@@ -139,6 +140,10 @@ class MattingIngress:
                 "image_url": self.args.image_url.enabled,
                 "limits": {"max_upload_mb": self.args.max_upload_mb, "max_megapixels": self.args.max_megapixels},
                 "models": dict(zip(self.models, described))}
+
+    @fastapi_app.get("/v1/presets", summary="The named parameter presets and their values (no key needed)")
+    async def presets(self):
+        return {name: dict(values) for name, values in PRESETS.items()}
 
     @fastapi_app.get("/v1/models", summary="The served models, their versions and devices")
     async def list_models(self, request: Request):

@@ -12,18 +12,22 @@ from functools import lru_cache
 
 from pydantic import TypeAdapter, ValidationError
 
-from postproc import PostprocParams
+from postproc import PRESETS, PostprocParams
 from serve.errors import ApiError
 
-# Interim list until postproc's preset function lands (issue 4): names are validated here and
-# passed on; the values belong to postproc, never to this module.
-KNOWN_PRESETS = ("id-photo", "ecommerce", "avatar")
+KNOWN_PRESETS = tuple(PRESETS)  # the values belong to postproc; PostprocParams.create applies them
+# Parameters a caller may not set over HTTP: a background image is a server-side path or URI (reading
+# it for a caller would expose the server's files), and the refinement size cap bounds CPU per request.
+NOT_OVER_HTTP = {
+    "background_image": "a server-side path; use `background` (a colour) over HTTP",
+    "refine_max_megapixels": "the server's cost cap for refinement",
+}
 
 
 @lru_cache(maxsize=1)
 def param_types() -> dict[str, typing.Any]:
     hints = typing.get_type_hints(PostprocParams)
-    return {f.name: hints[f.name] for f in fields(PostprocParams)}
+    return {f.name: hints[f.name] for f in fields(PostprocParams) if f.name not in NOT_OVER_HTTP}
 
 
 def openapi_parameters() -> list[dict]:
@@ -46,9 +50,16 @@ def parse_preset(value: str | None) -> str | None:
     return value
 
 
-def parse_params(raw: dict[str, str]) -> PostprocParams:
-    """Strings from a query string or form → validated parameters. Empty strings mean 'not set'."""
+def parse_params(raw: dict[str, str], preset: str | None = None) -> PostprocParams:
+    """Strings from a query string or form (+ a preset's name) → validated parameters.
+
+    Empty strings mean 'not set'; explicit values override the preset's (PostprocParams.create).
+    """
     types = param_types()
+    refused = sorted(set(raw) & set(NOT_OVER_HTTP))
+    if refused:
+        raise ApiError(422, "bad_parameter", "; ".join(f"{n} cannot be set over HTTP: {NOT_OVER_HTTP[n]}"
+                                                        for n in refused))
     unknown = sorted(set(raw) - set(types))
     if unknown:
         raise ApiError(422, "bad_parameter", f"unknown parameter(s) {unknown}; known: {sorted(types)}")
@@ -62,6 +73,6 @@ def parse_params(raw: dict[str, str]) -> PostprocParams:
             msg = e.errors()[0]["msg"]
             raise ApiError(422, "bad_parameter", f"{name}: {msg} (got {text!r})") from None
     try:
-        return PostprocParams.create(**values)
+        return PostprocParams.create(preset=preset, **values)
     except ValueError as e:
         raise ApiError(422, "bad_parameter", str(e)) from None

@@ -9,7 +9,8 @@ import torch
 
 from catalog import real_photos
 from model import create_model, get_spec, list_models
-from model.runtime import create_runtime, finish_output, normalize_batch
+from model.export import FP32_TOLERANCE, export_onnx
+from model.runtime import create_runtime, finish_output, normalize_batch, parse_providers
 from model.weights import save_safetensors
 from postproc import decode_image, model_input
 
@@ -50,6 +51,17 @@ class TestEveryRegisteredModel:
         with torch.inference_mode():
             assert torch.equal(net(x), again(x))
             assert torch.equal(net(x), own(x))
+
+    def test_onnx_export_matches_torch_at_another_shape(self, name, tmp_path):
+        """Exported at the spec's size, checked at batch 2 and another height/width on real photos."""
+        photos = [decode_image(data).rgb for _, data in real_photos(2)]
+        result, _ = export_onnx(name, tmp_path / "m.onnx", check_images=photos)
+        assert result.check_shape[0] == 2 and result.check_shape[2:] != result.export_shape[2:]
+        assert result.max_abs_diff <= FP32_TOLERANCE
+        import onnx
+
+        dims = onnx.load(str(tmp_path / "m.onnx")).graph.input[0].type.tensor_type.shape.dim
+        assert [d.dim_param for d in dims] == ["batch", "", "height", "width"]
 
     def test_batch_of_n_equals_n_single_calls(self, name):
         # auto on CPU: ONNX Runtime where the weights are ONNX, torch for checkpoints not exported yet.
@@ -114,3 +126,56 @@ def test_normalisation_follows_the_spec():
     # "max" scaling: a flat image divides by its own maximum, so every value is 1.0 before mean/std.
     np.testing.assert_allclose(x[0, :, 0, 0], (1.0 - np.array(spec.mean)) / np.array(spec.std), rtol=1e-6)
     assert normalize_batch(np.zeros((1, 4, 4, 3), np.uint8), spec).shape == (1, 3, 4, 4)
+
+
+def test_onnxruntime_on_cpu_reports_its_provider():
+    rt = create_runtime("u2netp", providers="cpu")
+    assert (rt.name, rt.provider, rt.device, rt.precision) == ("onnxruntime", "cpu", "cpu", "fp32")
+    assert "provider=cpu" in rt.describe()
+
+
+@pytest.mark.parametrize("providers", ["cuda", "tensorrt", "tensorrt,cuda,cpu"])
+def test_asking_for_a_provider_that_is_not_here_is_an_error(providers):
+    wanted = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+    if all(wanted.get(p, "CPUExecutionProvider") in ort.get_available_providers() for p in providers.split(",")):
+        pytest.skip(f"{providers} is available here")
+    with pytest.raises(RuntimeError, match="asked for but not available.*onnxruntime-gpu"):
+        create_runtime("u2netp", providers=providers)
+
+
+def test_provider_arguments_are_checked_before_loading():
+    assert parse_providers("TensorRT, cuda") == ("tensorrt", "cuda")
+    assert parse_providers(["CUDAExecutionProvider"]) == ("cuda",)
+    with pytest.raises(ValueError, match="unknown ONNX Runtime provider 'gpu'"):
+        parse_providers("gpu")
+    with pytest.raises(ValueError, match="--runtime onnxruntime"):
+        create_runtime("u2netp", runtime="torch", providers="cpu")
+    with pytest.raises(ValueError, match="--device cpu contradicts"):
+        create_runtime("u2netp", device="cpu", providers="cuda")
+
+
+def test_fp16_onnx_keeps_float32_io_and_runs_close_to_fp32(tmp_path):
+    """FP16 export (parity checked separately) run by the onnxruntime runtime on CPU, vs the FP32 runtime."""
+    import onnx
+
+    export_onnx("u2netp", tmp_path / "fp16.onnx", fp16=True, check=False)
+    m = onnx.load(str(tmp_path / "fp16.onnx"))
+    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert m.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in m.graph.initializer)
+    half = create_runtime("u2netp", runtime="onnxruntime", device="cpu", weights=tmp_path / "fp16.onnx")
+    assert half.precision == "fp16"
+    imgs = photos_at((320, 320), 2)
+    diff = np.abs(half.predict(imgs) - create_runtime("u2netp", runtime="onnxruntime", device="cpu").predict(imgs))
+    # U²-Netp's folded BatchNorm makes FP16 drift up to ~0.07 at a few edge pixels (model/export.py).
+    assert diff.mean() < 5e-3 and diff.max() < 0.2
+
+
+def test_onnxruntime_exports_torch_only_weights_in_memory(tmp_path):
+    """Weights without an ONNX graph (.pt here) still run under onnxruntime: exported at load time."""
+    path = tmp_path / "w.pt"
+    torch.save(create_model("u2netp").state_dict(), path)
+    from_pt = create_runtime("u2netp", runtime="onnxruntime", device="cpu", weights=path)
+    imgs = photos_at((320, 320), 2)
+    packaged = create_runtime("u2netp", runtime="onnxruntime", device="cpu")
+    assert np.abs(from_pt.predict(imgs) - packaged.predict(imgs)).max() < 1e-3

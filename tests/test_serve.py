@@ -173,9 +173,10 @@ def test_page_and_openapi_docs(server):
     docs = requests.get(f"{server}/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     spec = requests.get(f"{server}/openapi.json").json()
-    assert {"/v1/matte", "/v1/models", "/healthz", "/v1.0/removebg"} <= set(spec["paths"])
+    assert {"/v1/matte", "/v1/models", "/v1/presets", "/healthz", "/v1.0/removebg"} <= set(spec["paths"])
     params = {p["name"] for p in spec["paths"]["/v1/matte"]["post"]["parameters"]}
-    assert {"alpha_threshold", "erode", "feather", "background", "format", "preset", "model"} <= params
+    assert {"alpha_threshold", "erode", "feather", "background", "format", "preset", "model", "refine", "crop"} <= params
+    assert "background_image" not in params
 
 
 def test_unknown_path_gets_the_json_envelope(server):
@@ -253,6 +254,30 @@ def test_matte_raw_body_with_query_parameters(server):
     assert corner[2] > 200 and corner[0] < 60
 
 
+def test_presets_are_listed_and_applied(server):
+    presets = requests.get(f"{server}/v1/presets").json()
+    assert presets["id-photo"]["format"] == "jpeg" and presets["id-photo"]["background"] == "white"
+    data = (SAMPLES / "astronaut.jpg").read_bytes()
+    r = requests.post(f"{server}/v1/matte?preset=id-photo", headers={**auth(), "Content-Type": "image/jpeg"}, data=data)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg" and r.headers["X-Preset"] == "id-photo"
+    out = decode(r.content)
+    assert out.ndim == 3 and out.shape[2] == 3
+    assert out[:8, :8].min() > 230  # the corner is background: the preset's white
+
+
+def test_matte_crop_and_max_size_change_the_output_size(server):
+    data = (SAMPLES / "coffee.jpg").read_bytes()
+    src = decode(data)
+    r = requests.post(f"{server}/v1/matte?crop=true&crop_margin=5&max_size=200",
+                      headers={**auth(), "Content-Type": "image/jpeg"}, data=data)
+    assert r.status_code == 200, r.text[:300]
+    out = decode(r.content)
+    w, h = int(r.headers["X-Width"]), int(r.headers["X-Height"])
+    assert out.shape[:2] == (h, w) and max(w, h) == 200 and (w, h) != (src.shape[1], src.shape[0])
+    left, top, bw, bh = map(int, r.headers["X-Subject-Bbox"].split(","))  # in input pixels
+    assert left + bw <= src.shape[1] and top + bh <= src.shape[0]
+
+
 def test_matte_mask_format(server):
     r = requests.post(f"{server}/v1/matte?format=mask", headers={**auth(), "Content-Type": "application/octet-stream"},
                       data=(SAMPLES / "astronaut.jpg").read_bytes())
@@ -302,6 +327,9 @@ def test_oversize_uploads_are_refused(server):
     ("sharpen=3", "unknown parameter"),
     ("preset=nope", "preset"),
     ("model=u2net-huge", "model"),
+    ("background_image=/etc/passwd", "cannot be set over HTTP"),
+    ("refine_max_megapixels=100", "cannot be set over HTTP"),
+    ("refine=magic", "refine"),
 ])
 def test_matte_bad_parameters_are_422(server, query, fragment):
     r = requests.post(f"{server}/v1/matte?{query}", headers={**auth(), "Content-Type": "image/jpeg"}, data=photo())

@@ -100,6 +100,13 @@ def test_single_photo_then_a_batch_zip(server, page, tmp_path):
     assert download.value.suggested_filename == "chelsea.png"
     assert rgba(Path(download.value.path()).read_bytes()).shape[:2] == (h, w)
 
+    # A preset fills in what the user has not touched (erode stays at the user's 2); reset clears it.
+    page.select_option("#preset", "avatar")
+    assert not page.is_checked("#transparent") and page.input_value("#background") == "#f0f0f0"
+    assert page.input_value("#alpha_threshold") == "6" and page.input_value("#erode") == "2"
+    page.click("#reset")
+    assert page.is_checked("#transparent") and page.input_value("#erode") == "0"
+
     # A small batch, one file corrupt: every good file ends in the ZIP, the bad one in the log.
     page.click("#tab-batch")
     batch = [SAMPLES / n for n in ("astronaut.jpg", "coffee.jpg", "rocket.jpg")]

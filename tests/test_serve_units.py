@@ -116,10 +116,12 @@ def test_params_from_strings_are_typed_and_validated():
         assert e.value.status == 422 and fragment in e.value.message
 
 
-def test_presets_are_validated_by_name():
+def test_presets_are_validated_by_name_and_explicit_values_win():
     assert parse_preset("id-photo") == "id-photo" and parse_preset("") is None and parse_preset(None) is None
     with pytest.raises(ApiError, match="known: id-photo"):
         parse_preset("passport")
+    p = parse_params({"erode": "5"}, "id-photo")
+    assert (p.erode, p.alpha_threshold, p.format, p.background) == (5, 20, "jpeg", "white")
 
 
 def test_crop_margin_parsing_and_box():

@@ -51,8 +51,9 @@ def test_safetensors_file_carries_its_spec_and_loads_by_path(tmp_path):
         assert torch.equal(net(x), again(x))
     rt = create_runtime(str(path), device="cpu")  # auto on CPU: torch, since there is no ONNX file
     assert rt.name == "torch" and rt.spec.version == "mine-1"
-    with pytest.raises(ValueError, match="matting export .*--format onnx"):
-        create_runtime(str(path), runtime="onnxruntime", device="cpu")
+    # Asked for explicitly, onnxruntime exports the checkpoint in memory and runs the same model.
+    ort_rt = create_runtime(str(path), runtime="onnxruntime", device="cpu")
+    assert ort_rt.name == "onnxruntime" and ort_rt.spec.version == "mine-1"
 
 
 def test_onnx_file_with_a_spec_file_beside_it(tmp_path, packaged_weights):
@@ -70,9 +71,12 @@ def test_onnx_file_with_a_spec_file_beside_it(tmp_path, packaged_weights):
                                                                   device="cpu").predict(imgs), atol=1e-6)
 
 
-def test_unet_small_needs_export_for_onnxruntime():
-    with pytest.raises(ValueError, match="matting export unet-small --format onnx"):
-        create_runtime("unet-small", runtime="onnxruntime", device="cpu")
+def test_unet_small_runs_on_onnxruntime_through_an_in_memory_export():
+    imgs = (np.random.default_rng(0).random((2, 192, 192, 3)) * 255).astype(np.uint8)
+    ort_rt = create_runtime("unet-small", runtime="onnxruntime", device="cpu")
+    torch_rt = create_runtime("unet-small", runtime="torch", device="cpu")
+    assert ort_rt.name == "onnxruntime"
+    np.testing.assert_allclose(ort_rt.predict(imgs), torch_rt.predict(imgs), atol=1e-4)
 
 
 def test_composite_alpha_is_exact():

@@ -29,6 +29,34 @@ $("#api-key").value = localStorage.getItem(KEY_STORE) || "";
 $("#api-key").addEventListener("change", (e) => localStorage.setItem(KEY_STORE, e.target.value.trim()));
 
 // --- parameters: only those the user changed are sent, so a preset's values apply to the rest ----
+const COLOURS = { white: "#ffffff", black: "#000000" };
+let presets = {};
+
+async function loadPresets() {
+  presets = await (await fetch("/v1/presets")).json();
+  for (const name of Object.keys(presets)) $("#preset").append(new Option(name, name));
+}
+
+// What the form shows for a parameter the user has not touched: the preset's value, else the default.
+function showPreset() {
+  const values = presets[$("#preset").value] || {};
+  document.querySelectorAll("[data-param]").forEach((input) => {
+    if (touched.has(input.name)) return;
+    const v = values[input.name];
+    if (input.type === "checkbox") input.checked = v === undefined ? input.defaultChecked : Boolean(v);
+    else if (input.tagName === "SELECT") input.value = v === undefined ? input.options[0].value : v;
+    else input.value = v === undefined ? input.defaultValue : v;
+    showValue(input);
+  });
+  if (!touched.has("background")) {
+    const bg = values.background;
+    $("#transparent").checked = !bg;
+    $("#background").disabled = !bg;
+    if (bg) $("#background").value = COLOURS[bg] || (/^#[0-9a-f]{6}$/i.test(bg) ? bg : "#ffffff");
+  }
+}
+$("#preset").addEventListener("change", showPreset);
+
 function showValue(input) {
   const out = document.querySelector(`output[for="${input.id}"]`);
   if (out) out.textContent = input.value;
@@ -48,15 +76,10 @@ $("#transparent").addEventListener("change", (e) => {
 });
 $("#background").addEventListener("input", () => touch("background"));
 $("#reset").addEventListener("click", () => {
-  document.querySelectorAll("[data-param]").forEach((input) => {
-    input.value = input.tagName === "SELECT" ? input.options[0].value : input.defaultValue;
-    showValue(input);
-    touch(input.name, false);
-  });
-  $("#transparent").checked = true;
-  $("#background").disabled = true;
+  document.querySelectorAll("[data-param]").forEach((input) => touch(input.name, false));
   touch("background", false);
   $("#preset").value = "";
+  showPreset();
 });
 
 function paramsForm(file) {
@@ -67,7 +90,8 @@ function paramsForm(file) {
     if (name === "background") {
       if (!$("#transparent").checked) form.append("background", $("#background").value);
     } else {
-      form.append(name, document.getElementById(name).value);
+      const el = document.getElementById(name);
+      form.append(name, el.type === "checkbox" ? String(el.checked) : el.value);
     }
   }
   return form;
@@ -268,3 +292,4 @@ $("#tab-batch").addEventListener("click", () => showTab("batch"));
 
 updateBatch();
 loadStatus();
+loadPresets();

@@ -1,0 +1,290 @@
+"""`matting eval`: score models × post-processing settings on a folder with ground-truth alpha.
+
+The folder holds image/ and alpha/ (files matched by stem, so GT01.png pairs with GT01.jpg) and,
+optionally, trimaps in trimap/ or the first trimap*/ folder (alphamatting.com ships trimap1/
+and trimap2/). Each image goes through exactly what the job does — decode_image + model_input,
+the runtime's batched predict, refine_alpha at full resolution to a uint8 matte — and the
+matte is scored with model/metrics.py over the whole image, inside the trimap's unknown band
+(trimap == 128) when there is one, and with MAE and maxF when the ground truth is a binary mask.
+
+Inference runs once per model; every setting re-runs only refine_alpha on the same
+probabilities. images/s per (model, setting) = images / (decode + inference + refine seconds),
+after one untimed warm-up batch; loading the model and computing metrics are not counted.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from model import metrics
+from postproc import PostprocParams, decode_image, model_input
+from postproc.decode import DecodeError
+from postproc.render import refine_alpha
+
+log = logging.getLogger(__name__)
+
+# The settings that change the matte; colour, format and compression do not, so eval refuses them.
+ALPHA_PARAMS = ("alpha_threshold", "erode", "feather")
+MATTING = ("sad", "mse", "mad", "grad", "conn")
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    label: str
+    name: str
+    weights: str | None = None
+
+
+def parse_model(arg: str) -> ModelChoice:
+    """'u2netp' → the registry's weights; 'u2netp=path/w.onnx' → that architecture with those weights."""
+    from model.specs import get_spec
+
+    name, sep, weights = arg.partition("=")
+    name = name.strip()
+    if not sep and (Path(arg).suffix or "/" in arg):
+        raise ValueError(f"--model {arg!r} looks like a weights file: say which registered model it is, "
+                         f"e.g. --model u2netp={arg}")
+    get_spec(name)  # unknown names fail with the valid list
+    if sep:
+        if not Path(weights).expanduser().is_file() and not weights.startswith("s3://"):
+            raise FileNotFoundError(f"--model {arg}: weights file {weights} does not exist")
+        return ModelChoice(f"{name}={Path(weights).name}", name, weights)
+    return ModelChoice(name, name)
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    params: PostprocParams
+
+
+def parse_setting(text: str, base: PostprocParams) -> Setting:
+    """'NAME:alpha_threshold=10,erode=2' → those values on top of `base`; 'NAME' alone → `base`."""
+    name, sep, body = text.partition(":")
+    if not sep and "=" in text:
+        name, body = text, text  # 'erode=2' names itself
+    name = name.strip()
+    if not name:
+        raise ValueError(f"--setting {text!r} needs a name before ':'")
+    changes = {}
+    for part in filter(None, (p.strip() for p in body.split(","))):
+        key, eq, value = part.partition("=")
+        key = key.strip().replace("-", "_")
+        if not eq or key not in ALPHA_PARAMS:
+            raise ValueError(f"--setting {text!r}: {part!r} is not KEY=VALUE with KEY one of {', '.join(ALPHA_PARAMS)}")
+        try:
+            changes[key] = float(value) if key == "feather" else int(value)
+        except ValueError:
+            raise ValueError(f"--setting {text!r}: {key} must be a number, got {value!r}") from None
+    return Setting(name, replace(base, **changes))  # replace() re-runs PostprocParams validation
+
+
+@dataclass(frozen=True)
+class Sample:
+    stem: str
+    image: Path
+    alpha: Path
+    trimap: Path | None
+
+
+@dataclass
+class EvalSet:
+    root: Path
+    samples: list[Sample]
+    trimap_dir: str | None
+
+
+def _images_by_stem(folder: Path) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith((".", "_")):
+            if p.stem in out:
+                raise ValueError(f"{folder} holds two files with the stem {p.stem!r}: {out[p.stem].name} and {p.name}")
+            out[p.stem] = p
+    return out
+
+
+def find_eval_set(root: str | Path, trimap_dir: str | None = None, limit: int | None = None) -> EvalSet:
+    root = Path(root)
+    for sub in ("image", "alpha"):
+        if not (root / sub).is_dir():
+            raise FileNotFoundError(f"{root} has no {sub}/ folder; an eval set holds image/ and alpha/ "
+                                    "(matching file names) and optionally trimap/")
+    images, alphas = _images_by_stem(root / "image"), _images_by_stem(root / "alpha")
+    unmatched = sorted(set(images) ^ set(alphas))
+    if unmatched:
+        raise ValueError(f"{len(unmatched)} file(s) in {root} have no partner in image/ or alpha/: "
+                         f"{', '.join(unmatched[:5])}{' …' if len(unmatched) > 5 else ''}")
+    if not images:
+        raise ValueError(f"{root}/image holds no images")
+    if trimap_dir is None:
+        candidates = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("trimap"))
+        trimap_dir = "trimap" if "trimap" in candidates else (candidates[0] if candidates else None)
+    elif not (root / trimap_dir).is_dir():
+        raise FileNotFoundError(f"--trimap-dir {trimap_dir}: {root / trimap_dir} is not a folder")
+    trimaps = _images_by_stem(root / trimap_dir) if trimap_dir else {}
+    missing = sorted(set(images) - set(trimaps)) if trimap_dir else []
+    if missing:
+        raise ValueError(f"{root / trimap_dir} lacks trimaps for {', '.join(missing[:5])}")
+    stems = sorted(images)[:limit] if limit else sorted(images)
+    return EvalSet(root, [Sample(s, images[s], alphas[s], trimaps.get(s)) for s in stems], trimap_dir)
+
+
+def read_gray(path: Path) -> np.ndarray:
+    """A matte or trimap as (H, W) uint8: channel 0 of whatever the file stores (L, RGB, palette, 16-bit)."""
+    return np.ascontiguousarray(decode_image(path.read_bytes()).rgb[..., 0])
+
+
+@dataclass
+class Row:
+    """Scores of one (model, setting): per-image values plus the timings behind images/s."""
+    model: str
+    setting: str
+    per_image: list[dict] = field(default_factory=list)
+    pr_curves: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    seconds: float = 0.0  # decode + inference + refine
+
+    @property
+    def ok(self) -> list[dict]:
+        return [r for r in self.per_image if r["status"] == "ok"]
+
+    def mean(self) -> dict:
+        ok = self.ok
+        keys = [k for k in ok[0] if k not in ("image", "status", "error")] if ok else []
+        out = {k: float(np.mean([r[k] for r in ok if r.get(k) is not None])) for k in keys
+               if any(r.get(k) is not None for r in ok)}
+        if self.pr_curves:
+            out["maxf_set"] = metrics.max_f_of_set(self.pr_curves)
+        out["images_per_s"] = len(ok) / self.seconds if self.seconds > 0 else float("nan")
+        return out
+
+
+def score(matte: np.ndarray, gt: np.ndarray, trimap: np.ndarray | None) -> tuple[dict, tuple | None]:
+    out = dict(metrics.matting_metrics(matte, gt))
+    if trimap is not None:
+        unknown = trimap == 128
+        out.update({f"unk_{k}": v for k, v in metrics.matting_metrics(matte, gt, unknown).items()})
+    curve = None
+    if metrics.is_binary(gt):
+        curve = metrics.precision_recall(matte, gt)
+        out["mae"] = metrics.mae(matte, gt)
+        out["maxf"] = float(metrics.f_measure(*curve).max())
+    return out, curve
+
+
+def evaluate(eval_set: EvalSet, models: list[ModelChoice], settings: list[Setting], *, runtime: str = "auto",
+             device: str = "auto", batch_size: int = 8, threads: int | None = None,
+             providers: str | None = None) -> list[Row]:
+    from model.runtime import create_runtime
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    names = [s.name for s in settings]
+    if len(set(names)) != len(names):
+        raise ValueError(f"setting names must be distinct, got {names}")
+    rows = []
+    for choice in models:
+        rt = create_runtime(choice.name, runtime=runtime, device=device, weights=choice.weights,
+                            threads=threads, providers=providers)
+        log.info("eval %s: %s", choice.label, rt.describe())
+        model_rows = [Row(choice.label, s.name) for s in settings]
+        samples = eval_set.samples
+        # Untimed warm-up: first-call allocations and kernel selection are not per-image costs.
+        rt.predict(np.full((min(batch_size, len(samples)), *rt.input_size, 3), 128, np.uint8))
+        for start in range(0, len(samples), batch_size):
+            chunk = samples[start:start + batch_size]
+            t0 = time.perf_counter()
+            decoded, failed = [], {}
+            for s in chunk:
+                try:
+                    decoded.append(decode_image(s.image.read_bytes()))
+                except (DecodeError, OSError) as e:
+                    decoded.append(None)
+                    failed[s.stem] = f"image: {e}"
+            good = [d for d in decoded if d is not None]
+            t1 = time.perf_counter()
+            probs = rt.predict(np.stack([model_input(d, rt.input_size) for d in good])) if good else []
+            t_shared = time.perf_counter() - t0  # decode + resize + inference, shared by all settings
+            probs_iter = iter(probs)
+            for s, d in zip(chunk, decoded):
+                prob = next(probs_iter) if d is not None else None
+                gt = trimap = None
+                if d is not None:
+                    try:
+                        gt = read_gray(s.alpha)
+                        trimap = read_gray(s.trimap) if s.trimap else None
+                        for what, a in (("alpha", gt), ("trimap", trimap)):
+                            if a is not None and a.shape != (d.height, d.width):
+                                raise ValueError(f"{what} is {a.shape[1]}×{a.shape[0]}, the image "
+                                                 f"{d.width}×{d.height}")
+                    except (DecodeError, OSError, ValueError) as e:
+                        failed[s.stem] = str(e)
+                for row, setting in zip(model_rows, settings):
+                    if s.stem in failed:
+                        row.per_image.append({"image": s.stem, "status": "error", "error": failed[s.stem]})
+                        continue
+                    t2 = time.perf_counter()
+                    matte = refine_alpha(prob.astype(np.float32), d.height, d.width, setting.params, d.alpha)
+                    row.seconds += time.perf_counter() - t2
+                    values, curve = score(matte, gt, trimap)
+                    row.per_image.append({"image": s.stem, "status": "ok", "error": "", **values})
+                    if curve is not None:
+                        row.pr_curves.append(curve)
+            for row in model_rows:
+                row.seconds += t_shared
+            log.info("%s: %d/%d images (infer %.2f s for %d)", choice.label, min(start + batch_size, len(samples)),
+                     len(samples), time.perf_counter() - t1, len(good))
+        rows.extend(model_rows)
+    return rows
+
+
+COLUMNS = [("sad", "SAD", "{:.2f}"), ("mse", "MSE", "{:.4f}"), ("mad", "MAD", "{:.4f}"), ("grad", "Grad", "{:.2f}"),
+           ("conn", "Conn", "{:.2f}")]
+
+
+def format_table(rows: list[Row], trimap_dir: str | None) -> str:
+    """One line per (model, setting): whole-image means, unknown-region means, MAE/maxF, images/s."""
+    means = [r.mean() for r in rows]
+    cols = [(k, f"{h}", f) for k, h, f in COLUMNS]
+    if any("unk_sad" in m for m in means):
+        cols += [(f"unk_{k}", f"{h}@{trimap_dir or 'trimap'}", f) for k, h, f in COLUMNS]
+    if any("mae" in m for m in means):
+        cols += [("mae", "MAE", "{:.4f}"), ("maxf", "maxF(img)", "{:.4f}"), ("maxf_set", "maxF(set)", "{:.4f}")]
+    cols += [("images_per_s", "images/s", "{:.2f}")]
+    head = ["model", "setting", "n"] + [h for _, h, _ in cols]
+    body = []
+    for r, m in zip(rows, means):
+        errors = len(r.per_image) - len(r.ok)
+        n = f"{len(r.ok)}" + (f" ({errors} err)" if errors else "")
+        body.append([r.model, r.setting, n] + [f.format(m[k]) if k in m else "-" for k, _, f in cols])
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    lines = ["  ".join(x.ljust(w) if i < 3 else x.rjust(w) for i, (x, w) in enumerate(zip(line, widths)))
+             for line in [head, *body]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[Row], path: str | Path) -> None:
+    """Per-image rows, then one 'mean' row per (model, setting) carrying maxF(set) and images/s."""
+    records = []
+    for r in rows:
+        for p in r.per_image:
+            records.append({"row": "image", "model": r.model, "setting": r.setting, **p})
+        records.append({"row": "mean", "model": r.model, "setting": r.setting, "image": "", "status": "",
+                        "error": "", "n": len(r.ok), **r.mean()})
+    fields = ["row", "model", "setting", "image", "status", "error", "n"]
+    for rec in records:
+        fields += [k for k in rec if k not in fields]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(records)
