@@ -398,7 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="registered model, optionally with a weights file; repeat to compare (default u2netp)")
     p.add_argument("--setting", action="append", metavar="NAME:KEY=VALUE,...",
                    help="a named post-processing setting on top of the options below, e.g. "
-                        "'tight:alpha_threshold=10,erode=2'; repeat to compare (default: one, 'default')")
+                        "'tight:alpha_threshold=10,erode=2' or 'cf:refine=trimap,trimap_erode=10'; "
+                        "repeat to compare (default: one, 'default')")
     p.add_argument("--trimap-dir", help="trimap folder inside --data (default: trimap/, else the first trimap*/)")
     p.add_argument("--csv", help="write per-image and mean scores to this CSV file")
     p.add_argument("--limit", type=int, help="score only the first N images (by name)")
