@@ -16,9 +16,10 @@ Method:
    SAD_t, the SAD inside the set's own trimap1 unknown band (edge quality alone, the
    alphamatting.com convention). `matting eval --setting NAME:refine=trimap,...` scores the
    refining settings the same way; this script adds rembg's route, decontamination and timings.
-4. s/MP: wall (and CPU: process_time, all threads) seconds of refine_alpha, plus decontaminate where it is on (rembg: its closed-form
-   matting plus the foreground estimate its alpha matting always runs), per megapixel of input,
-   summed over the set, pymatting's kernels loaded beforehand (warm-up not counted).
+4. s/MP: wall (and CPU: process_time, all threads) seconds of refine_alpha, plus decontaminate
+   where it is on (rembg: its closed-form matting plus the foreground estimate its alpha matting
+   always runs), per megapixel of input, summed over the set, pymatting's kernels loaded
+   beforehand (warm-up not counted).
 5. --large-mp N: each refining setting once more on one image of N MP (a set image resized up
    with its raw matte), to show the cost bound of the working resolution.
 The machine may be shared: load averages are printed so that noisy timings can be recognised.
@@ -43,8 +44,8 @@ from postproc import PostprocParams, decode_image, model_input  # noqa: E402
 from postproc.render import refine_alpha  # noqa: E402
 
 # ../shared beside the repository (a worktree one level deeper looks one more level up).
-DEFAULT_SET = next((p / "shared" / "eval" / "alphamatting27" for p in (ROOT.parent, ROOT.parent.parent)
-                    if (p / "shared" / "eval" / "alphamatting27").is_dir()), ROOT.parent / "shared" / "eval" / "alphamatting27")
+_SETS = [p / "shared" / "eval" / "alphamatting27" for p in (ROOT.parent, ROOT.parent.parent)]
+DEFAULT_SET = next((p for p in _SETS if p.is_dir()), _SETS[0])
 
 # name → PostprocParams keyword arguments (None: rembg's re-implementation)
 SETTINGS: dict[str, dict | None] = {
@@ -178,7 +179,8 @@ def main() -> int:
         rows.append({"setting": name, "kwargs": kwargs, **mean, "s_per_mp": seconds / mp, "cpu_s_per_mp": cpu / mp,
                      "per_image": per_image})
         print(f"{name:<44} SAD {mean['SAD']:7.2f}  MSE {mean['MSE']:7.4f}  Grad {mean['Grad']:7.2f}  "
-              f"Conn {mean['Conn']:7.2f}  SAD_t {mean['SAD_t']:6.2f}  {seconds / mp:6.3f} s/MP  CPU {cpu / mp:6.3f} s/MP "
+              f"Conn {mean['Conn']:7.2f}  SAD_t {mean['SAD_t']:6.2f}  {seconds / mp:6.3f} s/MP  "
+              f"CPU {cpu / mp:6.3f} s/MP "
               f"(loadavg {os.getloadavg()[0]:.1f})", flush=True)
 
     if rows and rows[0]["setting"] == "raw":
@@ -194,7 +196,8 @@ def main() -> int:
         stem, rgb, _, _ = items[0]
         s = np.sqrt(args.large_mp * 1e6 / (rgb.shape[0] * rgb.shape[1]))
         big = cv2.resize(rgb, (round(rgb.shape[1] * s), round(rgb.shape[0] * s)), interpolation=cv2.INTER_CUBIC)
-        print(f"\none {big.shape[1]}×{big.shape[0]} image ({big.shape[0] * big.shape[1] / 1e6:.1f} MP, {stem} resized up):")
+        print(f"\none {big.shape[1]}×{big.shape[0]} image ({big.shape[0] * big.shape[1] / 1e6:.1f} MP, "
+              f"{stem} resized up):")
         for name, kwargs in settings.items():
             if kwargs is None:
                 continue  # rembg's route solves on the whole image: not bounded

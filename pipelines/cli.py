@@ -28,7 +28,8 @@ def add_postproc_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--trimap-fg", type=int, help="trimap: alpha ≥ N is sure foreground (default %s)" % d["trimap_fg"])
     g.add_argument("--trimap-bg", type=int, help="trimap: alpha ≤ N is sure background (default %s)" % d["trimap_bg"])
     g.add_argument("--trimap-erode", type=int,
-                   help="trimap: px the sure regions are eroded by, at the working size (default %s)" % d["trimap_erode"])
+                   help="trimap: px the sure regions are eroded by, at the working size "
+                        "(default %s)" % d["trimap_erode"])
     g.add_argument("--guided-radius", type=int, help="guided filter radius in px (default %s)" % d["guided_radius"])
     g.add_argument("--guided-eps", type=float, help="guided filter regularisation (default %s)" % d["guided_eps"])
     g.add_argument("--refine-max-mp", type=float, dest="refine_max_megapixels",
