@@ -25,10 +25,12 @@ Method:
    90 % mark (whole batches, since outputs land in bursts), which leaves out actor start-up,
    fill and drain (n/a when fewer than 2 batches lie between the marks). The manifest's
    per-stage times show what each stage cost inside the job, where the stages run concurrently.
-The machine may be shared: load averages are printed so that noisy runs can be recognised, and
-Ray's workers run at this process's niceness (Ray's default is nice 15), so that on a busy machine
-the job's workers and the plain loop compete for the CPUs on equal terms (--worker-niceness 15:
-Ray's default).
+CPU seconds per image are counted too: the plain loop's process time, and for the job the CPU
+time of this process and of every process under it (raylet, GCS, workers), sampled from /proc
+every 0.5 s, so the job's overhead shows even where other work distorts the wall clock. For a
+shared machine, load averages are printed so that noisy runs can be recognised, and Ray's workers
+run at this process's niceness (Ray's default is nice 15; --worker-niceness 15 restores it), so
+that the job's workers and the plain loop compete for the CPUs on equal terms.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import shlex
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -83,13 +86,61 @@ def make_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
     return paths
 
 
+class TreeCPU:
+    """CPU seconds of this process and every process under it (raylet, GCS, workers), from /proc.
+
+    Ray reaps its workers without adding their time to the raylet's, so live processes are sampled
+    every `every` s: one that exits loses at most its last interval. Also notes which processes
+    served as inference actors (by their process title), since --actors is only the pool's maximum.
+    """
+
+    def __init__(self, every: float = 0.5):
+        self.actors: set[int] = set()
+        self.base, self.last, self.every = self._sample(), {}, every
+        self.old_actors = set(self.actors)  # a previous job's actors, still exiting
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> dict[int, int]:
+        ticks, kids = {}, {}
+        for d in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                f = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile
+                continue
+            ticks[int(d)] = int(f[11]) + int(f[12])  # utime + stime
+            kids.setdefault(int(f[1]), []).append(int(d))
+        out, todo = {}, [os.getpid()]
+        while todo:
+            pid = todo.pop()
+            out[pid] = ticks.get(pid, 0)
+            todo += kids.get(pid, [])
+            try:
+                if "MapBatches(Predictor)" in open(f"/proc/{pid}/cmdline").read():
+                    self.actors.add(pid)
+            except OSError:
+                pass
+        return out
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.last.update(self._sample())
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        self.last.update(self._sample())
+        return sum(t - self.base.get(pid, 0) for pid, t in self.last.items()) / os.sysconf("SC_CLK_TCK")
+
+
 def plain_loop(src: Path, keys: list[str], out: Path, cfg: JobConfig, threads: int | None) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     source, dest = open_location(str(src)), open_location(str(out), create=True)
     pc = time.perf_counter
     t = dict.fromkeys(STAGES, 0.0)
     infer_cpu = 0.0
-    load0 = os.getloadavg()[0]
+    load0, cpu0 = os.getloadavg()[0], time.process_time()
     start = pc()
     rt = create_runtime(cfg.model, runtime=cfg.runtime, device=cfg.device, weights=cfg.weights, threads=threads)
     load_s = pc() - start
@@ -123,7 +174,8 @@ def plain_loop(src: Path, keys: list[str], out: Path, cfg: JobConfig, threads: i
     wall = pc() - start
     n = len(keys)
     return {"threads": threads, "runtime": rt.describe(), "images": n, "wall_s": wall, "images_per_s": n / wall,
-            "load_runtime_s": load_s, "stage_s": {k: v / n for k, v in t.items()}, "infer_cpu_s": infer_cpu / n,
+            "cpu_s_per_image": (time.process_time() - cpu0) / n, "load_runtime_s": load_s,
+            "stage_s": {k: v / n for k, v in t.items()}, "infer_cpu_s": infer_cpu / n,
             "loadavg": [load0, os.getloadavg()[0]]}
 
 
@@ -133,9 +185,10 @@ def job_run(cfg: JobConfig) -> dict:
     out = Path(cfg.dest)
     shutil.rmtree(out, ignore_errors=True)
     load0 = os.getloadavg()[0]
-    t_epoch, start = time.time(), time.perf_counter()
+    t_epoch, start, tree = time.time(), time.perf_counter(), TreeCPU()
     res = run_job(cfg)
     wall = time.perf_counter() - start
+    cpu = tree.stop()
     done = sorted(p.stat().st_mtime for p in out.glob("*" + cfg.params.extension))
     # Outputs land in bursts, one per inference batch: count from the end of one burst to the end of
     # another (the k-th batch's worth of outputs), from the 10 % to the 90 % mark of the run.
@@ -147,13 +200,15 @@ def job_run(cfg: JobConfig) -> dict:
             if r["status"] == "ok" and not r.get("reused")]
     stage = {c[2:]: sum(r[c] for r in rows) / max(len(rows), 1) for c in STAGE_COLUMNS}
     return {"images": n, "ok": res.ok, "errors": res.errors, "errors_by_reason": res.errors_by_reason,
-            "wall_s": wall, "images_per_s": n / wall, "first_output_s": (done[0] - t_epoch) if done else None,
+            "wall_s": wall, "images_per_s": n / wall, "cpu_s_per_image": cpu / n,
+            "first_output_s": (done[0] - t_epoch) if done else None,
             "steady_images_per_s": (k_hi - k_lo) * bs / span if span > 0 else None, "stage_s": stage,
-            "loadavg": [load0, os.getloadavg()[0]]}
+            "actors_used": len(tree.actors - tree.old_actors), "loadavg": [load0, os.getloadavg()[0]]}
 
 
 def machine() -> dict:
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                  if line.startswith("model name")), "?")
     import onnxruntime
     import ray
 
@@ -225,7 +280,8 @@ def main() -> int:
     fig = {"command": command, "machine": machine(), "config": {k: v for k, v in vars(args).items() if k != "json"},
            "warmup": warm, "job": job, "plain": rows, "stage_limit_images_per_s": limit,
            "job_over_plain": job["images_per_s"] / own["images_per_s"],
-           "job_pct_of_limit": 100 * job["images_per_s"] / limit}
+           "job_pct_of_limit": 100 * job["images_per_s"] / limit,
+           "job_cpu_over_plain": job["cpu_s_per_image"] / own["cpu_s_per_image"]}
     m = fig["machine"]
     print(f"\n$ {command}\nmachine: {m['nproc']} CPUs (affinity {m['affinity']}), {m['cpu']}; {m['date']}; "
           f"python {m['python']}, ray {m['ray']}, onnxruntime {m['onnxruntime']}")
@@ -233,23 +289,34 @@ def main() -> int:
           f"actor_cpus={args.actor_cpus} decode_cpus={args.decode_cpus}; bench nice {os.nice(0)}, Ray workers "
           f"nice {args.worker_niceness}; {job['images']} images "
           f"of {WIDTH}x{HEIGHT}, {job['ok']} ok, {job['errors']} errors")
+    print(f"inference actors that ran in the job: {job['actors_used']} (--actors is the pool's maximum; Ray Data "
+          "adds actors only when its CPU budget for the operator allows)")
     if warm:
         print(f"warm-up job: {warm['images']} images in {warm['wall_s']:.1f} s (not counted)")
     steady = job["steady_images_per_s"]
-    print(f"\n{'throughput':<46}{'images/s':>9}{'wall s':>9}{'loadavg':>13}")
+    print(f"\n{'throughput':<46}{'images/s':>9}{'wall s':>9}{'CPU s/img':>10}{'loadavg':>13}")
     for name, r in [("job (run_job wall, everything)", job)] + [
             (f"plain loop, threads={r['threads']}" + (" (job's)" if r is own else ""), r) for r in rows]:
-        print(f"{name:<46}{r['images_per_s']:>9.2f}{r['wall_s']:>9.1f}{r['loadavg'][0]:>6.2f}->{r['loadavg'][1]:<5.2f}")
+        print(f"{name:<46}{r['images_per_s']:>9.2f}{r['wall_s']:>9.1f}{r['cpu_s_per_image']:>10.3f}"
+              f"{r['loadavg'][0]:>6.2f}->{r['loadavg'][1]:<5.2f}")
     print(f"{'job steady state (outputs, 10 %-90 % of run)':<46}" + (f"{steady:>9.2f}" if steady else f"{'n/a':>9}"))
     print(f"{'stage limit: ' + str(os.cpu_count()) + ' cores / sum(threads=1 costs)':<46}{limit:>9.2f}")
     print(f"\njob / plain loop (threads={own['threads']}): {fig['job_over_plain']:.2f}x   (target >= 1.5x)")
     print(f"job / stage limit: {fig['job_pct_of_limit']:.0f} %   (target >= 85 %)" +
           (f"; steady state {100 * steady / limit:.0f} %" if steady else ""))
+    print(f"CPU s per image, job / plain loop (threads={own['threads']}): {fig['job_cpu_over_plain']:.2f}x   "
+          "(the job's CPU overhead: every process of the Ray instance counted)")
+    busiest = max(x for r in [job, *rows] for x in r["loadavg"])
+    if busiest > os.cpu_count():
+        print(f"WARNING: load average reached {busiest:.1f} on {os.cpu_count()} CPUs: other work competed, so the "
+              "wall-clock figures partly measure each side's share of a busy machine; CPU s/img is less affected")
     if job["first_output_s"] is not None:
         print(f"job: first output {job['first_output_s']:.1f} s after run_job started")
-    print(f"\n{'ms per image':<14}" + "".join(f"{'plain t=' + str(r['threads']):>14}" for r in rows) + f"{'in job':>10}")
+    print(f"\n{'ms per image':<14}" + "".join(f"{'plain t=' + str(r['threads']):>14}" for r in rows)
+          + f"{'in job':>10}")
     for s in STAGES:
-        print(f"{s:<14}" + "".join(f"{1e3 * r['stage_s'][s]:>14.1f}" for r in rows) + f"{1e3 * job['stage_s'][s]:>10.1f}")
+        print(f"{s:<14}" + "".join(f"{1e3 * r['stage_s'][s]:>14.1f}" for r in rows)
+              + f"{1e3 * job['stage_s'][s]:>10.1f}")
     print(f"{'sum':<14}" + "".join(f"{1e3 * sum(r['stage_s'].values()):>14.1f}" for r in rows) +
           f"{1e3 * sum(job['stage_s'].values()):>10.1f}")
     print(f"{'infer CPU':<14}" + "".join(f"{1e3 * r['infer_cpu_s']:>14.1f}" for r in rows))

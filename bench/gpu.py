@@ -57,14 +57,11 @@ def gpu_reason() -> str | None:
     ok, why = cuda_usable()
     if ok:
         return None
-    try:
-        import onnxruntime as ort
+    import onnxruntime as ort
 
-        if "CUDAExecutionProvider" in ort.get_available_providers():
-            return None  # onnxruntime-gpu may still start; its rows say so if not
-    except ImportError:
-        pass
-    return f"no GPU ({why})"
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return None  # onnxruntime-gpu may still start; its rows say so if not
+    return why
 
 
 def measure(rt, spec, size: int, batch: int, iters: int, warmup: int, seed: int = 0) -> dict:
@@ -107,7 +104,8 @@ def main() -> int:
     gpu = torch.cuda.get_device_name(0) if cuda_usable()[0] else "none"
     print(f"$ {command}\n{datetime.now(timezone.utc).isoformat(timespec='seconds')}; {os.cpu_count()} CPUs ({cpu}); "
           f"GPU: {gpu}; torch {torch.__version__}, onnxruntime {onnxruntime.__version__} "
-          f"({', '.join(onnxruntime.get_available_providers())}); iters={iters} warmup={warmup}", flush=True)
+          f"({', '.join(onnxruntime.get_available_providers())}); iters={iters} warmup={warmup}"
+          + (f"\nno GPU: {no_gpu}" if no_gpu else ""), flush=True)
     print(f"{'model':<8}{'runtime':<17}{'size':>6}{'batch':>6}{'images/s':>10}{'ms/batch':>10}{'first call s':>13}"
           f"{'loadavg':>14}")
     results = []
@@ -118,8 +116,8 @@ def main() -> int:
                 continue
             for size in args.sizes:
                 if needs_gpu and no_gpu:
-                    print(f"{model:<8}{label:<17}{size:>6}{'':>6}  skipped: {no_gpu}", flush=True)
-                    results.append({"model": model, "runtime": label, "size": size, "skipped": no_gpu})
+                    print(f"{model:<8}{label:<17}{size:>6}{'':>6}  skipped: no GPU", flush=True)
+                    results.append({"model": model, "runtime": label, "size": size, "skipped": f"no GPU: {no_gpu}"})
                     continue
                 try:
                     rt = factory(spec, size, args.trt_cache)

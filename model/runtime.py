@@ -252,6 +252,8 @@ class OnnxRuntime(Runtime):
             import onnx
 
             proto = onnx.load_from_string(data)
+            if any(i.data_type == onnx.TensorProto.FLOAT16 for i in proto.graph.initializer):
+                return data  # already an FP16 file (matting export --fp16)
         else:
             # Torch-only weights (safetensors, .pt): export in memory once per process.
             from model.export import torch_to_onnx

@@ -98,6 +98,10 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto: torch FP16 on CUDA, onnxruntime FP32 on CPU")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="cuda fails at start where CUDA is not usable; auto falls back to CPU")
+    p.add_argument("--providers", help="ONNX Runtime providers in order, e.g. tensorrt,cuda or cpu; each must "
+                                       "start (default on a GPU: TensorRT → CUDA → CPU, whichever this build has)")
+    p.add_argument("--trt-cache-dir", help="TensorRT engine cache folder on each inference node "
+                                           "(default ~/.cache/unet-matting/trt-engines)")
     p.add_argument("--batch-size", type=int, default=8, help="images per inference call (default 8)")
     p.add_argument("--actors", type=int, help="inference actors (default: one per GPU, else one)")
     p.add_argument("--actor-cpus", type=float, default=1.0, help="CPUs each inference actor reserves")
@@ -125,7 +129,8 @@ def job_config(args: argparse.Namespace, source: str, dest: str):
 
     params = params_from_args(args)
     return JobConfig(source=source, dest=dest, model=args.model, runtime=args.runtime, device=args.device,
-                     weights=args.weights, batch_size=args.batch_size, actors=args.actors,
+                     weights=args.weights, providers=args.providers, trt_cache_dir=args.trt_cache_dir,
+                     batch_size=args.batch_size, actors=args.actors,
                      actor_cpus=args.actor_cpus, threads=args.threads, s3_endpoint=args.s3_endpoint,
                      max_pixels=int(args.max_megapixels * 1e6), max_bytes=int(args.max_megabytes * 1e6),
                      params=params, run_name=args.run_name, incremental=args.incremental,

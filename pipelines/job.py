@@ -13,12 +13,13 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import ray
 from ray.data import ActorPoolStrategy
 
-from model.specs import get_spec
+from model.specs import WEIGHTS_SUFFIXES, get_spec
 from pipelines.manifest import ManifestWriter, new_run_id
 from pipelines.planning import Plan, plan_inputs
 from pipelines.stages import Predictor, decode_input, read_input, render_output
@@ -42,6 +43,8 @@ class JobConfig:
     runtime: str = "auto"
     device: str = "auto"
     weights: str | None = None
+    providers: str | None = None  # ONNX Runtime providers, e.g. "tensorrt,cuda"; each must start
+    trt_cache_dir: str | None = None  # where TensorRT keeps built engines (on each inference node)
     batch_size: int = 8
     actors: int | None = None  # inference actors; default: one per GPU, else one
     actor_cpus: float = 1.0  # CPUs each inference actor reserves
@@ -61,7 +64,14 @@ class JobConfig:
     background: np.ndarray | None = None
 
     def __post_init__(self) -> None:
+        if self.model.endswith(WEIGHTS_SUFFIXES):  # a checkpoint named by its path: workers need it absolute
+            self.model = str(Path(self.model).expanduser().resolve())
         get_spec(self.model)  # unknown names fail here, with the valid list
+        from model.runtime import parse_providers
+
+        parse_providers(self.providers)  # unknown provider names fail here, before Ray starts
+        if self.providers and self.runtime == "torch":
+            raise ValueError("--providers selects ONNX Runtime providers; use --runtime onnxruntime or auto")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.actors is not None and self.actors < 1:
@@ -145,7 +155,8 @@ def build_dataset(cfg: JobConfig, source: Location, dest: Location, plan: Plan) 
     ds = ds.map_batches(
         Predictor,
         fn_constructor_kwargs={"model": cfg.model, "runtime": cfg.runtime, "device": cfg.device,
-                               "weights": cfg.weights, "s3_endpoint": cfg.s3_endpoint, "threads": cfg.threads},
+                               "weights": cfg.weights, "s3_endpoint": cfg.s3_endpoint, "threads": cfg.threads,
+                               "providers": cfg.providers, "trt_cache_dir": cfg.trt_cache_dir},
         compute=ActorPoolStrategy(min_size=1, max_size=pool),
         batch_size=cfg.batch_size,
         batch_format="numpy",

@@ -23,12 +23,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
 
 from model.runtime import normalize_batch, resolve_device
 from model.specs import ModelSpec, PreprocessSpec
 from pipelines import synth
+from postproc import DecodeError
 from pipelines.train_data import Pair, find_pairs, list_images, precompute_teacher, read_alpha, read_rgb, read_rgba
 
 log = logging.getLogger(__name__)
@@ -106,8 +105,12 @@ class TrainConfig:
         )
 
 
-class DistillDataset(Dataset):
-    """Sample i is drawn with its own seeded generator: reproducible, and safe across workers."""
+class DistillDataset:
+    """Sample i is drawn with its own seeded generator: reproducible, and safe across workers.
+
+    A map-style dataset for torch's DataLoader (which only needs __len__ and __getitem__ and turns
+    the numpy arrays into tensors), so that `matting` imports no torch until it trains.
+    """
 
     def __init__(self, cached: list[Path], pairs: list[Pair], *, out: int, cache_size: int,
                  preprocess: PreprocessSpec, length: int, seed: int, composite_prob: float, pair_weight: float,
@@ -135,9 +138,15 @@ class DistillDataset(Dataset):
         """(image uint8 (H,W,3), alpha uint8 (H,W), weight, coarse)."""
         if self.pairs and rng.random() < self.pair_share:
             pair = self.pairs[rng.integers(len(self.pairs))]
-            rgb, alpha = read_rgb(pair.image, self.cache_size), read_alpha(pair.alpha, self.cache_size)
-            rgb, alpha = synth.flip(*synth.random_resized_crop(rgb, alpha, self.out, rng), rng)
-            return synth.color_jitter(rgb, rng), alpha, self.pair_weight, float(pair.coarse)
+            try:
+                rgb, alpha = read_rgb(pair.image, self.cache_size), read_alpha(pair.alpha, self.cache_size)
+            except (DecodeError, OSError) as e:  # a bad pair costs its sample, not the run
+                log.warning("skipping pair %s: %s", pair.image, e)
+                if not self.cached:
+                    raise ValueError(f"pair {pair.image} is unreadable and there are no teacher photos") from e
+            else:
+                rgb, alpha = synth.flip(*synth.random_resized_crop(rgb, alpha, self.out, rng), rng)
+                return synth.color_jitter(rgb, rng), alpha, self.pair_weight, float(pair.coarse)
         rgb, alpha = read_rgba(self.cached[rng.integers(len(self.cached))])
         if rng.random() < self.composite_prob:
             made = synth.composite(synth.color_jitter(rgb, rng, 0.5), alpha, self._background(rng), rng)
@@ -150,10 +159,10 @@ class DistillDataset(Dataset):
         rgb, alpha, weight, coarse = self.sample(np.random.default_rng([self.seed, i]))
         x = normalize_batch(np.ascontiguousarray(rgb)[None], self.preprocess)[0]
         a = (alpha.astype(np.float32) / 255.0)[None]
-        return torch.from_numpy(x), torch.from_numpy(a), torch.tensor(weight), torch.tensor(coarse)
+        return x, a, np.float32(weight), np.float32(coarse)
 
 
-def validation_batch(files: list[Path], out: int, preprocess: PreprocessSpec) -> tuple[torch.Tensor, torch.Tensor]:
+def validation_batch(files: list[Path], out: int, preprocess: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
     """Held-out photos, no augmentation: the student's MAE against the teacher on unseen images."""
     import cv2
 
@@ -162,8 +171,7 @@ def validation_batch(files: list[Path], out: int, preprocess: PreprocessSpec) ->
         rgb, alpha = read_rgba(f)
         rgbs.append(cv2.resize(rgb, (out, out), interpolation=cv2.INTER_AREA))
         alphas.append(cv2.resize(alpha, (out, out), interpolation=cv2.INTER_AREA))
-    x = torch.from_numpy(normalize_batch(np.stack(rgbs), preprocess))
-    return x, torch.from_numpy(np.stack(alphas).astype(np.float32) / 255.0)[:, None]
+    return normalize_batch(np.stack(rgbs), preprocess), (np.stack(alphas).astype(np.float32) / 255.0)[:, None]
 
 
 class StopFlag:
@@ -183,6 +191,9 @@ class StopFlag:
 
 def run_training(cfg: TrainConfig) -> dict:
     """Train and write cfg.out; returns a summary (steps, wall time, losses, held-out MAE)."""
+    import torch
+    from torch.utils.data import DataLoader
+
     from model.factory import build_architecture
     from model.training import Trainer
     from model.weights import save_safetensors
@@ -221,7 +232,8 @@ def run_training(cfg: TrainConfig) -> dict:
     loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers,
                         pin_memory=device == "cuda", drop_last=True, persistent_workers=cfg.workers > 0)
     trainer = Trainer(net, lr=cfg.lr, weight_decay=cfg.weight_decay, total_steps=cfg.steps, device=device, amp=amp)
-    val = validation_batch(val_files, cfg.input_size, spec.preprocess) if val_files else None
+    val = [torch.from_numpy(a) for a in validation_batch(val_files, cfg.input_size, spec.preprocess)] \
+        if val_files else None
 
     out = Path(cfg.out)
     log_path = out.with_suffix(".train.csv")

@@ -87,3 +87,13 @@ def test_unchanged_bytes_reuse_the_existing_output(tmp_path):
     assert read_input(row, source=src, max_bytes=100, dest=dst)["reused_output_key"] == "a.png"
     row["prev_sha256"] = "0" * 64
     assert read_input(row, source=src, max_bytes=100, dest=dst)["reused_output_key"] == ""
+
+
+def test_job_config_checks_providers_before_ray_starts(tmp_path):
+    from pipelines.job import JobConfig
+
+    assert JobConfig(source=str(tmp_path), dest=str(tmp_path / "out"), providers="tensorrt,cuda").providers
+    with pytest.raises(ValueError, match="unknown ONNX Runtime provider 'gpu'"):
+        JobConfig(source=str(tmp_path), dest=str(tmp_path / "out"), providers="gpu")
+    with pytest.raises(ValueError, match="--runtime onnxruntime"):
+        JobConfig(source=str(tmp_path), dest=str(tmp_path / "out"), providers="cpu", runtime="torch")
