@@ -11,16 +11,15 @@ Method:
    PostprocParams), except "rembg defaults", which re-implements rembg's alpha_matting_cutout
    (scipy binary_erosion of alpha > 240 and alpha < 10 with a 10×10 square, border 1 for the
    background, then pymatting's estimate_alpha_cf on the whole image).
-3. Metrics on the whole image (not only a trimap's unknown band), alpha in [0, 1], mean over
-   images, plus SAD_t: the SAD inside the set's own trimap1 unknown band (edge quality alone,
-   the alphamatting.com convention): SAD = Σ|α − α*| / 1000; MSE = mean (α − α*)² × 1000; Grad = Σ (|∇_σ α| − |∇_σ α*|)² / 1000
-   with Gaussian-derivative gradients, σ = 1.4; Conn = Rhemann et al.'s connectivity error,
-   thresholds in steps of 0.1, / 1000 (Grad and Conn as in the common Python ports of the
-   alphamatting.com code). When the project's `matting eval` metrics module exists it should
-   replace these.
-4. s/MP: wall (and CPU: process_time, all threads) seconds of refine_alpha, plus decontaminate where it is on (rembg: its closed-form
-   matting plus the foreground estimate its alpha matting always runs), per megapixel of input,
-   summed over the set, pymatting's kernels loaded beforehand (warm-up not counted).
+3. Metrics from model/metrics.py (what `matting eval` reports) on the whole image, alpha in
+   [0, 1], mean over images: SAD, Grad, Conn as sums / 1000, MSE as a per-pixel mean; plus
+   SAD_t, the SAD inside the set's own trimap1 unknown band (edge quality alone, the
+   alphamatting.com convention). `matting eval --setting NAME:refine=trimap,...` scores the
+   refining settings the same way; this script adds rembg's route, decontamination and timings.
+4. s/MP: wall (and CPU: process_time, all threads) seconds of refine_alpha, plus decontaminate
+   where it is on (rembg: its closed-form matting plus the foreground estimate its alpha matting
+   always runs), per megapixel of input, summed over the set, pymatting's kernels loaded
+   beforehand (warm-up not counted).
 5. --large-mp N: each refining setting once more on one image of N MP (a set image resized up
    with its raw matte), to show the cost bound of the working resolution.
 The machine may be shared: load averages are printed so that noisy timings can be recognised.
@@ -45,18 +44,18 @@ from postproc import PostprocParams, decode_image, model_input  # noqa: E402
 from postproc.render import refine_alpha  # noqa: E402
 
 # ../shared beside the repository (a worktree one level deeper looks one more level up).
-DEFAULT_SET = next((p / "shared" / "eval" / "alphamatting27" for p in (ROOT.parent, ROOT.parent.parent)
-                    if (p / "shared" / "eval" / "alphamatting27").is_dir()), ROOT.parent / "shared" / "eval" / "alphamatting27")
+_SETS = [p / "shared" / "eval" / "alphamatting27" for p in (ROOT.parent, ROOT.parent.parent)]
+DEFAULT_SET = next((p for p in _SETS if p.is_dir()), _SETS[0])
 
 # name → PostprocParams keyword arguments (None: rembg's re-implementation)
 SETTINGS: dict[str, dict | None] = {
     "raw": {},
     "rembg defaults (240/10, erode 10)": None,
     "trimap 240/10 e10 (rembg's band, disc)": {"refine": "trimap", "trimap_fg": 240, "trimap_bg": 10},
-    "trimap 192/64 e10": {"refine": "trimap", "trimap_fg": 192, "trimap_bg": 64},
-    "trimap 128/127 e5": {"refine": "trimap", "trimap_erode": 5},
-    "trimap 128/127 e10 (default)": {"refine": "trimap"},
-    "trimap 128/127 e20": {"refine": "trimap", "trimap_erode": 20},
+    "trimap 192/64 e10 (default)": {"refine": "trimap"},
+    "trimap 128/127 e5": {"refine": "trimap", "trimap_fg": 128, "trimap_bg": 127, "trimap_erode": 5},
+    "trimap 128/127 e10": {"refine": "trimap", "trimap_fg": 128, "trimap_bg": 127},
+    "trimap 128/127 e20": {"refine": "trimap", "trimap_fg": 128, "trimap_bg": 127, "trimap_erode": 20},
     "guided r4 eps 1e-4": {"refine": "guided", "guided_radius": 4},
     "guided r8 eps 1e-4 (default)": {"refine": "guided"},
     "guided r8 eps 1e-3": {"refine": "guided", "guided_eps": 1e-3},
@@ -66,46 +65,15 @@ SETTINGS: dict[str, dict | None] = {
 }
 
 
-# -- metrics -----------------------------------------------------------------------------------
+# -- metrics (model/metrics.py, as `matting eval` computes them) ---------------------------------
 
-def gauss_gradient(a: np.ndarray, sigma: float = 1.4) -> np.ndarray:
-    half = int(np.ceil(sigma * np.sqrt(-2.0 * np.log(np.sqrt(2.0 * np.pi) * sigma * 1e-2))))
-    x = np.arange(-half, half + 1, dtype=np.float64)
-    g = np.exp(-x ** 2 / (2 * sigma ** 2)) / (np.sqrt(2 * np.pi) * sigma)
-    dg = -x * g / sigma ** 2
-    # The reference builds hx = g ⊗ dg normalised by its Frobenius norm: the same as each factor by its own.
-    g, dg = g / np.linalg.norm(g), dg / np.linalg.norm(dg)
-    gx = cv2.sepFilter2D(a, cv2.CV_64F, dg, g, borderType=cv2.BORDER_REPLICATE)
-    gy = cv2.sepFilter2D(a, cv2.CV_64F, g, dg, borderType=cv2.BORDER_REPLICATE)
-    return np.sqrt(gx ** 2 + gy ** 2)
+def scores(pred_u8: np.ndarray, gt_u8: np.ndarray, unknown: np.ndarray | None) -> dict:
+    from model import metrics
 
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=4)
-    if n <= 1:
-        return np.zeros_like(mask, bool)
-    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-
-
-def connectivity(pred: np.ndarray, gt: np.ndarray, step: float = 0.1) -> float:
-    steps = np.arange(0, 1 + step, step)
-    level = np.full(pred.shape, -1.0)
-    for i in range(1, len(steps)):
-        omega = largest_component((pred >= steps[i]) & (gt >= steps[i]))
-        level[(level == -1) & ~omega] = steps[i - 1]
-    level[level == -1] = 1.0
-    pd, gd = pred - level, gt - level
-    phi_p = 1 - pd * (pd >= 0.15)
-    phi_g = 1 - gd * (gd >= 0.15)
-    return float(np.abs(phi_p - phi_g).sum() / 1000.0)
-
-
-def metrics(pred_u8: np.ndarray, gt_u8: np.ndarray, unknown: np.ndarray | None) -> dict:
-    p, g = pred_u8.astype(np.float64) / 255.0, gt_u8.astype(np.float64) / 255.0
-    sad_t = float(np.abs(p - g)[unknown].sum() / 1000.0) if unknown is not None else float("nan")
-    return {"SAD": float(np.abs(p - g).sum() / 1000.0), "MSE": float(((p - g) ** 2).mean() * 1000.0), "SAD_t": sad_t,
-            "Grad": float(((gauss_gradient(p) - gauss_gradient(g)) ** 2).sum() / 1000.0),
-            "Conn": connectivity(p, g)}
+    m = metrics.matting_metrics(pred_u8, gt_u8)
+    out = {"SAD": m["sad"], "MSE": m["mse"], "Grad": m["grad"], "Conn": m["conn"]}
+    out["SAD_t"] = metrics.sad(pred_u8, gt_u8, unknown) if unknown is not None else float("nan")
+    return out
 
 
 # -- settings ----------------------------------------------------------------------------------
@@ -206,12 +174,13 @@ def main() -> int:
         for (stem, rgb, gt, unknown), prob in zip(items, probs):
             alpha, dt, dc = run_setting(kwargs, rgb, prob)
             seconds, cpu = seconds + dt, cpu + dc
-            per_image.append({"image": stem, **metrics(alpha, gt, unknown), "s": dt, "cpu_s": dc})
+            per_image.append({"image": stem, **scores(alpha, gt, unknown), "s": dt, "cpu_s": dc})
         mean = {k: float(np.mean([r[k] for r in per_image])) for k in ("SAD", "MSE", "Grad", "Conn", "SAD_t")}
         rows.append({"setting": name, "kwargs": kwargs, **mean, "s_per_mp": seconds / mp, "cpu_s_per_mp": cpu / mp,
                      "per_image": per_image})
-        print(f"{name:<44} SAD {mean['SAD']:7.2f}  MSE {mean['MSE']:6.2f}  Grad {mean['Grad']:7.2f}  "
-              f"Conn {mean['Conn']:7.2f}  SAD_t {mean['SAD_t']:6.2f}  {seconds / mp:6.3f} s/MP  CPU {cpu / mp:6.3f} s/MP "
+        print(f"{name:<44} SAD {mean['SAD']:7.2f}  MSE {mean['MSE']:7.4f}  Grad {mean['Grad']:7.2f}  "
+              f"Conn {mean['Conn']:7.2f}  SAD_t {mean['SAD_t']:6.2f}  {seconds / mp:6.3f} s/MP  "
+              f"CPU {cpu / mp:6.3f} s/MP "
               f"(loadavg {os.getloadavg()[0]:.1f})", flush=True)
 
     if rows and rows[0]["setting"] == "raw":
@@ -227,7 +196,8 @@ def main() -> int:
         stem, rgb, _, _ = items[0]
         s = np.sqrt(args.large_mp * 1e6 / (rgb.shape[0] * rgb.shape[1]))
         big = cv2.resize(rgb, (round(rgb.shape[1] * s), round(rgb.shape[0] * s)), interpolation=cv2.INTER_CUBIC)
-        print(f"\none {big.shape[1]}×{big.shape[0]} image ({big.shape[0] * big.shape[1] / 1e6:.1f} MP, {stem} resized up):")
+        print(f"\none {big.shape[1]}×{big.shape[0]} image ({big.shape[0] * big.shape[1] / 1e6:.1f} MP, "
+              f"{stem} resized up):")
         for name, kwargs in settings.items():
             if kwargs is None:
                 continue  # rembg's route solves on the whole image: not bounded

@@ -28,7 +28,8 @@ def add_postproc_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--trimap-fg", type=int, help="trimap: alpha ≥ N is sure foreground (default %s)" % d["trimap_fg"])
     g.add_argument("--trimap-bg", type=int, help="trimap: alpha ≤ N is sure background (default %s)" % d["trimap_bg"])
     g.add_argument("--trimap-erode", type=int,
-                   help="trimap: px the sure regions are eroded by, at the working size (default %s)" % d["trimap_erode"])
+                   help="trimap: px the sure regions are eroded by, at the working size "
+                        "(default %s)" % d["trimap_erode"])
     g.add_argument("--guided-radius", type=int, help="guided filter radius in px (default %s)" % d["guided_radius"])
     g.add_argument("--guided-eps", type=float, help="guided filter regularisation (default %s)" % d["guided_eps"])
     g.add_argument("--refine-max-mp", type=float, dest="refine_max_megapixels",
@@ -403,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="registered model, optionally with a weights file; repeat to compare (default u2netp)")
     p.add_argument("--setting", action="append", metavar="NAME:KEY=VALUE,...",
                    help="a named post-processing setting on top of the options below, e.g. "
-                        "'tight:alpha_threshold=10,erode=2'; repeat to compare (default: one, 'default')")
+                        "'tight:alpha_threshold=10,erode=2' or 'cf:refine=trimap,trimap_erode=10'; "
+                        "repeat to compare (default: one, 'default')")
     p.add_argument("--trimap-dir", help="trimap folder inside --data (default: trimap/, else the first trimap*/)")
     p.add_argument("--csv", help="write per-image and mean scores to this CSV file")
     p.add_argument("--limit", type=int, help="score only the first N images (by name)")

@@ -29,8 +29,11 @@ from postproc.render import refine_alpha
 
 log = logging.getLogger(__name__)
 
-# The settings that change the matte; colour, format and compression do not, so eval refuses them.
-ALPHA_PARAMS = ("alpha_threshold", "erode", "feather")
+# The settings that change the matte; colour, format, compression and decontamination (the
+# colour at the edge) do not, so eval refuses them.
+ALPHA_PARAMS = ("alpha_threshold", "erode", "feather", "refine", "trimap_fg", "trimap_bg", "trimap_erode",
+                "guided_radius", "guided_eps", "refine_max_megapixels")
+_FLOAT_PARAMS = ("feather", "guided_eps", "refine_max_megapixels")
 MATTING = ("sad", "mse", "mad", "grad", "conn")
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
@@ -80,7 +83,8 @@ def parse_setting(text: str, base: PostprocParams) -> Setting:
         if not eq or key not in ALPHA_PARAMS:
             raise ValueError(f"--setting {text!r}: {part!r} is not KEY=VALUE with KEY one of {', '.join(ALPHA_PARAMS)}")
         try:
-            changes[key] = float(value) if key == "feather" else int(value)
+            value = value.strip()
+            changes[key] = value if key == "refine" else float(value) if key in _FLOAT_PARAMS else int(value)
         except ValueError:
             raise ValueError(f"--setting {text!r}: {key} must be a number, got {value!r}") from None
     return Setting(name, replace(base, **changes))  # replace() re-runs PostprocParams validation
@@ -231,7 +235,8 @@ def evaluate(eval_set: EvalSet, models: list[ModelChoice], settings: list[Settin
                         row.per_image.append({"image": s.stem, "status": "error", "error": failed[s.stem]})
                         continue
                     t2 = time.perf_counter()
-                    matte = refine_alpha(prob.astype(np.float32), d.height, d.width, setting.params, d.alpha)
+                    matte = refine_alpha(prob.astype(np.float32), d.height, d.width, setting.params, d.alpha,
+                                         rgb=d.rgb)
                     row.seconds += time.perf_counter() - t2
                     values, curve = score(matte, gt, trimap)
                     row.per_image.append({"image": s.stem, "status": "ok", "error": "", **values})

@@ -50,7 +50,8 @@ def test_eval_compares_settings_with_trimaps_and_writes_csv(tmp_path, capsys):
     data = make_set(tmp_path / "set")
     out = tmp_path / "scores.csv"
     code = main(["eval", "--data", str(data), "--runtime", "onnxruntime", "--device", "cpu", "--batch-size", "2",
-                 "--setting", "plain", "--setting", "tight:alpha_threshold=200,erode=4", "--csv", str(out)])
+                 "--setting", "plain", "--setting", "tight:alpha_threshold=200,erode=4",
+                 "--setting", "gf:refine=guided,guided_radius=4", "--csv", str(out)])
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "trimaps from trimap1/" in printed  # the first trimap*/ folder when there is no trimap/
@@ -58,11 +59,11 @@ def test_eval_compares_settings_with_trimaps_and_writes_csv(tmp_path, capsys):
     rows = read_csv(out)
     images = [r for r in rows if r["row"] == "image"]
     means = {r["setting"]: r for r in rows if r["row"] == "mean"}
-    assert len(images) == 6 and set(means) == {"plain", "tight"}
+    assert len(images) == 9 and set(means) == {"plain", "tight", "gf"}
     assert all(r["status"] == "ok" for r in images)
     assert float(means["plain"]["images_per_s"]) > 0
     # Different settings give different mattes, hence different scores.
-    assert means["plain"]["sad"] != means["tight"]["sad"]
+    assert means["plain"]["sad"] != means["tight"]["sad"] != means["gf"]["sad"]
 
     # Eval scores what the job produces: the same runtime, model_input, refine_alpha and metrics by hand.
     rt = create_runtime("u2netp", runtime="onnxruntime", device="cpu")
@@ -120,6 +121,12 @@ def test_settings_and_models_are_parsed_strictly():
     assert (s.name, s.params.alpha_threshold, s.params.erode) == ("tight", 10, 2)
     assert parse_setting("default", base).params == base
     assert parse_setting("feather=1.5", base).params.feather == 1.5
+    s = parse_setting("cf:refine=trimap,trimap_erode=5,guided_eps=0.01", base)
+    assert (s.params.refine, s.params.trimap_erode, s.params.guided_eps) == ("trimap", 5, 0.01)
+    with pytest.raises(ValueError, match="refine must be one of"):
+        parse_setting("x:refine=magic", base)
+    with pytest.raises(ValueError, match="is not KEY=VALUE"):
+        parse_setting("x:decontaminate=1", base)
     with pytest.raises(ValueError, match="alpha_threshold, erode, feather"):
         parse_setting("x:background=white", base)
     with pytest.raises(ValueError, match="within 0–255"):

@@ -50,7 +50,8 @@ def test_cli_refuses_bad_post_processing_options_with_one_clear_line(argv, messa
 def test_cli_refuses_a_background_image_that_is_not_an_image(tmp_path, capsys):
     (tmp_path / "src").mkdir()
     (tmp_path / "bg.jpg").write_bytes(b"not a picture" * 20)
-    assert main(["run", str(tmp_path / "src"), str(tmp_path / "dst"), "--background-image", str(tmp_path / "bg.jpg")]) == 2
+    argv = ["run", str(tmp_path / "src"), str(tmp_path / "dst"), "--background-image", str(tmp_path / "bg.jpg")]
+    assert main(argv) == 2
     assert "not an image" in capsys.readouterr().err
 
 

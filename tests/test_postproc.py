@@ -239,7 +239,8 @@ def test_crop_returns_the_exact_bounding_box_plus_margin(margin, expected):
     assert out.shape[:2] == expected  # margin 15 is clipped by the frame: top 0, left 5, bottom 37, right 51
     back = cv2.cvtColor(out, cv2.COLOR_BGRA2RGBA)
     x, y, w, h = crop_box((20, 10, 16, 12), margin, 48, 64)
-    assert np.array_equal(back[..., :3], rgb[y:y + h, x:x + w]) and np.array_equal(back[..., 3], alpha[y:y + h, x:x + w])
+    assert np.array_equal(back[..., :3], rgb[y:y + h, x:x + w])
+    assert np.array_equal(back[..., 3], alpha[y:y + h, x:x + w])
 
 
 def test_crop_box_is_clipped_to_the_frame():
@@ -323,8 +324,9 @@ def test_png_compression_levels_are_lossless_and_level_9_is_smaller_than_1():
 
 # -- colours, presets, parameters ----------------------------------------------------------------
 
-@pytest.mark.parametrize("text,rgba", [("rebeccapurple", (0x66, 0x33, 0x99, 255)), ("LightGoldenRodYellow", (0xfa, 0xfa, 0xd2, 255)),
-                                       ("transparent", (0, 0, 0, 0)), ("#abc", (0xaa, 0xbb, 0xcc, 255)),
+@pytest.mark.parametrize("text,rgba", [("rebeccapurple", (0x66, 0x33, 0x99, 255)),
+                                       ("LightGoldenRodYellow", (0xfa, 0xfa, 0xd2, 255)), ("transparent", (0, 0, 0, 0)),
+                                       ("#abc", (0xaa, 0xbb, 0xcc, 255)),
                                        ("#abcd", (0xaa, 0xbb, 0xcc, 0xdd)), (" #F0F0F0 ", (240, 240, 240, 255))])
 def test_css_names_and_every_hex_form(text, rgba):
     assert parse_color(text) == rgba
@@ -370,7 +372,8 @@ def test_unknown_preset_names_the_valid_ones():
 @pytest.mark.parametrize("kwargs,message", [
     ({"refine": "magic"}, "refine must be one of none, trimap, guided"),
     ({"trimap_fg": 100, "trimap_bg": 120}, "trimap_bg .* below trimap_fg"),
-    ({"trimap_erode": -1}, "trimap_erode"), ({"guided_radius": 0}, "guided_radius"), ({"guided_eps": 0.0}, "guided_eps"),
+    ({"trimap_erode": -1}, "trimap_erode"), ({"guided_radius": 0}, "guided_radius"),
+    ({"guided_eps": 0.0}, "guided_eps"),
     ({"refine_max_megapixels": 0}, "refine_max_megapixels"), ({"decontaminate": "yes"}, "decontaminate must be"),
     ({"crop_margin": -2}, "crop_margin"), ({"max_size": 0}, "max_size"),
     ({"background": "white", "background_image": "x.png"}, "not both"),
@@ -393,7 +396,8 @@ def test_effective_values_leave_out_unused_fields_and_hash_tracks_them():
     assert base.params_hash() == PostprocParams.create(guided_radius=3, trimap_erode=4, crop_margin=9,
                                                        quality=50).params_hash()
     assert "guided_radius" not in base.effective() and "png_compression" in base.effective()
-    g3, g4 = PostprocParams.create(refine="guided", guided_radius=3), PostprocParams.create(refine="guided", guided_radius=4)
+    g3 = PostprocParams.create(refine="guided", guided_radius=3)
+    g4 = PostprocParams.create(refine="guided", guided_radius=4)
     assert g3.params_hash() != g4.params_hash() and json.loads(g3.to_json())["guided_radius"] == 3
     assert json.loads(PostprocParams.create(preset="avatar").to_json())["background"] == "#f0f0f0ff"
     assert PostprocParams.create(preset="avatar").params_hash() == PostprocParams.create(
