@@ -64,18 +64,12 @@ class AppArgs(BaseModel):
             raise ValueError(f"unknown model(s) {unknown}; registered: {sorted(MODEL_SPECS)}")
         return v
 
-    @field_validator("runtime")
+    @field_validator("runtime", "device")
     @classmethod
-    def _runtime(cls, v: str) -> str:
-        if v not in RUNTIMES:
-            raise ValueError(f"runtime must be one of {RUNTIMES}, got {v!r}")
-        return v
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        if v not in DEVICES:
-            raise ValueError(f"device must be one of {DEVICES}, got {v!r}")
+    def _choice(cls, v: str, info) -> str:
+        choices = RUNTIMES if info.field_name == "runtime" else DEVICES
+        if v not in choices:
+            raise ValueError(f"{info.field_name} must be one of {choices}, got {v!r}")
         return v
 
     @property
