@@ -15,6 +15,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from ray import serve
@@ -45,6 +46,8 @@ fastapi_app = FastAPI(
     description="Background removal: our API (/v1), a remove.bg-compatible API (/v1.0/removebg) and the web page (/). "
                 "Send the API key as `X-Api-Key` (or `Authorization: Bearer KEY`).",
     version="1",
+    docs_url=None,  # /docs is MattingIngress.docs below: Swagger UI from serve/static/vendor, not a CDN
+    redoc_url=None,
 )
 fastapi_app.state.max_upload_bytes = AppArgs().max_upload_bytes
 fastapi_app.add_middleware(BodyLimitMiddleware, limit=lambda: fastapi_app.state.max_upload_bytes)
@@ -128,6 +131,17 @@ class MattingIngress:
     @fastapi_app.get("/", include_in_schema=False)
     async def page(self):
         return FileResponse(STATIC / "index.html")
+
+    @fastapi_app.get("/docs", include_in_schema=False)
+    async def docs(self, request: Request):
+        # Swagger UI is vendored from npm's swagger-ui-dist 5.35.0 (Apache-2.0, serve/static/vendor/swagger-ui.*)
+        # so that /docs works offline: no CDN, and an empty favicon instead of FastAPI's fastapi.tiangolo.com one.
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=root + fastapi_app.openapi_url, title=f"{fastapi_app.title} - Swagger UI",
+            swagger_js_url=f"{root}/static/vendor/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}/static/vendor/swagger-ui.css", swagger_favicon_url="data:,",
+            swagger_ui_parameters={"validatorUrl": None})  # no badge from validator.swagger.io
 
     @fastapi_app.get("/healthz", summary="Liveness and readiness: every model replica set answers")
     async def healthz(self):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import shlex
 import subprocess
 import threading
@@ -172,6 +173,20 @@ def test_page_and_openapi_docs(server):
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     docs = requests.get(f"{server}/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    # Swagger UI is vendored: every URL the page loads is on this server (offline installs), none on a CDN.
+    html = docs.text
+    assert "cdn.jsdelivr" not in html and "tiangolo" not in html
+    assert "//" not in html  # no http://, https:// or protocol-relative //host anywhere in the page
+    urls = re.findall(r'(?:src|href)="([^"]*)"', html)
+    assert urls and all(u.startswith("/") or u.startswith("data:") for u in urls), urls
+    assert "url: '/openapi.json'" in html
+    types = {}
+    for url in (u for u in urls if u.startswith("/")):
+        r = requests.get(f"{server}{url}")
+        assert r.status_code == 200 and len(r.content) > 10_000, (url, r.status_code)
+        types[url.rsplit(".", 1)[-1]] = r.headers["content-type"]
+    assert types["js"].split(";")[0] in ("text/javascript", "application/javascript"), types
+    assert types["css"].startswith("text/css"), types
     spec = requests.get(f"{server}/openapi.json").json()
     assert {"/v1/matte", "/v1/models", "/v1/presets", "/healthz", "/v1.0/removebg"} <= set(spec["paths"])
     params = {p["name"] for p in spec["paths"]["/v1/matte"]["post"]["parameters"]}

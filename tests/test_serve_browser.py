@@ -132,3 +132,16 @@ def test_single_photo_then_a_batch_zip(server, page, tmp_path):
             assert rgba(z.read(p.stem + ".png")).shape[:2] == cv2.imread(str(p)).shape[:2]
         assert "broken.jpg: FAILED" in z.read("matting-log.txt").decode()
     assert not errors, errors
+
+
+def test_api_docs_render_from_vendored_swagger_ui(server, page, tmp_path):
+    errors, external = [], []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("request", lambda r: r.url.startswith((server, "data:")) or external.append(r.url))
+    page.goto(f"{server}/docs")
+    page.wait_for_selector(".swagger-ui .info .title", timeout=60_000)
+    assert "unet-matting" in page.inner_text(".swagger-ui .info .title")
+    page.wait_for_selector(".opblock-summary-path[data-path='/v1/matte']")
+    shot(page, "docs.png", tmp_path)
+    assert not external, external  # Swagger UI is vendored: nothing from a CDN
+    assert not errors, errors
