@@ -91,7 +91,7 @@ class TreeCPU:
 
     Ray reaps its workers without adding their time to the raylet's, so live processes are sampled
     every `every` s: one that exits loses at most its last interval. Also notes which processes
-    served as inference actors (by their process title), since --actors is only the pool's maximum.
+    served as inference actors (by their process title), to confirm the pool had the size asked for.
     """
 
     def __init__(self, every: float = 0.5):
@@ -227,7 +227,7 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--actors", type=int)
     p.add_argument("--threads", type=int)
-    p.add_argument("--actor-cpus", type=float, default=1.0)
+    p.add_argument("--actor-cpus", type=float, help="default: the job's (see pipelines.job.inference_resources)")
     p.add_argument("--decode-cpus", type=float, default=0.5)
     p.add_argument("--warmup", type=int, help="images in the untimed warm-up job (default 2 batches; 0: none)")
     p.add_argument("--worker-niceness", type=int, help="niceness of Ray's workers (default: this process's)")
@@ -289,8 +289,7 @@ def main() -> int:
           f"actor_cpus={args.actor_cpus} decode_cpus={args.decode_cpus}; bench nice {os.nice(0)}, Ray workers "
           f"nice {args.worker_niceness}; {job['images']} images "
           f"of {WIDTH}x{HEIGHT}, {job['ok']} ok, {job['errors']} errors")
-    print(f"inference actors that ran in the job: {job['actors_used']} (--actors is the pool's maximum; Ray Data "
-          "adds actors only when its CPU budget for the operator allows)")
+    print(f"inference actors that ran in the job: {job['actors_used']} (a CPU pool is fixed at --actors, default 1)")
     if warm:
         print(f"warm-up job: {warm['images']} images in {warm['wall_s']:.1f} s (not counted)")
     steady = job["steady_images_per_s"]

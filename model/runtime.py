@@ -203,6 +203,7 @@ class OnnxRuntime(Runtime):
         model_bytes = self._graph(spec, weights, s3_endpoint, fp16_graph)
         opts = ort.SessionOptions()
         opts.inter_op_num_threads = 1
+        self.threads = threads
         if threads:
             opts.intra_op_num_threads = threads
         h, w = trt_input_size or spec.preprocess.input_size
@@ -269,7 +270,8 @@ class OnnxRuntime(Runtime):
         return to_fp16(proto)[0].SerializeToString()
 
     def describe(self) -> str:
-        return f"{super().describe()} provider={self.provider}"
+        threads = f" threads={self.threads or 'all'}" if self.provider == "cpu" else ""
+        return f"{super().describe()} provider={self.provider}{threads}"
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: x})[0]
@@ -287,13 +289,6 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def has_onnx_weights(spec: ModelSpec, weights: str | os.PathLike | None) -> bool:
-    """Whether the weights are an ONNX graph already (a torch checkpoint would be exported first)."""
-    if weights is not None:
-        return str(weights).endswith(".onnx")
-    return spec.weights is not None and spec.weights.format == "onnx"
-
-
 def create_runtime(model: str | ModelSpec = "u2netp", *, runtime: str = "auto", device: str = "auto",
                    weights: str | os.PathLike | None = None, s3_endpoint: str | None = None,
                    threads: int | None = None, providers: str | Sequence[str] | None = None,
@@ -301,7 +296,7 @@ def create_runtime(model: str | ModelSpec = "u2netp", *, runtime: str = "auto", 
     """Pick device and runtime: CUDA FP16 through torch when a GPU is usable, else ONNX Runtime FP32 on CPU.
 
     ONNX Runtime is the CPU default because it measured faster than torch there (bench/RESULTS.md);
-    models whose weights are a torch checkpoint run on torch under `auto` (no export at start-up).
+    torch checkpoints run on ONNX Runtime under `auto` on CPU too, through an in-memory export.
     `model` is a registered name or a path to a weights file that carries its spec.
     `providers` (e.g. "tensorrt,cuda" or ["cpu"]) selects ONNX Runtime with exactly those providers,
     each of which must start; without it, onnxruntime on a GPU tries TensorRT → CUDA → CPU.
@@ -327,7 +322,9 @@ def create_runtime(model: str | ModelSpec = "u2netp", *, runtime: str = "auto", 
     else:
         dev = resolve_device(device)
         if runtime == "auto":
-            runtime = "torch" if dev == "cuda" or not has_onnx_weights(spec, weights) else "onnxruntime"
+            # On CPU ONNX Runtime, for torch checkpoints too (exported in memory once per process):
+            # it measured 2.4× torch's speed for unet-small and 2.4× for u2netp (docs/models.md).
+            runtime = "torch" if dev == "cuda" else "onnxruntime"
         if runtime == "torch":
             rt = TorchRuntime(spec, dev, weights=weights, s3_endpoint=s3_endpoint, threads=threads)
         else:

@@ -103,9 +103,15 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trt-cache-dir", help="TensorRT engine cache folder on each inference node "
                                            "(default ~/.cache/unet-matting/trt-engines)")
     p.add_argument("--batch-size", type=int, default=8, help="images per inference call (default 8)")
-    p.add_argument("--actors", type=int, help="inference actors (default: one per GPU, else one)")
-    p.add_argument("--actor-cpus", type=float, default=1.0, help="CPUs each inference actor reserves")
-    p.add_argument("--threads", type=int, help="intra-op threads per CPU inference actor")
+    p.add_argument("--actors", type=int, help="inference actors: one per GPU by default; on CPU a fixed pool "
+                                              "(default 1)")
+    p.add_argument("--actor-cpus", type=float, help="CPUs each inference actor reserves (default on GPUs 1; on CPU "
+                                                    "what leaves one decode task room, at most 1)")
+    p.add_argument("--decode-cpus", type=float, default=0.5,
+                   help="CPUs each read/decode and render task reserves (default 0.5; must differ from "
+                        "--actor-cpus)")
+    p.add_argument("--threads", type=int, help="intra-op threads per CPU inference actor (default: the CPUs it "
+                                               "reserves, at least 1)")
     p.add_argument("--max-megapixels", type=float, default=50.0, help="refuse larger images (default 50)")
     p.add_argument("--s3-endpoint", default=os.environ.get("MATTING_S3_ENDPOINT"),
                    help="S3-compatible endpoint URL, e.g. http://127.0.0.1:9000 (credentials from the AWS variables)")
@@ -131,7 +137,8 @@ def job_config(args: argparse.Namespace, source: str, dest: str):
     return JobConfig(source=source, dest=dest, model=args.model, runtime=args.runtime, device=args.device,
                      weights=args.weights, providers=args.providers, trt_cache_dir=args.trt_cache_dir,
                      batch_size=args.batch_size, actors=args.actors,
-                     actor_cpus=args.actor_cpus, threads=args.threads, s3_endpoint=args.s3_endpoint,
+                     actor_cpus=args.actor_cpus, decode_cpus=args.decode_cpus, threads=args.threads,
+                     s3_endpoint=args.s3_endpoint,
                      max_pixels=int(args.max_megapixels * 1e6), max_bytes=int(args.max_megabytes * 1e6),
                      params=params, run_name=args.run_name, incremental=args.incremental,
                      prune=args.prune, input_manifest=args.input_manifest, stall_timeout_s=args.stall_timeout,

@@ -46,10 +46,10 @@ class JobConfig:
     providers: str | None = None  # ONNX Runtime providers, e.g. "tensorrt,cuda"; each must start
     trt_cache_dir: str | None = None  # where TensorRT keeps built engines (on each inference node)
     batch_size: int = 8
-    actors: int | None = None  # inference actors; default: one per GPU, else one
-    actor_cpus: float = 1.0  # CPUs each inference actor reserves
-    threads: int | None = None  # intra-op threads per CPU actor (default: the runtime's)
-    decode_cpus: float = 0.5  # CPUs each read/decode task reserves
+    actors: int | None = None  # inference actors, a fixed pool on CPU; default: one per GPU, else per CPU (≤ 4)
+    actor_cpus: float | None = None  # CPUs each inference actor reserves; default: see inference_resources
+    threads: int | None = None  # intra-op threads per CPU actor; default: its CPU share, at least 1
+    decode_cpus: float = 0.5  # CPUs each read/decode and each render task reserves
     s3_endpoint: str | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_bytes: int = 200_000_000  # larger inputs get an error row instead of being read
@@ -80,9 +80,15 @@ class JobConfig:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.runtime not in ("auto", "torch", "onnxruntime"):
             raise ValueError(f"runtime must be auto, torch or onnxruntime, got {self.runtime!r}")
-        if not 0 < self.decode_cpus <= 64 or self.decode_cpus == self.actor_cpus:
-            raise ValueError("decode_cpus must be in (0, 64] and differ from actor_cpus (equal shares fuse "
-                             "decoding into the inference actor)")
+        if not 0 < self.decode_cpus <= 64:
+            raise ValueError(f"decode_cpus must be in (0, 64], got {self.decode_cpus}")
+        if self.actor_cpus is not None and not 0 < self.actor_cpus <= 64:
+            raise ValueError(f"actor_cpus must be in (0, 64], got {self.actor_cpus}")
+        if self.actor_cpus == self.decode_cpus:
+            raise ValueError("decode_cpus must differ from actor_cpus: Ray fuses maps with equal resources into "
+                             "the inference actor, which would serialise decoding with inference")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be at least 1, got {self.threads}")
         if (self.params.background_image is None) != (self.background is None):
             raise ValueError("params.background_image and background go together: decode the image named by "
                              "background_image and pass its pixels as background")
@@ -125,25 +131,83 @@ class JobResult:
                 f"{self.images_per_second:.2f} images/s; manifest {self.manifest_uri}")
 
 
-def inference_resources(cfg: JobConfig) -> tuple[int, float]:
-    """(pool size, GPUs per actor): one actor per GPU where the cluster has GPUs."""
-    gpus = int(ray.cluster_resources().get("GPU", 0))
+TASK_CPUS = 1.0  # what Ray Data's own tasks (repartition; read_parquet's file listing) reserve: left free
+# Default CPU pool: one single-threaded actor per CPU, at most this many; each holds ~2.8 GB at batch 8
+# (ONNX Runtime's arena). On 2 CPUs, two 1-thread actors beat one actor with 2 threads (bench/RESULTS.md).
+CPU_ACTORS_DEFAULT_MAX = 4
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """How the inference pool is laid out: what `map_batches` is given."""
+
+    size: int
+    gpus: float  # per actor
+    cpus: float  # per actor
+    threads: int | None  # intra-op threads per CPU actor (None: the runtime's default, on GPUs)
+
+    def strategy(self) -> ActorPoolStrategy:
+        if self.gpus:
+            # GPU nodes come and go (autoscaling, node loss): start one per GPU, keep at least one.
+            return ActorPoolStrategy(min_size=1, max_size=self.size, initial_size=self.size)
+        # A CPU pool is fixed: Ray's pool autoscaler never grew a CPU pool past one actor on a
+        # 2-CPU node (bench/RESULTS.md), so --actors N would silently mean one.
+        return ActorPoolStrategy(size=self.size)
+
+
+def inference_resources(cfg: JobConfig) -> PoolPlan:
+    """The pool for the cluster `ray` is connected to (see plan_pool)."""
+    resources = ray.cluster_resources()
+    return plan_pool(cfg, cpus=float(resources.get("CPU", 0)), gpus=int(resources.get("GPU", 0)))
+
+
+def plan_pool(cfg: JobConfig, *, cpus: float, gpus: int) -> PoolPlan:
+    """One actor per GPU where the cluster has GPUs; else `actors` CPU actors (default one per CPU, at most 4).
+
+    CPU actors share the CPUs with the read/decode and render tasks: by default together they
+    reserve all but one CPU (at most 1 CPU each; none on a 1-CPU cluster), since Ray Data's own
+    tasks (repartition) ask for a whole CPU and a pool that leaves less never starts them (a
+    silent hang, seen with two actors on 2 CPUs). Each runs as many intra-op threads as CPUs it reserves, at least
+    one, so that actors do not oversubscribe the cores they share; the OS, not Ray's accounting,
+    then shares the cores.
+    """
+    actor_cpus = cfg.actor_cpus if cfg.actor_cpus is not None else 1.0
     if cfg.device == "cuda" and gpus == 0:
         if cfg.actors:  # an autoscaling GPU group may start from zero: wait, bounded by the stall timeout
             log.warning("no GPU in the cluster yet: %d GPU actors wait for the autoscaler (stall timeout %.0f s)",
                         cfg.actors, cfg.stall_timeout_s)
-            return cfg.actors, 1.0
+            return PoolPlan(cfg.actors, 1.0, actor_cpus, cfg.threads)
         raise RuntimeError("--device cuda was asked for but the Ray cluster has no GPU resources; use --device "
                            "auto to run on CPU, or --actors N to wait for an autoscaler to add GPU nodes")
     if gpus and cfg.device != "cpu":
-        return cfg.actors or gpus, 1.0
-    return cfg.actors or 1, 0.0
+        return PoolPlan(cfg.actors or gpus, 1.0, actor_cpus, cfg.threads)
+    size = cfg.actors or max(1, min(int(cpus), CPU_ACTORS_DEFAULT_MAX))
+    if cfg.actor_cpus is None:
+        share = round(min(1.0, max(cpus - TASK_CPUS, 0.0) / size), 2)
+        # Equal shares would fuse decoding into the actor (see JobConfig), hence the nudge.
+        actor_cpus = share - 0.01 if share == cfg.decode_cpus else share
+    elif size * actor_cpus > cpus - TASK_CPUS:
+        log.warning("%d CPU actors × %.2f CPUs leave less than one CPU free in this cluster's %g CPUs: Ray Data's "
+                    "repartition tasks ask for a whole CPU, so the job waits for a node with room (an "
+                    "autoscaler) or stalls. Lower --actors or --actor-cpus.", size, actor_cpus, cpus)
+    threads = cfg.threads or max(1, round(actor_cpus))
+    return PoolPlan(size, 0.0, actor_cpus, threads)
+
+
+def read_planned_chunk(row: dict, *, fs) -> list[dict]:
+    """One Parquet chunk of planned inputs (pipelines.planning) → its rows."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(row["chunk"], filesystem=fs).to_pylist()
 
 
 def build_dataset(cfg: JobConfig, source: Location, dest: Location, plan: Plan) -> ray.data.Dataset:
     spec = get_spec(cfg.model)
-    pool, gpus = inference_resources(cfg)
-    ds = ray.data.read_parquet(plan.input_files, filesystem=dest.fs)
+    pool = inference_resources(cfg)
+    # The planned chunks' paths, not read_parquet: its file-listing task costs a fresh worker and
+    # seconds at start-up, and asks for a whole CPU whatever the read is given.
+    ds = ray.data.from_items([{"chunk": path} for path in plan.input_files])
+    ds = ds.flat_map(read_planned_chunk, fn_kwargs={"fs": dest.fs}, num_cpus=cfg.decode_cpus)
     # Small blocks keep every stage busy: a planned chunk holds thousands of keys.
     ds = ds.repartition(target_num_rows_per_block=cfg.batch_size)
     # Reading and decoding ask for a different CPU share than the actors on purpose: Ray fuses
@@ -155,16 +219,18 @@ def build_dataset(cfg: JobConfig, source: Location, dest: Location, plan: Plan) 
     ds = ds.map_batches(
         Predictor,
         fn_constructor_kwargs={"model": cfg.model, "runtime": cfg.runtime, "device": cfg.device,
-                               "weights": cfg.weights, "s3_endpoint": cfg.s3_endpoint, "threads": cfg.threads,
+                               "weights": cfg.weights, "s3_endpoint": cfg.s3_endpoint, "threads": pool.threads,
                                "providers": cfg.providers, "trt_cache_dir": cfg.trt_cache_dir},
-        compute=ActorPoolStrategy(min_size=1, max_size=pool),
+        compute=pool.strategy(),
         batch_size=cfg.batch_size,
         batch_format="numpy",
-        num_gpus=gpus,
-        num_cpus=cfg.actor_cpus,
+        num_gpus=pool.gpus,
+        num_cpus=pool.cpus,
     )
+    # Rendering (post-processing, encoding, writing) takes the decode tasks' share, not a whole CPU.
     return ds.map(render_output, fn_kwargs={"dest": dest, "params": cfg.params, "model_name": spec.name,
-                                            "model_version": spec.version, "background": cfg.background})
+                                            "model_version": spec.version, "background": cfg.background},
+                  num_cpus=cfg.decode_cpus)
 
 
 def capacity_report() -> str:

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from catalog import catalog
+from raystate import inference_actors_started
 from pipelines.job import JobConfig, run_job
 from pipelines.manifest import list_runs, read_run
 from pipelines.state import consolidated
@@ -27,13 +28,6 @@ def write_tree(root: Path, files: dict[str, bytes]) -> None:
     for key, data in files.items():
         (root / key).parent.mkdir(parents=True, exist_ok=True)
         (root / key).write_bytes(data)
-
-
-def inference_actors_started() -> int:
-    """Every inference actor this Ray instance ever created, alive or dead (from the GCS actor table)."""
-    import ray._private.state
-
-    return sum(1 for a in ray._private.state.actors().values() if "Predictor" in a.get("ActorClassName", ""))
 
 
 def test_incremental_runs_only_what_changed(tmp_path, ray_local):
@@ -102,7 +96,6 @@ def test_input_manifest_limits_the_run_to_its_keys(tmp_path, ray_local):
         run_job(JobConfig(source=str(src), dest=str(dst), input_manifest=str(outside)))
 
 
-@pytest.mark.slow
 def test_killed_driver_resumes_and_does_only_the_remainder(tmp_path):
     files = {k: v for k, v in catalog(16).items() if k.startswith("photos/")}
     src, dst = tmp_path / "src", tmp_path / "dst"

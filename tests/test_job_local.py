@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from catalog import catalog, check_outputs
+from raystate import inference_actors_started
 from pipelines.job import JobConfig, run_job
 from pipelines.manifest import read_manifest
 from pipelines.storage import open_location
@@ -25,7 +26,11 @@ def test_local_catalog_gives_one_row_per_input_and_valid_cutouts(tmp_path, ray_l
     files = catalog(30)
     src, dst = tmp_path / "src", tmp_path / "dst"
     write_tree(src, files)
-    result = run_job(JobConfig(source=str(src), dest=str(dst), batch_size=4))
+    actors_before = inference_actors_started()
+    # Two CPU actors on this 2-CPU instance: a fixed pool (Ray's autoscaler kept it at one), which
+    # must leave Ray Data's 1-CPU listing tasks room (it once did not: the job hung, silently).
+    result = run_job(JobConfig(source=str(src), dest=str(dst), batch_size=4, actors=2, stall_timeout_s=180))
+    assert inference_actors_started() - actors_before == 2
 
     assert (result.images, result.ok, result.errors) == (len(files), 30, 3)
     rows = read_manifest(open_location(str(dst)), result.run_id).to_pylist()

@@ -97,3 +97,43 @@ def test_job_config_checks_providers_before_ray_starts(tmp_path):
         JobConfig(source=str(tmp_path), dest=str(tmp_path / "out"), providers="gpu")
     with pytest.raises(ValueError, match="--runtime onnxruntime"):
         JobConfig(source=str(tmp_path), dest=str(tmp_path / "out"), providers="cpu", runtime="torch")
+
+
+def test_cpu_pool_leaves_ray_data_a_whole_cpu_and_threads_follow_the_share():
+    from pipelines.job import JobConfig, plan_pool
+
+    default = plan_pool(JobConfig(source="/s", dest="/d"), cpus=2, gpus=0)
+    # One 1-thread actor per CPU; together they leave 1 CPU for Ray Data's listing/repartition
+    # tasks, split in two and nudged off the decode share (equal shares would fuse decoding in).
+    assert (default.size, default.cpus, default.gpus, default.threads) == (2, 0.49, 0.0, 1)
+    s = default.strategy()
+    assert s.min_size == s.max_size == 2  # fixed: Ray's autoscaler kept a CPU pool at one actor
+    one = plan_pool(JobConfig(source="/s", dest="/d", actors=1), cpus=2, gpus=0)
+    assert (one.size, one.cpus, one.threads) == (1, 1.0, 1)
+    big = plan_pool(JobConfig(source="/s", dest="/d"), cpus=16, gpus=0)
+    assert (big.size, big.cpus, big.threads) == (4, 1.0, 1)  # capped: each actor holds ~2.8 GB
+    tiny = plan_pool(JobConfig(source="/s", dest="/d"), cpus=1, gpus=0)
+    assert (tiny.size, tiny.cpus, tiny.threads) == (1, 0.0, 1)
+    assert plan_pool(JobConfig(source="/s", dest="/d", actors=2, threads=3), cpus=16, gpus=0).threads == 3
+
+
+def test_gpu_pool_is_one_actor_per_gpu_and_may_shrink():
+    from pipelines.job import JobConfig, plan_pool
+
+    pool = plan_pool(JobConfig(source="/s", dest="/d"), cpus=8, gpus=4)
+    assert (pool.size, pool.gpus, pool.cpus) == (4, 1.0, 1.0)
+    s = pool.strategy()
+    assert (s.min_size, s.max_size, s.initial_size) == (1, 4, 4)
+    assert plan_pool(JobConfig(source="/s", dest="/d", device="cpu"), cpus=8, gpus=4).gpus == 0.0
+    with pytest.raises(RuntimeError, match="no GPU"):
+        plan_pool(JobConfig(source="/s", dest="/d", device="cuda"), cpus=8, gpus=0)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"actor_cpus": 0.5}, "differ"), ({"decode_cpus": 0}, "decode_cpus"), ({"threads": 0}, "threads"),
+    ({"actor_cpus": -1}, "actor_cpus"), ({"actors": 0}, "actors")])
+def test_pool_settings_are_validated_before_ray_starts(kwargs, message):
+    from pipelines.job import JobConfig
+
+    with pytest.raises(ValueError, match=message):
+        JobConfig(source="/s", dest="/d", **kwargs)

@@ -49,10 +49,10 @@ def test_safetensors_file_carries_its_spec_and_loads_by_path(tmp_path):
     x = torch.randn(1, 3, 40, 56)
     with torch.inference_mode():
         assert torch.equal(net(x), again(x))
-    rt = create_runtime(str(path), device="cpu")  # auto on CPU: torch, since there is no ONNX file
+    rt = create_runtime(str(path), runtime="torch", device="cpu")
     assert rt.name == "torch" and rt.spec.version == "mine-1"
-    # Asked for explicitly, onnxruntime exports the checkpoint in memory and runs the same model.
-    ort_rt = create_runtime(str(path), runtime="onnxruntime", device="cpu")
+    # auto on CPU: onnxruntime, which exports the checkpoint in memory and runs the same model.
+    ort_rt = create_runtime(str(path), device="cpu")
     assert ort_rt.name == "onnxruntime" and ort_rt.spec.version == "mine-1"
 
 
