@@ -289,7 +289,8 @@ def main() -> int:
           f"actor_cpus={args.actor_cpus} decode_cpus={args.decode_cpus}; bench nice {os.nice(0)}, Ray workers "
           f"nice {args.worker_niceness}; {job['images']} images "
           f"of {WIDTH}x{HEIGHT}, {job['ok']} ok, {job['errors']} errors")
-    print(f"inference actors that ran in the job: {job['actors_used']} (a CPU pool is fixed at --actors, default 1)")
+    print(f"inference actors that ran in the job: {job['actors_used']} "
+          "(a CPU pool is fixed: --actors, default one per CPU, at most 4)")
     if warm:
         print(f"warm-up job: {warm['images']} images in {warm['wall_s']:.1f} s (not counted)")
     steady = job["steady_images_per_s"]
