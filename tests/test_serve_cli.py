@@ -21,7 +21,6 @@ from serve.local import free_port
 pytestmark = pytest.mark.timeout(600)
 
 
-@pytest.mark.slow
 def test_matting_serve_runs_the_config_and_stops_on_sigterm(tmp_path):
     port = free_port()
     env = {**os.environ, "MATTING_API_KEYS": "cli-test-key"}
