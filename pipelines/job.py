@@ -198,7 +198,9 @@ def read_planned_chunk(row: dict, *, fs) -> list[dict]:
     """One Parquet chunk of planned inputs (pipelines.planning) → its rows."""
     import pyarrow.parquet as pq
 
-    return pq.read_table(row["chunk"], filesystem=fs).to_pylist()
+    from pipelines.storage import retry_transient
+
+    return retry_transient(lambda: pq.read_table(row["chunk"], filesystem=fs), f"reading {row['chunk']}").to_pylist()
 
 
 def build_dataset(cfg: JobConfig, source: Location, dest: Location, plan: Plan) -> ray.data.Dataset:

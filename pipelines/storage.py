@@ -6,13 +6,43 @@ object only becomes visible when its upload completes. A reader never sees half 
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
+import random
+import time
 import uuid
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from pyarrow import fs as pafs
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# What Arrow's S3 errors say when a retry may succeed (the same list Ray Data retries its own writes on).
+TRANSIENT_S3_ERRORS = ("AWS Error SLOW_DOWN", "AWS Error INTERNAL_FAILURE", "AWS Error NETWORK_CONNECTION",
+                       "AWS Error SERVICE_UNAVAILABLE", "HTTP status 503", "HTTP status 500")
+
+
+def retry_transient(op: Callable[[], T], what: str, attempts: int = 5, base_delay_s: float = 0.2) -> T:
+    """Run `op`, retrying transient S3 errors with jittered exponential backoff.
+
+    The SDK already retries each request; this covers operations made of several requests, such as
+    a multipart upload, which fail as a whole when one of their requests runs out of SDK retries
+    (seen with a store answering every third request with 503 SlowDown).
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return op()
+        except OSError as e:
+            if attempt == attempts or not any(s in str(e) for s in TRANSIENT_S3_ERRORS):
+                raise
+            delay = base_delay_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
+            log.warning("%s: transient S3 error (attempt %d of %d), retrying in %.1f s: %s", what, attempt,
+                        attempts, delay, str(e).splitlines()[0][:200])
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def s3_filesystem(endpoint: str | None = None) -> pafs.S3FileSystem:
@@ -48,15 +78,22 @@ class Location:
         return f"{self.uri.rstrip('/')}/{key}"
 
     def read(self, key: str) -> bytes:
-        with self.fs.open_input_stream(self.path(key)) as f:
-            return f.read()
+        def read() -> bytes:
+            with self.fs.open_input_stream(self.path(key)) as f:
+                return f.read()
+
+        return retry_transient(read, f"reading {self.uri_of(key)}") if self.is_s3 else read()
 
     def write_atomic(self, key: str, data: bytes) -> None:
         path = self.path(key)
         parent = posixpath.dirname(path)
-        if self.is_s3:
-            with self.fs.open_output_stream(path) as f:
-                f.write(data)
+        if self.is_s3:  # an S3 object becomes visible only when its upload completes
+
+            def upload() -> None:
+                with self.fs.open_output_stream(path) as f:
+                    f.write(data)
+
+            retry_transient(upload, f"writing {self.uri_of(key)}")
             return
         if parent:
             self.fs.create_dir(parent, recursive=True)

@@ -45,6 +45,7 @@ def test_transient_s3_failures_are_retried(s3_server, ray_s3):
         result = run_job(JobConfig(source="s3://flaky/in", dest="s3://flaky/out", s3_endpoint=proxy.url,
                                    batch_size=3))
     assert proxy.injected >= 5, proxy.injected
-    assert (result.images, result.ok, result.errors) == (6, 6, 0)
     rows = read_manifest(open_location("s3://flaky/out", s3_server), result.run_id).to_pylist()
+    failed = [(r["source_key"], r["error_reason"], r["error"]) for r in rows if r["status"] != "ok"]
+    assert (result.images, result.ok, result.errors) == (6, 6, 0), failed
     check_outputs(files, rows, lambda key: s3.get_object(Bucket="flaky", Key=f"out/{key}")["Body"].read())

@@ -137,3 +137,45 @@ def test_pool_settings_are_validated_before_ray_starts(kwargs, message):
 
     with pytest.raises(ValueError, match=message):
         JobConfig(source="/s", dest="/d", **kwargs)
+
+
+class _FlakyFS:
+    """Stands in for Arrow's S3 filesystem: the first `failures` uploads fail as a 503 burst would."""
+
+    def __init__(self, failures: int, message: str = "AWS Error SLOW_DOWN during CompleteMultipartUpload"):
+        self.failures, self.message, self.calls, self.written = failures, message, 0, {}
+
+    def open_output_stream(self, path):
+        import io
+
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise OSError(f"When completing multiple part upload for key '{path}': {self.message}")
+        fs = self
+
+        class Sink(io.BytesIO):
+            def close(self):
+                fs.written[path] = self.getvalue()
+                super().close()
+
+        return Sink()
+
+
+def test_s3_writes_retry_transient_errors_and_not_others(monkeypatch):
+    from pipelines import storage
+    from pipelines.storage import Location
+
+    monkeypatch.setattr(storage.time, "sleep", lambda s: None)
+    flaky = _FlakyFS(failures=3)
+    Location("s3://b/out", flaky, "b/out").write_atomic("a.png", b"png")
+    assert flaky.calls == 4 and flaky.written == {"b/out/a.png": b"png"}
+
+    hopeless = _FlakyFS(failures=99)
+    with pytest.raises(OSError, match="SLOW_DOWN"):
+        Location("s3://b/out", hopeless, "b/out").write_atomic("a.png", b"png")
+    assert hopeless.calls == 5  # bounded
+
+    denied = _FlakyFS(failures=1, message="AWS Error ACCESS_DENIED")
+    with pytest.raises(OSError, match="ACCESS_DENIED"):
+        Location("s3://b/out", denied, "b/out").write_atomic("a.png", b"png")
+    assert denied.calls == 1  # a permanent error is not retried
