@@ -28,7 +28,7 @@ def test_local_catalog_gives_one_row_per_input_and_valid_cutouts(tmp_path, ray_l
     write_tree(src, files)
     actors_before = inference_actors_started()
     # Two CPU actors on this 2-CPU instance: a fixed pool (Ray's autoscaler kept it at one), which
-    # must leave Ray Data's 1-CPU listing tasks room (it once did not: the job hung, silently).
+    # must leave Ray Data's 1-CPU tasks room (it once did not: the job hung, silently).
     result = run_job(JobConfig(source=str(src), dest=str(dst), batch_size=4, actors=2, stall_timeout_s=180))
     assert inference_actors_started() - actors_before == 2
 
