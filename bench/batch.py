@@ -227,7 +227,7 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--actors", type=int)
     p.add_argument("--threads", type=int)
-    p.add_argument("--actor-cpus", type=float, help="default: the job's (see pipelines.job.inference_resources)")
+    p.add_argument("--actor-cpus", type=float, help="default: the job's (see pipelines.job.plan_pool)")
     p.add_argument("--decode-cpus", type=float, default=0.5)
     p.add_argument("--warmup", type=int, help="images in the untimed warm-up job (default 2 batches; 0: none)")
     p.add_argument("--worker-niceness", type=int, help="niceness of Ray's workers (default: this process's)")

@@ -169,14 +169,14 @@ def main() -> None:
     print(f"{'images':>8} {'ok':>8} {'seconds':>8}   MB: {'driver':>7} {'max worker':>11} {'workers sum':>12}"
           f"   private MB: {'driver':>7} {'max worker':>11} {'workers sum':>12}")
     for r in rows:
-        print(f"{r['images']:>8} {r['ok']:>8} {r['seconds']:>8.1f}       {r['driver_mb']:>7.0f} {r['worker_max_mb']:>11.0f} "
-              f"{r['workers_sum_mb']:>12.0f}               {r['driver_priv_mb']:>7.0f} {r['worker_max_priv_mb']:>11.0f} "
-              f"{r['workers_sum_priv_mb']:>12.0f}")
+        print(f"{r['images']:>8} {r['ok']:>8} {r['seconds']:>8.1f}       {r['driver_mb']:>7.0f} "
+              f"{r['worker_max_mb']:>11.0f} {r['workers_sum_mb']:>12.0f}               {r['driver_priv_mb']:>7.0f} "
+              f"{r['worker_max_priv_mb']:>11.0f} {r['workers_sum_priv_mb']:>12.0f}")
     for r in rows:
         print(f"\n{r['images']} images: {r['workers']} Ray worker processes; largest private peaks: "
               + "; ".join(f"{t} {mb:.0f} MB" for t, mb in r["top"]))
-        print("  private MB at 25/50/75/100 % of the run (driver / largest worker / workers' sum): "
-              + ", ".join(f"{t:.0f} s {d / 1024:.0f}/{w / 1024:.0f}/{a / 1024:.0f}" for t, d, w, a in r["quarters"]))
+        print("  private MB at 25/50/75/100 % of the run (driver / largest worker / workers' sum): " + ", ".join(
+            f"{t:.0f} s {d / 1024:.0f}/{w / 1024:.0f}/{a / 1024:.0f}" for t, d, w, a in r["quarters"]))
     base, big = rows[0], rows[-1]
     print()
     for key, label in (("driver", "driver"), ("worker_max", "largest worker"), ("workers_sum", "all workers")):

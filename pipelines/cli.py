@@ -104,9 +104,9 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
                                            "(default ~/.cache/unet-matting/trt-engines)")
     p.add_argument("--batch-size", type=int, default=8, help="images per inference call (default 8)")
     p.add_argument("--actors", type=int, help="inference actors: one per GPU by default; on CPU a fixed pool "
-                                              "(default 1)")
+                                              "(default one per CPU, at most 4)")
     p.add_argument("--actor-cpus", type=float, help="CPUs each inference actor reserves (default on GPUs 1; on CPU "
-                                                    "what leaves one decode task room, at most 1)")
+                                                    "all but one CPU shared out, at most 1 each)")
     p.add_argument("--decode-cpus", type=float, default=0.5,
                    help="CPUs each read/decode and render task reserves (default 0.5; must differ from "
                         "--actor-cpus)")

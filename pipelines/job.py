@@ -47,7 +47,7 @@ class JobConfig:
     trt_cache_dir: str | None = None  # where TensorRT keeps built engines (on each inference node)
     batch_size: int = 8
     actors: int | None = None  # inference actors, a fixed pool on CPU; default: one per GPU, else per CPU (≤ 4)
-    actor_cpus: float | None = None  # CPUs each inference actor reserves; default: see inference_resources
+    actor_cpus: float | None = None  # CPUs each inference actor reserves; default: see plan_pool
     threads: int | None = None  # intra-op threads per CPU actor; default: its CPU share, at least 1
     decode_cpus: float = 0.5  # CPUs each read/decode and each render task reserves
     s3_endpoint: str | None = None
@@ -131,7 +131,7 @@ class JobResult:
                 f"{self.images_per_second:.2f} images/s; manifest {self.manifest_uri}")
 
 
-TASK_CPUS = 1.0  # what Ray Data's own tasks (repartition; read_parquet's file listing) reserve: left free
+TASK_CPUS = 1.0  # what Ray Data's own tasks (repartition) reserve: always left free
 # Default CPU pool: one single-threaded actor per CPU, at most this many; each holds ~2.8 GB at batch 8
 # (ONNX Runtime's arena). On 2 CPUs, two 1-thread actors beat one actor with 2 threads (bench/RESULTS.md).
 CPU_ACTORS_DEFAULT_MAX = 4
@@ -167,9 +167,9 @@ def plan_pool(cfg: JobConfig, *, cpus: float, gpus: int) -> PoolPlan:
     CPU actors share the CPUs with the read/decode and render tasks: by default together they
     reserve all but one CPU (at most 1 CPU each; none on a 1-CPU cluster), since Ray Data's own
     tasks (repartition) ask for a whole CPU and a pool that leaves less never starts them (a
-    silent hang, seen with two actors on 2 CPUs). Each runs as many intra-op threads as CPUs it reserves, at least
-    one, so that actors do not oversubscribe the cores they share; the OS, not Ray's accounting,
-    then shares the cores.
+    silent hang, seen with two actors on 2 CPUs). Each runs as many intra-op threads as CPUs it
+    reserves, at least one, so that actors do not oversubscribe the cores they share; the OS, not
+    Ray's accounting, then shares the cores.
     """
     actor_cpus = cfg.actor_cpus if cfg.actor_cpus is not None else 1.0
     if cfg.device == "cuda" and gpus == 0:
@@ -200,7 +200,8 @@ def read_planned_chunk(row: dict, *, fs) -> list[dict]:
 
     from pipelines.storage import retry_transient
 
-    return retry_transient(lambda: pq.read_table(row["chunk"], filesystem=fs), f"reading {row['chunk']}").to_pylist()
+    table = retry_transient(lambda: pq.read_table(row["chunk"], filesystem=fs), f"reading {row['chunk']}")
+    return table.to_pylist()
 
 
 def build_dataset(cfg: JobConfig, source: Location, dest: Location, plan: Plan) -> ray.data.Dataset:

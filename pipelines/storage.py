@@ -32,17 +32,17 @@ def retry_transient(op: Callable[[], T], what: str, attempts: int = 5, base_dela
     a multipart upload, which fail as a whole when one of their requests runs out of SDK retries
     (seen with a store answering every third request with 503 SlowDown).
     """
-    for attempt in range(1, attempts + 1):
+    for attempt in range(1, attempts):
         try:
             return op()
         except OSError as e:
-            if attempt == attempts or not any(s in str(e) for s in TRANSIENT_S3_ERRORS):
+            if not any(s in str(e) for s in TRANSIENT_S3_ERRORS):
                 raise
             delay = base_delay_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
             log.warning("%s: transient S3 error (attempt %d of %d), retrying in %.1f s: %s", what, attempt,
                         attempts, delay, str(e).splitlines()[0][:200])
             time.sleep(delay)
-    raise AssertionError("unreachable")
+    return op()  # the last attempt: whatever it raises goes to the caller
 
 
 def s3_filesystem(endpoint: str | None = None) -> pafs.S3FileSystem:

@@ -78,8 +78,8 @@ def pytest_unconfigure(config):
     A CI run once ended in a segfault (exit 139) after "334 passed": the crash came from the
     teardown of native libraries this process loaded (Arrow's AWS SDK, ONNX Runtime and torch
     thread pools, Ray's core worker), not from a test, and it turned a green run red. The exit
-    status pytest decided is kept; faulthandler stays on until then, so a crash before this point
-    still prints every thread's stack.
+    status pytest decided is kept. MATTING_TEST_NORMAL_EXIT=1 restores the normal exit, to study
+    that crash.
     """
     status = config.stash.get(_EXIT_STATUS, None)
     if status is None or os.environ.get("MATTING_TEST_NORMAL_EXIT"):
