@@ -130,7 +130,8 @@ def to_fp16(model, keep_fp32_above: float | None = 16.0):
     try:
         from onnxconverter_common import float16
     except ImportError:
-        raise RuntimeError("FP16 export needs onnxconverter-common: pip install 'unet-matting[export]'") from None
+        raise RuntimeError("FP16 graphs need onnxconverter-common, a dependency of unet-matting: "
+                           "pip install 'onnxconverter-common>=1.14'") from None
     if any(not n.name for n in model.graph.node):
         for i, n in enumerate(model.graph.node):  # the block list matches by name
             n.name = n.name or f"{n.op_type}_{i}"

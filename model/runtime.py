@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,11 +89,23 @@ class Runtime:
         raise NotImplementedError
 
 
+TORCH_GRAPHS = ("auto", "eager", "cudagraphs", "compile")
+
+
 class TorchRuntime(Runtime):
-    """PyTorch: FP16 with channels_last on CUDA (or FP32 when asked, for comparison), FP32 on CPU."""
+    """PyTorch: FP16 with channels_last on CUDA (or FP32 when asked, for comparison), FP32 on CPU.
+
+    On CUDA, `graph` picks how the network is launched: "eager" (one kernel launch per layer),
+    "cudagraphs" (each input shape captured once and replayed: U²-Netp's ~300 small kernels cost
+    more to launch than to run at small batches) or "compile" (torch.compile, Inductor's fused
+    kernels; 30-45 s of compilation per new shape). "auto" is CUDA graphs on CUDA and eager on CPU:
+    on an H200 graphs ran U²-Netp FP16 3.3× eager's speed at batch 1 and 1.4× at batch 8, never
+    slower, where torch.compile gained less (bench/RESULTS.md). On CUDA, `predict` uploads uint8 images and
+    normalises and finishes on the GPU: a quarter of the float32 bytes cross the bus.
+    """
 
     def __init__(self, spec: ModelSpec, device: str, weights=None, s3_endpoint=None, threads: int | None = None,
-                 precision: str | None = None):
+                 precision: str | None = None, graph: str = "auto", max_graphs: int = 8):
         import torch
 
         from model.factory import create_model
@@ -100,15 +113,72 @@ class TorchRuntime(Runtime):
         precision = precision or ("fp16" if device == "cuda" else "fp32")
         if precision not in ("fp16", "fp32") or (precision == "fp16" and device != "cuda"):
             raise ValueError(f"torch runs fp16 on cuda and fp32 anywhere, not {precision} on {device}")
+        if graph not in TORCH_GRAPHS:
+            raise ValueError(f"graph must be one of {TORCH_GRAPHS}, got {graph!r}")
+        if graph == "auto":
+            graph = "cudagraphs" if device == "cuda" else "eager"
+        if graph == "cudagraphs" and device != "cuda":
+            raise ValueError("graph='cudagraphs' needs device cuda; on CPU use eager or compile")
         super().__init__(spec, device, precision, "torch")
         if threads and device == "cpu":
             torch.set_num_threads(threads)
         net = create_model(spec, weights=weights, s3_endpoint=s3_endpoint)
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
         if device == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes per job: pick the fastest conv algorithms once
             net = net.to("cuda", memory_format=torch.channels_last).to(self.dtype)
-        self.net = net
+        self.graph = graph
+        self.net = torch.compile(net) if graph == "compile" else net
+        self._graphs: dict[tuple[int, ...], tuple] = {}  # input shape → (graph, static input, static output)
+        self._pool = None
+        self._graph_lock = threading.Lock()
+        self.max_graphs = max_graphs
         self._torch = torch
+
+    def describe(self) -> str:
+        return f"{super().describe()} graph={self.graph}"
+
+    def _forward(self, t):
+        """The network on a tensor already on the device, in the model's dtype and layout."""
+        if self.graph != "cudagraphs":
+            return self.net(t)
+        with self._graph_lock:  # one replay at a time: the static buffers are shared
+            key = tuple(t.shape)
+            if key not in self._graphs:
+                bigger = sorted(k for k in self._graphs if k[1:] == key[1:] and k[0] > key[0])
+                if len(self._graphs) >= self.max_graphs and bigger:
+                    # Cache full: a partial batch replays a captured larger one, zero-padded.
+                    pad = t.new_zeros((bigger[0][0] - key[0], *key[1:]))
+                    padded = self._torch.cat([t, pad]).contiguous(memory_format=self._torch.channels_last)
+                    return self._replay(tuple(padded.shape), padded)[:key[0]]
+                self._capture(t)
+            return self._replay(key, t)
+
+    def _replay(self, key: tuple[int, ...], t):
+        graph, static_in, static_out = self._graphs[key]
+        static_in.copy_(t)
+        graph.replay()
+        return static_out.clone()  # the next replay overwrites static_out
+
+    def _capture(self, t) -> None:
+        torch = self._torch
+        if len(self._graphs) >= self.max_graphs:
+            self._graphs.pop(next(iter(self._graphs)))  # the oldest shape first
+        static_in = t.clone().contiguous(memory_format=torch.channels_last)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up outside the graph: cuDNN autotuning, lazy allocations
+            for _ in range(2):
+                self.net(static_in)
+        torch.cuda.current_stream().wait_stream(side)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        # One memory pool for every captured shape: safe because replays never overlap (the lock)
+        # and each output is copied out before the next replay.
+        with torch.cuda.graph(graph, pool=self._pool):
+            static_out = self.net(static_in)
+        self._graphs[tuple(t.shape)] = (graph, static_in, static_out)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         torch = self._torch
@@ -116,7 +186,32 @@ class TorchRuntime(Runtime):
             t = torch.from_numpy(x)
             if self.device == "cuda":
                 t = t.to("cuda", non_blocking=True).to(self.dtype).contiguous(memory_format=torch.channels_last)
-            return self.net(t).float().cpu().numpy()
+            return self._forward(t).float().cpu().numpy()
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        if self.device != "cuda":
+            return super().predict(images)
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise ValueError(f"expected (N, H, W, 3) uint8 images, got {images.shape} {images.dtype}")
+        torch = self._torch
+        pre = self.spec.preprocess
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(images)).to("cuda", non_blocking=True).float()
+            if pre.input_scale == "max":
+                x /= x.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1.0)
+            else:
+                x /= 255.0
+            x = (x - torch.tensor(pre.mean, device="cuda")) / torch.tensor(pre.std, device="cuda")
+            # NHWC in memory is channels_last NCHW: a permute, no copy.
+            x = x.permute(0, 3, 1, 2).to(self.dtype).contiguous(memory_format=torch.channels_last)
+            pred = self._forward(x)[:, 0].float()
+            if pre.output_activation == "none":
+                pred = torch.sigmoid(pred)
+            if pre.output_normalization == "minmax":
+                lo = pred.amin(dim=(1, 2), keepdim=True)
+                hi = pred.amax(dim=(1, 2), keepdim=True)
+                pred = (pred - lo) / (hi - lo).clamp_min(1e-6)
+            return pred.clamp_(0.0, 1.0).cpu().numpy()
 
 
 def dynamic_onnx(path: Path) -> bytes:
@@ -193,6 +288,10 @@ class OnnxRuntime(Runtime):
                                    f"this onnxruntime build (available: {', '.join(available)}). TensorRT and CUDA "
                                    "need onnxruntime-gpu (pip install 'unet-matting[gpu]') and a GPU.")
         gpu = any(p in GPU_PROVIDERS for p in wanted)
+        if gpu and hasattr(ort, "preload_dlls"):
+            # CUDA and cuDNN from the nvidia-* wheels (or from torch, when it was imported first):
+            # without this the CUDA provider looks only on the system's library path.
+            ort.preload_dlls(msvc=False)
         precision = precision or ("fp16" if gpu else "fp32")
         if precision not in ("fp16", "fp32"):
             raise ValueError(f"precision must be fp16 or fp32, got {precision!r}")
@@ -228,8 +327,10 @@ class OnnxRuntime(Runtime):
         # onnxruntime-gpu lists CUDA even where it cannot start it: trust only the session.
         failed = [p for p in required if PROVIDERS[p] not in active]
         if failed:
+            hint = ("TensorRT needs the TensorRT 10 libraries (libnvinfer.so.10, e.g. pip install tensorrt-cu13-libs) "
+                    "on the library path" if "tensorrt" in failed else "is a GPU visible to this process?")
             raise RuntimeError(f"ONNX Runtime could not start provider(s) {', '.join(failed)} "
-                               f"(session providers: {', '.join(active)}); is a GPU visible to this process?")
+                               f"(session providers: {', '.join(active)}; ONNX Runtime's log above says why): {hint}")
         self.provider = next(k for k, v in PROVIDERS.items() if v == active[0])
         if self.session.get_modelmeta().custom_metadata_map.get("precision") == "fp16":
             self.precision = "fp16"  # an FP16 file from `matting export --fp16`, on whatever provider
@@ -292,7 +393,7 @@ def resolve_device(device: str) -> str:
 def create_runtime(model: str | ModelSpec = "u2netp", *, runtime: str = "auto", device: str = "auto",
                    weights: str | os.PathLike | None = None, s3_endpoint: str | None = None,
                    threads: int | None = None, providers: str | Sequence[str] | None = None,
-                   trt_cache_dir: str | os.PathLike | None = None) -> Runtime:
+                   trt_cache_dir: str | os.PathLike | None = None, torch_graph: str = "auto") -> Runtime:
     """Pick device and runtime: CUDA FP16 through torch when a GPU is usable, else ONNX Runtime FP32 on CPU.
 
     ONNX Runtime is the CPU default because it measured faster than torch there (bench/RESULTS.md);
@@ -301,11 +402,14 @@ def create_runtime(model: str | ModelSpec = "u2netp", *, runtime: str = "auto", 
     `providers` (e.g. "tensorrt,cuda" or ["cpu"]) selects ONNX Runtime with exactly those providers,
     each of which must start; without it, onnxruntime on a GPU tries TensorRT → CUDA → CPU.
     `trt_cache_dir` is where TensorRT keeps its built engines (default beside the weights cache).
+    `torch_graph` is how torch launches the network (TorchRuntime: auto = CUDA graphs on CUDA).
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if torch_graph not in TORCH_GRAPHS:
+        raise ValueError(f"torch_graph must be one of {TORCH_GRAPHS}, got {torch_graph!r}")
     spec = get_spec(model)
     chosen = parse_providers(providers)
     if chosen is not None:
@@ -326,7 +430,7 @@ def create_runtime(model: str | ModelSpec = "u2netp", *, runtime: str = "auto", 
             # it measured 2.4× torch's speed for unet-small and 2.4× for u2netp (docs/models.md).
             runtime = "torch" if dev == "cuda" else "onnxruntime"
         if runtime == "torch":
-            rt = TorchRuntime(spec, dev, weights=weights, s3_endpoint=s3_endpoint, threads=threads)
+            rt = TorchRuntime(spec, dev, weights=weights, s3_endpoint=s3_endpoint, threads=threads, graph=torch_graph)
         else:
             rt = OnnxRuntime(spec, dev, weights=weights, s3_endpoint=s3_endpoint, threads=threads,
                              trt_cache_dir=trt_cache_dir)

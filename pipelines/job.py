@@ -45,6 +45,7 @@ class JobConfig:
     weights: str | None = None
     providers: str | None = None  # ONNX Runtime providers, e.g. "tensorrt,cuda"; each must start
     trt_cache_dir: str | None = None  # where TensorRT keeps built engines (on each inference node)
+    torch_graph: str = "auto"  # torch on CUDA: auto = CUDA graphs (bench/RESULTS.md); eager or compile
     batch_size: int = 8
     actors: int | None = None  # inference actors, a fixed pool on CPU; default: one per GPU, else per CPU (≤ 4)
     actor_cpus: float | None = None  # CPUs each inference actor reserves; default: see plan_pool
@@ -80,6 +81,10 @@ class JobConfig:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.runtime not in ("auto", "torch", "onnxruntime"):
             raise ValueError(f"runtime must be auto, torch or onnxruntime, got {self.runtime!r}")
+        from model.runtime import TORCH_GRAPHS
+
+        if self.torch_graph not in TORCH_GRAPHS:
+            raise ValueError(f"torch_graph must be one of {', '.join(TORCH_GRAPHS)}, got {self.torch_graph!r}")
         if not 0 < self.decode_cpus <= 64:
             raise ValueError(f"decode_cpus must be in (0, 64], got {self.decode_cpus}")
         if self.actor_cpus is not None and not 0 < self.actor_cpus <= 64:
@@ -223,7 +228,8 @@ def build_dataset(cfg: JobConfig, source: Location, dest: Location, plan: Plan) 
         Predictor,
         fn_constructor_kwargs={"model": cfg.model, "runtime": cfg.runtime, "device": cfg.device,
                                "weights": cfg.weights, "s3_endpoint": cfg.s3_endpoint, "threads": pool.threads,
-                               "providers": cfg.providers, "trt_cache_dir": cfg.trt_cache_dir},
+                               "providers": cfg.providers, "trt_cache_dir": cfg.trt_cache_dir,
+                               "torch_graph": cfg.torch_graph},
         compute=pool.strategy(),
         batch_size=cfg.batch_size,
         batch_format="numpy",

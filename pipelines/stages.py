@@ -102,13 +102,13 @@ class Predictor:
 
     def __init__(self, model: str, runtime: str = "auto", device: str = "auto", weights: str | None = None,
                  s3_endpoint: str | None = None, threads: int | None = None, providers: str | None = None,
-                 trt_cache_dir: str | None = None):
+                 trt_cache_dir: str | None = None, torch_graph: str = "auto"):
         from model.runtime import create_runtime
 
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         self.runtime = create_runtime(model, runtime=runtime, device=device, weights=weights,
                                       s3_endpoint=s3_endpoint, threads=threads, providers=providers,
-                                      trt_cache_dir=trt_cache_dir)
+                                      trt_cache_dir=trt_cache_dir, torch_graph=torch_graph)
         self.node_id = _node_id()
         # Logged once per actor, so a run's log says where and how inference ran.
         log.warning("inference actor ready on node %s: %s", self.node_id[:12], self.runtime.describe())

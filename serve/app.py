@@ -189,7 +189,7 @@ def make_app(args: AppArgs, overrides: dict[str, dict] | None = None) -> Applica
     for m in args.models:
         name = model_deployment_name(m)
         dep = MattingModel.options(name=name, **overrides.get(name, {}))
-        handles[m] = dep.bind(m, args.runtime, args.device, args.threads)
+        handles[m] = dep.bind(m, args.runtime, args.device, args.threads, args.torch_graph)
     return MattingIngress.options(**overrides.get(INGRESS_NAME, {})).bind(handles, args)
 
 

@@ -36,10 +36,11 @@ class BatchConfig(BaseModel):
     ray_actor_options={"num_cpus": 1},
 )
 class MattingModel:
-    def __init__(self, model: str, runtime: str = "auto", device: str = "auto", threads: int | None = None):
+    def __init__(self, model: str, runtime: str = "auto", device: str = "auto", threads: int | None = None,
+                 torch_graph: str = "auto"):
         from model.runtime import create_runtime
 
-        self.runtime = create_runtime(model, runtime=runtime, device=device, threads=threads)
+        self.runtime = create_runtime(model, runtime=runtime, device=device, threads=threads, torch_graph=torch_graph)
         self.batch_config = BatchConfig()
         log.warning("model replica ready: %s", self.runtime.describe())
 

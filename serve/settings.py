@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from model.runtime import DEVICES, RUNTIMES
+from model.runtime import DEVICES, RUNTIMES, TORCH_GRAPHS
 from model.specs import MODEL_SPECS
 
 
@@ -46,6 +46,7 @@ class AppArgs(BaseModel):
     runtime: str = "auto"
     device: str = "auto"
     threads: int | None = Field(None, ge=1, description="intra-op threads per CPU model replica")
+    torch_graph: str = Field("auto", description="torch on CUDA: auto (CUDA graphs), eager or compile")
     # Security on by default: `auth: false` is for a developer's own machine and is logged loudly.
     auth: bool = True
     rate_limit_per_minute: float = Field(120.0, gt=0, description="sustained requests per key")
@@ -64,10 +65,10 @@ class AppArgs(BaseModel):
             raise ValueError(f"unknown model(s) {unknown}; registered: {sorted(MODEL_SPECS)}")
         return v
 
-    @field_validator("runtime", "device")
+    @field_validator("runtime", "device", "torch_graph")
     @classmethod
     def _choice(cls, v: str, info) -> str:
-        choices = RUNTIMES if info.field_name == "runtime" else DEVICES
+        choices = {"runtime": RUNTIMES, "device": DEVICES, "torch_graph": TORCH_GRAPHS}[info.field_name]
         if v not in choices:
             raise ValueError(f"{info.field_name} must be one of {choices}, got {v!r}")
         return v

@@ -10,7 +10,7 @@ import torch
 from catalog import real_photos
 from model import create_model, get_spec, list_models
 from model.export import FP32_TOLERANCE, export_onnx
-from model.runtime import create_runtime, finish_output, normalize_batch, parse_providers
+from model.runtime import TorchRuntime, create_runtime, finish_output, normalize_batch, parse_providers
 from model.weights import save_safetensors
 from postproc import decode_image, model_input
 
@@ -102,6 +102,40 @@ def test_cpu_runs_fp32_and_cuda_request_fails_loudly_without_a_gpu():
     assert (rt.device, rt.precision) == ("cpu", "fp32")
     with pytest.raises(RuntimeError, match="--device cuda .* not usable"):
         create_runtime("u2netp", device="cuda")
+
+
+def test_torch_graph_modes_are_checked_and_auto_is_eager_on_cpu():
+    rt = create_runtime("unet-small", runtime="torch", device="cpu")
+    assert rt.graph == "eager" and "graph=eager" in rt.describe()
+    with pytest.raises(ValueError, match="cudagraphs' needs device cuda"):
+        create_runtime("unet-small", runtime="torch", device="cpu", torch_graph="cudagraphs")
+    with pytest.raises(ValueError, match="torch_graph must be one of"):
+        create_runtime("unet-small", torch_graph="fast")
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("model", list_models())
+def test_cuda_graphs_match_eager_and_pad_partial_batches(model):
+    spec = get_spec(model)
+    imgs = photos_at(spec.preprocess.input_size, 4)
+    eager = TorchRuntime(spec, "cuda", graph="eager").predict(imgs)
+    graphs = TorchRuntime(spec, "cuda", graph="cudagraphs", max_graphs=1)
+    np.testing.assert_allclose(graphs.predict(imgs), eager, atol=1e-3)
+    np.testing.assert_allclose(graphs.predict(imgs[:3]), eager[:3], atol=1e-3)  # padded into the batch-4 graph
+    assert list(graphs._graphs) == [(4, 3, *spec.preprocess.input_size)]
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_predict_normalises_on_the_gpu_like_the_host():
+    rt = TorchRuntime(get_spec("u2netp"), "cuda", precision="fp32", graph="eager")
+    imgs = photos_at((320, 320), 2)
+    host = finish_output(rt._run(normalize_batch(imgs, rt.spec.preprocess)), rt.spec.preprocess)
+    np.testing.assert_allclose(rt.predict(imgs), host, atol=1e-4)
 
 
 def test_missing_weights_say_how_to_get_them(tmp_path, monkeypatch):
