@@ -99,9 +99,9 @@ class TorchRuntime(Runtime):
     "cudagraphs" (each input shape captured once and replayed: U²-Netp's ~300 small kernels cost
     more to launch than to run at small batches) or "compile" (torch.compile, Inductor's fused
     kernels; 30-45 s of compilation per new shape). "auto" is CUDA graphs on CUDA and eager on CPU:
-    on an H200 graphs ran U²-Netp FP16 3.3× eager's speed at batch 1 and 1.4× at batch 8, never
-    slower, where torch.compile gained less (bench/RESULTS.md). On CUDA, `predict` uploads uint8 images and
-    normalises and finishes on the GPU: a quarter of the float32 bytes cross the bus.
+    on an H200 graphs ran U²-Netp FP16 at 3.7× eager's speed at batch 1 and 1.35× at batch 8 (320²),
+    never slower, where torch.compile gained less (bench/RESULTS.md). On CUDA, `predict` uploads
+    uint8 images and normalises and finishes on the GPU: a quarter of the float32 bytes cross the bus.
     """
 
     def __init__(self, spec: ModelSpec, device: str, weights=None, s3_endpoint=None, threads: int | None = None,
