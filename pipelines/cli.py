@@ -88,21 +88,22 @@ def load_background(uri: str | None, s3_endpoint: str | None = None):
 
 
 def add_job_arguments(p: argparse.ArgumentParser) -> None:
+    from model.runtime import DEVICES, RUNTIMES, TORCH_GRAPHS
     from model.specs import list_models
 
     p.add_argument("--model", default="u2netp", metavar="NAME|PATH",
                    help=f"a registered model ({', '.join(list_models())}) or a .safetensors/.onnx file "
                         "with its spec (in its metadata or a .spec.json beside it)")
     p.add_argument("--weights", help="weights file or s3:// URI instead of the packaged cache")
-    p.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnxruntime"],
+    p.add_argument("--runtime", default="auto", choices=RUNTIMES,
                    help="auto: torch FP16 on CUDA, onnxruntime FP32 on CPU")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+    p.add_argument("--device", default="auto", choices=DEVICES,
                    help="cuda fails at start where CUDA is not usable; auto falls back to CPU")
     p.add_argument("--providers", help="ONNX Runtime providers in order, e.g. tensorrt,cuda or cpu; each must "
                                        "start (default on a GPU: TensorRT → CUDA → CPU, whichever this build has)")
     p.add_argument("--trt-cache-dir", help="TensorRT engine cache folder on each inference node "
                                            "(default ~/.cache/unet-matting/trt-engines)")
-    p.add_argument("--torch-graph", default="auto", choices=["auto", "eager", "cudagraphs", "compile"],
+    p.add_argument("--torch-graph", default="auto", choices=TORCH_GRAPHS,
                    help="how torch launches the model on CUDA: auto = CUDA graphs (captured once per batch shape); "
                         "compile = torch.compile, 30-45 s per shape")
     p.add_argument("--batch-size", type=int, default=8, help="images per inference call (default 8)")

@@ -24,7 +24,7 @@ from pipelines.manifest import ManifestWriter, new_run_id
 from pipelines.planning import Plan, plan_inputs
 from pipelines.stages import Predictor, decode_input, read_input, render_output
 from pipelines.state import JobFingerprint, job_file, success_file, unfinished_run
-from pipelines.storage import Location, open_location
+from pipelines.storage import Location, open_location, retry_transient
 from postproc import PostprocParams
 from postproc.decode import DEFAULT_MAX_PIXELS
 
@@ -68,7 +68,7 @@ class JobConfig:
         if self.model.endswith(WEIGHTS_SUFFIXES):  # a checkpoint named by its path: workers need it absolute
             self.model = str(Path(self.model).expanduser().resolve())
         get_spec(self.model)  # unknown names fail here, with the valid list
-        from model.runtime import parse_providers
+        from model.runtime import DEVICES, RUNTIMES, TORCH_GRAPHS, parse_providers
 
         parse_providers(self.providers)  # unknown provider names fail here, before Ray starts
         if self.providers and self.runtime == "torch":
@@ -77,14 +77,10 @@ class JobConfig:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.actors is not None and self.actors < 1:
             raise ValueError(f"actors must be at least 1, got {self.actors}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        if self.runtime not in ("auto", "torch", "onnxruntime"):
-            raise ValueError(f"runtime must be auto, torch or onnxruntime, got {self.runtime!r}")
-        from model.runtime import TORCH_GRAPHS
-
-        if self.torch_graph not in TORCH_GRAPHS:
-            raise ValueError(f"torch_graph must be one of {', '.join(TORCH_GRAPHS)}, got {self.torch_graph!r}")
+        for name, value, choices in (("device", self.device, DEVICES), ("runtime", self.runtime, RUNTIMES),
+                                     ("torch_graph", self.torch_graph, TORCH_GRAPHS)):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
         if not 0 < self.decode_cpus <= 64:
             raise ValueError(f"decode_cpus must be in (0, 64], got {self.decode_cpus}")
         if self.actor_cpus is not None and not 0 < self.actor_cpus <= 64:
@@ -202,8 +198,6 @@ def plan_pool(cfg: JobConfig, *, cpus: float, gpus: int) -> PoolPlan:
 def read_planned_chunk(row: dict, *, fs) -> list[dict]:
     """One Parquet chunk of planned inputs (pipelines.planning) → its rows."""
     import pyarrow.parquet as pq
-
-    from pipelines.storage import retry_transient
 
     table = retry_transient(lambda: pq.read_table(row["chunk"], filesystem=fs), f"reading {row['chunk']}")
     return table.to_pylist()

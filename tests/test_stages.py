@@ -131,7 +131,8 @@ def test_gpu_pool_is_one_actor_per_gpu_and_may_shrink():
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"actor_cpus": 0.5}, "differ"), ({"decode_cpus": 0}, "decode_cpus"), ({"threads": 0}, "threads"),
-    ({"actor_cpus": -1}, "actor_cpus"), ({"actors": 0}, "actors")])
+    ({"actor_cpus": -1}, "actor_cpus"), ({"actors": 0}, "actors"), ({"torch_graph": "fast"}, "torch_graph"),
+    ({"device": "tpu"}, "device must be one of auto, cpu, cuda")])
 def test_pool_settings_are_validated_before_ray_starts(kwargs, message):
     from pipelines.job import JobConfig
 
