@@ -170,7 +170,8 @@ def main() -> int:
                     ref = reference.setdefault((model, size, batch), alpha)
                     r["max_abs_diff_vs_first_row"] = float(np.abs(alpha - ref).max())
                     print(f"{model:<11}{label:<19}{size:>5}{batch:>6}{r['images_per_s']:>10.1f}"
-                          f"{r['ms_per_batch']:>9.1f}{r['e2e_images_per_s']:>10.1f}{r['warmup_s']:>8.1f}{r['max_abs_diff_vs_first_row']:>9.4f}"
+                          f"{r['ms_per_batch']:>9.1f}{r['e2e_images_per_s']:>10.1f}{r['warmup_s']:>8.1f}"
+                          f"{r['max_abs_diff_vs_first_row']:>9.4f}"
                           f"{load0:>8.2f}->{load1:<5.2f}", flush=True)
                     results.append({"model": model, "runtime": label, "size": size, "batch": batch,
                                     "describe": rt.describe(), **r, "loadavg": [load0, load1]})

@@ -174,7 +174,8 @@ def main() -> int:
                 r.update(mode=name, **user_config, rss_mb=serve_rss_mb())
                 results.append(r)
                 print(f"{name:13s} clients={c}  {r['rps']:6.2f} req/s  p50 {r['p50_ms']:7.0f} ms  p95 "
-                      f"{r['p95_ms']:7.0f} ms  p99 {r['p99_ms']:7.0f} ms  errors {r['errors']} {r['error_kinds'] or ''}",
+                      f"{r['p95_ms']:7.0f} ms  p99 {r['p99_ms']:7.0f} ms  "
+                      f"errors {r['errors']} {r['error_kinds'] or ''}",
                       flush=True)
                 print(f"{name:13s} Serve RSS MB after {c} client(s) {json.dumps(r['rss_mb'])}", flush=True)
             results.append({"mode": name, "rss_start_mb": mem_start, "rss_end_mb": results[-1]["rss_mb"]})
@@ -182,8 +183,8 @@ def main() -> int:
     print(f"\n| mode | clients | req/s | p50 ms | p95 ms | p99 ms | errors |\n|---|---|---|---|---|---|---|")
     for r in results:
         if "clients" in r:
-            print(f"| {r['mode']} (batch {r['max_batch_size']}) | {r['clients']} | {r['rps']:.2f} | {r['p50_ms']:.0f} | "
-                  f"{r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['errors']} |")
+            print(f"| {r['mode']} (batch {r['max_batch_size']}) | {r['clients']} | {r['rps']:.2f} | "
+                  f"{r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['errors']} |")
     print(f"load average at end {os.getloadavg()[0]:.1f}")
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))

@@ -46,7 +46,8 @@ def onnx_state_dict(module: nn.Module, onnx_path: Path) -> dict[str, torch.Tenso
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         if tuple(w.shape) != tuple(conv.weight.shape) or tuple(attrs.get("dilations", (1, 1))) != conv.dilation:
             raise ValueError(f"{names[conv]}: ONNX conv {node.name or node.output[0]} has weight {w.shape} and "
-                             f"dilation {attrs.get('dilations')}, expected {tuple(conv.weight.shape)} and {conv.dilation}")
+                             f"dilation {attrs.get('dilations')}, "
+                             f"expected {tuple(conv.weight.shape)} and {conv.dilation}")
         state[f"{names[conv]}.weight"] = torch.from_numpy(w.copy())
         if len(node.input) > 2:
             state[f"{names[conv]}.bias"] = torch.from_numpy(numpy_helper.to_array(inits[node.input[2]]).copy())

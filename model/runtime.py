@@ -79,7 +79,8 @@ class Runtime:
         return self.spec.preprocess.input_size
 
     def describe(self) -> str:
-        return f"model={self.spec.name} version={self.spec.version} runtime={self.name} device={self.device} precision={self.precision}"
+        return (f"model={self.spec.name} version={self.spec.version} runtime={self.name} device={self.device} "
+                f"precision={self.precision}")
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         raw = self._run(normalize_batch(images, self.spec.preprocess))

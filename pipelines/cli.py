@@ -14,7 +14,7 @@ SAMPLES = Path(__file__).parent / "samples"
 def add_postproc_arguments(p: argparse.ArgumentParser) -> None:
     from dataclasses import fields
 
-    from postproc.params import REFINERS, PostprocParams
+    from postproc.params import FORMATS, REFINERS, PostprocParams
     from postproc.presets import PRESETS
 
     d = {f.name: f.default for f in fields(PostprocParams)}  # help shows the real defaults
@@ -45,7 +45,7 @@ def add_postproc_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-size", type=int, help="longest side of the output in px, aspect kept (default: input size)")
     g.add_argument("--background", help="background colour: a CSS name or #rgb/#rrggbb/#rrggbbaa (default transparent)")
     g.add_argument("--background-image", help="background picture (a file or s3:// URI), scaled to cover the output")
-    g.add_argument("--format", choices=["png", "jpeg", "webp", "mask"], help="output format (default png)")
+    g.add_argument("--format", choices=FORMATS, help="output format (default png)")
     g.add_argument("--png-compression", type=int, help="zlib level 0–9 (default: fpng, the fastest lossless writer)")
     g.add_argument("--quality", type=int, help="JPEG/WebP quality 1–100 (default 90)")
 
@@ -243,6 +243,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    from model.runtime import DEVICES, RUNTIMES
     from pipelines.train import TrainConfig
 
     d = TrainConfig(images=("-",), out="-.safetensors")  # the defaults, shown in --help
@@ -256,7 +257,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-size", type=int, default=d.input_size, help=f"square training and inference size "
                    f"(default {d.input_size})")
     p.add_argument("--teacher", default=d.teacher, help=f"teacher model, name or path (default {d.teacher})")
-    p.add_argument("--teacher-runtime", default=d.teacher_runtime, choices=["auto", "torch", "onnxruntime"])
+    p.add_argument("--teacher-runtime", default=d.teacher_runtime, choices=RUNTIMES)
     p.add_argument("--cache-dir",
                    help="teacher-alpha cache (default $MATTING_CACHE_DIR or ~/.cache/unet-matting/teacher)")
     p.add_argument("--cache-size", type=int, default=d.cache_size, help=f"square size photos and teacher alphas are "
@@ -272,7 +273,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pair-prob", type=float,
                    help="share of samples drawn from --pairs (default: their share of all photos)")
     p.add_argument("--val-images", type=int, default=d.val_images, help="photos held out to report MAE vs the teacher")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=DEVICES)
     amp = p.add_mutually_exclusive_group()
     amp.add_argument("--amp", dest="amp", action="store_true", default=None,
                      help="mixed precision (CUDA only; the default there)")
@@ -356,6 +357,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from model.runtime import DEVICES, RUNTIMES
+
     parser = argparse.ArgumentParser(prog="matting", description="Catalog-scale background removal on Ray.")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -421,8 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trimap-dir", help="trimap folder inside --data (default: trimap/, else the first trimap*/)")
     p.add_argument("--csv", help="write per-image and mean scores to this CSV file")
     p.add_argument("--limit", type=int, help="score only the first N images (by name)")
-    p.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnxruntime"])
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--runtime", default="auto", choices=RUNTIMES)
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--providers", help="ONNX Runtime providers, e.g. tensorrt,cuda or cpu (each must start)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, help="intra-op threads for CPU inference")

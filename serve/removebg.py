@@ -111,7 +111,8 @@ async def read_fields(request: Request) -> tuple[dict[str, str], object]:
 
 
 async def read_source(fields: dict[str, str], upload, args: AppArgs) -> bytes:
-    given = [n for n in ("image_file", "image_file_b64", "image_url") if (upload if n == "image_file" else fields.get(n))]
+    given = [n for n in ("image_file", "image_file_b64", "image_url")
+             if (upload if n == "image_file" else fields.get(n))]
     if not given:
         raise bad("no image given: send image_file, image_file_b64 or image_url", "missing_source")
     if len(given) > 1:

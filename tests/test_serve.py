@@ -121,8 +121,8 @@ def hosts():
 def server(tmp_path_factory):
     keys = tmp_path_factory.mktemp("keys") / "keys.txt"
     keys.write_text(f"# test keys\n{KEY}\n{RATE_KEY}\n\n{LOAD_KEY}\n{DOCS_KEY}\n")
-    args = AppArgs(auth=True, rate_limit_per_minute=RATE_PER_MINUTE, rate_limit_burst=BURST, max_upload_mb=MAX_UPLOAD_MB,
-                   max_megapixels=2.0, cpu_threads=2,
+    args = AppArgs(auth=True, rate_limit_per_minute=RATE_PER_MINUTE, rate_limit_burst=BURST,
+                   max_upload_mb=MAX_UPLOAD_MB, max_megapixels=2.0, cpu_threads=2,
                    image_url=ImageUrlSettings(enabled=True, max_mb=1.0, timeout_s=2.0, allow_networks=["127.0.0.2/32"]))
     overrides = {
         # Small limits so that a dozen concurrent requests overload the model replica (503).
@@ -190,7 +190,8 @@ def test_page_and_openapi_docs(server):
     spec = requests.get(f"{server}/openapi.json").json()
     assert {"/v1/matte", "/v1/models", "/v1/presets", "/healthz", "/v1.0/removebg"} <= set(spec["paths"])
     params = {p["name"] for p in spec["paths"]["/v1/matte"]["post"]["parameters"]}
-    assert {"alpha_threshold", "erode", "feather", "background", "format", "preset", "model", "refine", "crop"} <= params
+    expected = {"alpha_threshold", "erode", "feather", "background", "format", "preset", "model", "refine", "crop"}
+    assert expected <= params
     assert "background_image" not in params
 
 

@@ -37,7 +37,8 @@ def test_keys_from_environment_and_file(tmp_path):
     f.write_text("# comment\nfile-key-1\n\n  file-key-2  \n")
     assert load_api_keys({"MATTING_API_KEYS": " a, b ,,"}) == ["a", "b"]
     assert load_api_keys({"MATTING_API_KEYS_FILE": str(f)}) == ["file-key-1", "file-key-2"]
-    assert load_api_keys({"MATTING_API_KEYS": "a", "MATTING_API_KEYS_FILE": str(f)}) == ["a", "file-key-1", "file-key-2"]
+    both = {"MATTING_API_KEYS": "a", "MATTING_API_KEYS_FILE": str(f)}
+    assert load_api_keys(both) == ["a", "file-key-1", "file-key-2"]
     assert load_api_keys({}) == []
     with pytest.raises(NoApiKeysError, match="not a file"):
         load_api_keys({"MATTING_API_KEYS_FILE": str(tmp_path / "missing")})
@@ -164,7 +165,8 @@ def test_matting_serve_overrides_host_port_and_auth():
     cfg = local_config(CPU_CONFIG, "0.0.0.0", 9001, auth=False)
     assert cfg["http_options"]["host"] == "0.0.0.0" and cfg["http_options"]["port"] == 9001
     assert cfg["applications"][0]["args"]["auth"] is False
-    assert cfg["applications"][0]["deployments"] == yaml.safe_load(CPU_CONFIG.read_text())["applications"][0]["deployments"]
+    cpu_app = yaml.safe_load(CPU_CONFIG.read_text())["applications"][0]
+    assert cfg["applications"][0]["deployments"] == cpu_app["deployments"]
 
 
 def test_unknown_model_in_args_names_the_registered_ones():

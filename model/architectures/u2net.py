@@ -87,9 +87,12 @@ class U2Net(nn.Module):
         super().__init__()
         n = len(U2NET_STAGES)
         self.encoder = nn.ModuleList(
-            RSU(d, in_ch if i == 0 else width, mid_ch, width, dilated, norm) for i, (d, dilated) in enumerate(U2NET_STAGES)
+            RSU(d, in_ch if i == 0 else width, mid_ch, width, dilated, norm)
+            for i, (d, dilated) in enumerate(U2NET_STAGES)
         )
-        self.decoder = nn.ModuleList(RSU(d, width * 2, mid_ch, width, dilated, norm) for d, dilated in U2NET_STAGES[:-1])
+        self.decoder = nn.ModuleList(
+            RSU(d, width * 2, mid_ch, width, dilated, norm) for d, dilated in U2NET_STAGES[:-1]
+        )
         self.pool = nn.MaxPool2d(2, stride=2, ceil_mode=True)
         self.side = nn.ModuleList(nn.Conv2d(width, out_ch, 3, padding=1) for _ in range(n))
         self.fuse = nn.Conv2d(n * out_ch, out_ch, 1)
