@@ -2,7 +2,8 @@
 
 The keys come from a listing of SOURCE or from an input manifest (Parquet or CSV). Either way
 they are streamed: the driver holds one chunk at a time, never the whole catalog (the previous
-state of an incremental run is the exception: one small row per input, columnar).
+state of an incremental run is the exception: one small row per input, columnar, see
+pipelines/state.py: PreviousState).
 """
 
 from __future__ import annotations
@@ -11,19 +12,22 @@ import io
 import logging
 import posixpath
 from dataclasses import dataclass, field
-from typing import Iterator
+from itertools import islice
+from typing import Iterable, Iterator, TypeVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from model.specs import get_spec
 from pipelines.manifest import MANIFEST_DIR, SCHEMA, ManifestWriter, read_run
-from pipelines.state import PERMANENT_REASONS, current_rows, is_done
+from pipelines.state import PERMANENT_REASONS, PreviousState, is_done
 from pipelines.storage import ListedInput, Location, list_inputs, open_location
 
 log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 50_000
+LOOKUP_BATCH = 10_000  # listed keys looked up in the previous state at once
 KEY_COLUMNS = ("key", "source_key", "uri", "path")
 INPUT_SCHEMA = pa.schema([("key", pa.string()), ("size", pa.int64()), ("etag", pa.string()),
                           ("prev_sha256", pa.string()), ("prev_output_key", pa.string())])
@@ -41,6 +45,16 @@ class Plan:
     def cleanup(self) -> None:
         for path in self.input_files:
             self.dest.fs.delete_file(path)
+
+
+T = TypeVar("T")
+
+
+def batched(items: Iterable[T], n: int) -> Iterator[list[T]]:
+    """itertools.batched, which arrives with Python 3.12."""
+    it = iter(items)
+    while batch := list(islice(it, n)):
+        yield batch
 
 
 def _entries(path: str, s3_endpoint: str | None) -> Iterator[str]:
@@ -77,19 +91,21 @@ def read_input_manifest(path: str, source: Location) -> Iterator[ListedInput]:
         yield ListedInput(entry, -1, "")
 
 
-def _done_in_run(dest: Location, run_id: str) -> set[str]:
-    rows = read_run(dest, run_id).select(["source_key", "status", "error_reason"]).to_pylist()
-    return {r["source_key"] for r in rows
-            if r["status"] == "ok" or (r["status"] == "error" and r["error_reason"] in PERMANENT_REASONS)}
+def _done_in_run(dest: Location, run_id: str) -> PreviousState:
+    """The inputs an unfinished run already finished (columnar, like the incremental state)."""
+    t = read_run(dest, run_id).select(["source_key", "status", "error_reason"])
+    done = pc.or_(pc.equal(t.column("status"), "ok"),
+                  pc.and_(pc.equal(t.column("status"), "error"),
+                          pc.is_in(t.column("error_reason"), pa.array(sorted(PERMANENT_REASONS)))))
+    return PreviousState(t.filter(pc.fill_null(done, False)).select(["source_key"]))
 
 
 def plan_inputs(cfg, source: Location, dest: Location, run_id: str, resumed_run: str | None,
                 writer: ManifestWriter) -> Plan:
     version, phash = get_spec(cfg.model).version, cfg.params.params_hash()
     plan = Plan(dest)
-    previous = current_rows(dest) if (cfg.incremental or cfg.prune) else {}
-    done_here = _done_in_run(dest, resumed_run) if resumed_run else set()
-    seen: set[str] | None = set() if cfg.prune else None
+    previous = PreviousState.load(dest) if (cfg.incremental or cfg.prune) else PreviousState.empty()
+    done_here = _done_in_run(dest, resumed_run) if resumed_run else PreviousState.empty()
     chunk: list[dict] = []
 
     def flush() -> None:
@@ -101,44 +117,41 @@ def plan_inputs(cfg, source: Location, dest: Location, run_id: str, resumed_run:
         chunk.clear()
 
     items = read_input_manifest(cfg.input_manifest, source) if cfg.input_manifest else list_inputs(source, dest)
-    for item in items:
-        plan.listed += 1
-        if seen is not None:
-            seen.add(item.key)
-        prev = previous.get(item.key)
-        if item.key in done_here or (cfg.incremental and is_done(prev, item, version, phash)):
-            plan.skipped += 1
-            continue
-        # Same model and parameters but a new ETag/mtime (or none known): if the bytes hash the
-        # same, the read stage reuses the existing output instead of running the model again.
-        reuse = (cfg.incremental and prev is not None and prev["status"] == "ok"
-                 and prev["model_version"] == version and prev["params_hash"] == phash)
-        chunk.append({"key": item.key, "size": item.size, "etag": item.etag,
-                      "prev_sha256": prev["sha256"] if reuse else "",
-                      "prev_output_key": prev["output_key"] if reuse else ""})
-        plan.candidates += 1
-        if len(chunk) >= CHUNK_ROWS:
-            flush()
+    for batch in batched(items, LOOKUP_BATCH):
+        plan.listed += len(batch)
+        keys = [item.key for item in batch]
+        for item, prev, done in zip(batch, previous.lookup(keys), done_here.lookup(keys)):
+            if done is not None or (cfg.incremental and is_done(prev, item, version, phash)):
+                plan.skipped += 1
+                continue
+            # Same model and parameters but a new ETag/mtime (or none known): if the bytes hash the
+            # same, the read stage reuses the existing output instead of running the model again.
+            reuse = (cfg.incremental and prev is not None and prev["status"] == "ok"
+                     and prev["model_version"] == version and prev["params_hash"] == phash)
+            chunk.append({"key": item.key, "size": item.size, "etag": item.etag,
+                          "prev_sha256": prev["sha256"] if reuse else "",
+                          "prev_output_key": prev["output_key"] if reuse else ""})
+            plan.candidates += 1
+            if len(chunk) >= CHUNK_ROWS:
+                flush()
     if chunk:
         flush()
-    if seen is not None:
-        plan.pruned = _prune(dest, previous, seen, writer)
+    if cfg.prune:
+        plan.pruned = _prune(dest, previous.unseen(), writer)
     return plan
 
 
-def _prune(dest: Location, previous: dict[str, dict], seen: set[str], writer: ManifestWriter) -> int:
+def _prune(dest: Location, gone: pa.Table, writer: ManifestWriter) -> int:
     """Remove outputs whose inputs are gone; record a `pruned` row so the consolidated view drops them."""
-    gone = [row for key, row in previous.items() if key not in seen]
-    for row in gone:
-        if row["output_key"]:
-            dest.delete(row["output_key"])
-    if gone:
-        cols = {name: [] for name in SCHEMA.names}
-        for row in gone:
-            for name in SCHEMA.names:
-                cols[name].append(row.get(name))
+    for batch in gone.select(["output_key"]).to_batches(max_chunksize=LOOKUP_BATCH):
+        for key in batch.column(0).to_pylist():
+            if key:
+                dest.delete(key)
+    if gone.num_rows:
+        cols = [gone.column(f.name).cast(f.type) if f.name in gone.column_names else pa.nulls(gone.num_rows, f.type)
+                for f in SCHEMA]
         t = pa.table(cols, SCHEMA)
-        t = t.set_column(SCHEMA.get_field_index("status"), "status", pa.array(["pruned"] * len(gone)))
+        t = t.set_column(SCHEMA.get_field_index("status"), "status", pa.array(["pruned"] * gone.num_rows))
         writer.add(t)
-        log.warning("pruned %d outputs whose inputs are gone", len(gone))
-    return len(gone)
+        log.warning("pruned %d outputs whose inputs are gone", gone.num_rows)
+    return gone.num_rows

@@ -1,0 +1,51 @@
+"""The previous state the planner consults: columnar lookups, exact under hash collisions, no cluster."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from pipelines import state
+from pipelines.planning import batched
+from pipelines.state import STATE_COLUMNS, PreviousState
+
+
+def state_table(keys: list[str]) -> pa.Table:
+    rows = [{c: f"{c}-of-{k}" for c in STATE_COLUMNS} | {"source_key": k, "size_bytes": i}
+            for i, k in enumerate(keys)]
+    return pa.Table.from_pylist(rows)
+
+
+def test_lookup_returns_each_keys_row_in_order_and_the_unseen_rest():
+    keys = [f"photos/{i:04d}.jpg" for i in range(250)]
+    prev = PreviousState(state_table(keys))
+    asked = ["photos/0007.jpg", "new/a.jpg", "photos/0249.jpg", "photos/0000.jpg"]
+    rows = prev.lookup(asked)
+    assert [r and r["source_key"] for r in rows] == ["photos/0007.jpg", None, "photos/0249.jpg", "photos/0000.jpg"]
+    assert rows[0]["size_bytes"] == 7 and rows[0]["output_key"] == "output_key-of-photos/0007.jpg"
+    unseen = prev.unseen().column("source_key").to_pylist()
+    assert len(unseen) == 247 and not {"photos/0007.jpg", "photos/0249.jpg", "photos/0000.jpg"} & set(unseen)
+
+
+def test_lookup_is_exact_when_every_key_shares_one_hash(monkeypatch):
+    monkeypatch.setattr(state, "key_hashes", lambda ks: np.full(len(ks), 42, dtype=np.uint64))
+    keys = ["a", "b", "c", "d"]
+    prev = PreviousState(state_table(keys))
+    assert [r and r["source_key"] for r in prev.lookup(["c", "x", "a"])] == ["c", None, "a"]
+    assert sorted(prev.unseen().column("source_key").to_pylist()) == ["b", "d"]
+
+
+def test_empty_state_answers_none_and_has_nothing_unseen():
+    prev = PreviousState.empty()
+    assert prev.lookup(["a", "b"]) == [None, None] and prev.lookup([]) == []
+    assert len(prev) == 0 and prev.unseen().num_rows == 0
+
+
+def test_key_hashes_are_stable_across_processes():
+    # blake2b, not Python's per-process salted hash(): a fixed value guards against a silent switch.
+    hashes = state.key_hashes(["photos/a.jpg", "photos/b.jpg"])
+    assert hashes.dtype == np.uint64 and hashes[0] == 85448847510889372 and hashes[0] != hashes[1]
+
+
+def test_batched_covers_every_item_once():
+    assert list(batched(range(7), 3)) == [[0, 1, 2], [3, 4, 5], [6]] and list(batched([], 3)) == []
