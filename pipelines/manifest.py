@@ -119,11 +119,24 @@ def _part_files(dest: Location, run_id: str) -> list[str]:
                   if i.type == pafs.FileType.File and posixpath.basename(i.path).startswith("part-"))
 
 
-def read_run(dest: Location, run_id: str) -> pa.Table:
-    """Every row one run wrote, in the order written."""
-    files = _part_files(dest, run_id)
-    tables = [pq.read_table(f, filesystem=dest.fs) for f in files]
-    return pa.concat_tables(tables, promote_options="default") if tables else SCHEMA.empty_table()
+def read_run(dest: Location, run_id: str, columns: list[str] | None = None) -> pa.Table:
+    """Every row one run wrote, in the order written; only `columns` of them are read, if given
+    (those a part written by an older version lacks come back as nulls)."""
+    tables = []
+    for path in _part_files(dest, run_id):
+        with dest.fs.open_input_file(path) as f:
+            part = pq.ParquetFile(f)
+            have = part.schema_arrow.names
+            t = part.read(columns=[c for c in columns if c in have] if columns else None)
+        for c in columns or []:
+            if c not in have:
+                kind = SCHEMA.field(c).type if c in SCHEMA.names else pa.string()
+                t = t.append_column(c, pa.nulls(t.num_rows, kind))
+        tables.append(t.select(columns) if columns else t)
+    if tables:
+        return pa.concat_tables(tables, promote_options="default")
+    empty = SCHEMA.empty_table()
+    return empty.select(columns) if columns else empty
 
 
 def read_manifest(dest: Location, run_id: str | None = None) -> pa.Table:

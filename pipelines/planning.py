@@ -93,7 +93,7 @@ def read_input_manifest(path: str, source: Location) -> Iterator[ListedInput]:
 
 def _done_in_run(dest: Location, run_id: str) -> PreviousState:
     """The inputs an unfinished run already finished (columnar, like the incremental state)."""
-    t = read_run(dest, run_id).select(["source_key", "status", "error_reason"])
+    t = read_run(dest, run_id, ["source_key", "status", "error_reason"])
     done = pc.or_(pc.equal(t.column("status"), "ok"),
                   pc.and_(pc.equal(t.column("status"), "error"),
                           pc.is_in(t.column("error_reason"), pa.array(sorted(PERMANENT_REASONS)))))

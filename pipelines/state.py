@@ -71,13 +71,13 @@ def consolidated(dest: Location, columns: list[str] | None = None) -> pa.Table:
     """One current row per input across all runs (the last one wins); pruned inputs dropped."""
     tables = []
     for run_id in list_runs(dest):
-        t = read_run(dest, run_id)
+        t = read_run(dest, run_id, columns)
         if t.num_rows:
-            tables.append(t.select([c for c in (columns or t.column_names) if c in t.column_names]))
+            tables.append(t)
     if not tables:
         return pa.table({c: pa.array([], pa.string()) for c in (columns or ["source_key"])})
     t = pa.concat_tables(tables, promote_options="default")
-    t = t.append_column("_row", pa.array(range(t.num_rows), pa.int64()))
+    t = t.append_column("_row", pa.array(np.arange(t.num_rows, dtype=np.int64)))
     last = t.group_by("source_key").aggregate([("_row", "max")]).column("_row_max")
     t = t.take(pc.take(last, pc.sort_indices(last))).drop_columns(["_row"])  # in the order written
     return t.filter(pc.not_equal(t.column("status"), "pruned"))

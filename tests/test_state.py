@@ -49,3 +49,28 @@ def test_key_hashes_are_stable_across_processes():
 
 def test_batched_covers_every_item_once():
     assert list(batched(range(7), 3)) == [[0, 1, 2], [3, 4, 5], [6]] and list(batched([], 3)) == []
+
+
+def test_consolidated_reads_only_the_state_columns_and_fills_what_old_parts_lack(tmp_path):
+    import pyarrow.parquet as pq
+
+    from pipelines.manifest import SCHEMA, read_run
+    from pipelines.state import consolidated
+    from pipelines.storage import open_location
+
+    for run in ("r1", "r2"):
+        (tmp_path / "_manifests" / run).mkdir(parents=True)
+    first = pa.Table.from_pylist([{"source_key": "a", "status": "ok", "output_key": "a.png", "size_bytes": 3}], SCHEMA)
+    pq.write_table(first, tmp_path / "_manifests/r1/part-00000.parquet")
+    # A part from an older version, without most columns: the later row for "a" still wins.
+    older = pa.table({"source_key": ["a", "b"], "status": ["error", "ok"], "size_bytes": pa.array([4, 5], pa.int64())})
+    pq.write_table(older, tmp_path / "_manifests/r2/part-00000.parquet")
+    dest = open_location(str(tmp_path))
+
+    part = read_run(dest, "r2", ["source_key", "sha256", "size_bytes"])
+    assert part.column_names == ["source_key", "sha256", "size_bytes"] and part.column("sha256").null_count == 2
+    view = consolidated(dest, STATE_COLUMNS)
+    assert view.column_names == STATE_COLUMNS
+    assert [(r["source_key"], r["status"], r["size_bytes"], r["output_key"]) for r in view.to_pylist()] == [
+        ("a", "error", 4, None), ("b", "ok", 5, None)]
+    assert read_run(dest, "no-such-run", ["source_key"]).num_rows == 0
