@@ -74,3 +74,30 @@ def test_consolidated_reads_only_the_state_columns_and_fills_what_old_parts_lack
     assert [(r["source_key"], r["status"], r["size_bytes"], r["output_key"]) for r in view.to_pylist()] == [
         ("a", "error", 4, None), ("b", "ok", 5, None)]
     assert read_run(dest, "no-such-run", ["source_key"]).num_rows == 0
+
+
+def test_consolidated_over_many_runs_matches_last_row_wins(tmp_path):
+    import random
+
+    import pyarrow.parquet as pq
+
+    from pipelines.manifest import SCHEMA
+    from pipelines.state import consolidated
+    from pipelines.storage import open_location
+
+    rng = random.Random(7)
+    expected: dict[str, dict] = {}
+    for run in range(12):  # a full first run, then nights of changes, errors and prunes: folds happen between
+        keys = [f"k{i:03d}" for i in range(200)] if run == 0 else rng.sample([f"k{i:03d}" for i in range(260)], 40)
+        rows = [{"source_key": k, "status": rng.choice(["ok", "ok", "error", "pruned"]) if run else "ok",
+                 "size_bytes": run} for k in keys]
+        (tmp_path / "_manifests" / f"run-{run:02d}").mkdir(parents=True)
+        for part in range(2):
+            chunk = rows[part::2]
+            path = tmp_path / f"_manifests/run-{run:02d}/part-{part:05d}.parquet"
+            pq.write_table(pa.Table.from_pylist(chunk, SCHEMA), path)
+            expected.update({r["source_key"]: r for r in chunk})
+    view = consolidated(open_location(str(tmp_path)), STATE_COLUMNS)
+    got = {r["source_key"]: (r["status"], r["size_bytes"]) for r in view.to_pylist()}
+    assert got == {k: (r["status"], r["size_bytes"]) for k, r in expected.items() if r["status"] != "pruned"}
+    assert view.num_rows == len(got)  # one row per key
