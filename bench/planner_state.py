@@ -25,6 +25,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
 from datetime import datetime, timezone
@@ -98,13 +99,64 @@ def child(layout: str, n: int) -> dict:
             "build_s": round(build_s, 2), "lookup_s": round(lookup_s, 2)}
 
 
+def write_runs(root: Path, n: int, runs: int, changed: float) -> None:
+    """DEST/_manifests as `runs` nights leave it: a full first run, then `changed` of the catalog a night."""
+    import random
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.manifest import SCHEMA
+    from pipelines.state import STATE_COLUMNS
+
+    view = synthetic_view(n)
+    rng = random.Random(0)
+    for run in range(runs):
+        t = view if run == 0 else view.take(sorted(rng.sample(range(n), int(n * changed))))
+        (root / "_manifests" / f"run-{run:03d}").mkdir(parents=True)
+        full = {c: t.column(c) if c in STATE_COLUMNS else pa.nulls(t.num_rows, SCHEMA.field(c).type)
+                for c in SCHEMA.names}
+        pq.write_table(pa.table(full, SCHEMA), root / "_manifests" / f"run-{run:03d}" / "part-00000.parquet")
+
+
+def child_consolidate(layout: str, root: str) -> dict:
+    """Runs in its own process: the consolidated view over every run, all at once or folded."""
+    sys.path.insert(0, str(ROOT))
+    import pyarrow as pa
+
+    from pipelines import state
+    from pipelines.manifest import list_runs, read_run
+    from pipelines.storage import open_location
+
+    pool = pa.default_memory_pool()
+    dest = open_location(root)
+    base = pool.bytes_allocated()
+    t0 = time.perf_counter()
+    if layout == "all-at-once":  # consolidated() before folding: every run read, then deduplicated
+        tables = [read_run(dest, r, state.STATE_COLUMNS) for r in list_runs(dest)]
+        view = state._last_per_key(tables)
+        del tables
+    else:
+        view = state.consolidated(dest, state.STATE_COLUMNS)
+    seconds = time.perf_counter() - t0
+    return {"layout": layout, "rows": view.num_rows, "peak_mb": round((pool.max_memory() - base) / 2**20, 1),
+            "seconds": round(seconds, 2)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="100000,1000000", help="comma-separated input counts")
+    ap.add_argument("--runs", type=int, default=31, help="nightly runs for the consolidation figure (0: skip)")
+    ap.add_argument("--changed", type=float, default=0.05, help="share of the catalog each later night redoes")
+    ap.add_argument("--runs-inputs", type=int, default=200_000, help="catalog size for the consolidation figure")
     ap.add_argument("--child", nargs=2, metavar=("LAYOUT", "N"), help=argparse.SUPPRESS)
+    ap.add_argument("--child-consolidate", nargs=2, metavar=("LAYOUT", "DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(args.child[0], int(args.child[1]))))
+        return
+    if args.child_consolidate:
+        print(json.dumps(child_consolidate(*args.child_consolidate)))
         return
 
     print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} CPUs, "
@@ -125,6 +177,16 @@ def main() -> None:
     for n in sorted({r["inputs"] for r in results}):
         d, c = (next(r for r in results if r["inputs"] == n and r["layout"] == lay) for lay in ("dict", "columnar"))
         print(f"{n:,} inputs: columnar holds {d['held_mb'] / max(c['held_mb'], 0.1):.1f}× less than the dict")
+    if args.runs:
+        sys.path.insert(0, str(ROOT))
+        with tempfile.TemporaryDirectory() as tmp:
+            write_runs(Path(tmp), args.runs_inputs, args.runs, args.changed)
+            print(f"\nconsolidated view: {args.runs_inputs:,} inputs, {args.runs} runs "
+                  f"(a full one, then {args.changed:.0%} of the catalog a night); Arrow peak")
+            for layout in ("all-at-once", "folded"):
+                out = subprocess.run([sys.executable, __file__, "--child-consolidate", layout, tmp], check=True,
+                                     capture_output=True, text=True).stdout
+                print(json.dumps(json.loads(out.strip().splitlines()[-1])), flush=True)
 
 
 if __name__ == "__main__":
