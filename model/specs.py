@@ -119,12 +119,12 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     # shipped inside the package (docs/models.md: how it was trained, its data and their credits).
     "unet-small": ModelSpec(
         name="unet-small",
-        version="unet-small-w8d5-192-v2",
+        version="unet-small-w8d5-192-v3",
         architecture="unet",
         arch_kwargs={"base_width": 8, "depth": 5},
         preprocess=PreprocessSpec(input_size=(192, 192), input_scale="unit", output_activation="sigmoid",
                                   output_normalization="none"),
-        weights=FileWeights(path="checkpoints/unet-small.safetensors", md5="52a265544b7504072431c7e62ad3bde9"),
+        weights=FileWeights(path="checkpoints/unet-small.safetensors", md5="fca520b6226c86b435a91d1fca233e5c"),
         license="weights Apache-2.0 (this project); training photos CC0 1.0, CC BY 4.0 and Apache-2.0 (docs/models.md)",
         description="seed U-Net 8-16-32-64-128, 0.49 M parameters, distilled from U²-Netp (docs/models.md)",
     ),
