@@ -36,8 +36,8 @@ def test_matting_serve_runs_the_config_and_stops_on_sigterm(tmp_path):
             except requests.RequestException:  # not listening yet, or the app not deployed yet
                 pass
             time.sleep(2)
-        log = tmp_path / "matting-serve.log"
-        assert proc.poll() is None, "matting serve exited early:\n" + log.read_text()[-4000:]
+        early = "matting serve exited early:\n"
+        assert proc.poll() is None, early + (tmp_path / "matting-serve.log").read_text()[-4000:]
         health = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=30).json()
         assert health["auth"] is True and health["models"]["u2netp"]["max_batch_size"] == 8  # config.yaml's
         r = requests.post(f"http://127.0.0.1:{port}/v1.0/removebg", headers={"X-Api-Key": "cli-test-key"},
