@@ -128,15 +128,21 @@ def read_run(dest: Location, run_id: str, columns: list[str] | None = None) -> p
             part = pq.ParquetFile(f)
             have = part.schema_arrow.names
             t = part.read(columns=[c for c in columns if c in have] if columns else None)
-        for c in columns or []:
-            if c not in have:
-                kind = SCHEMA.field(c).type if c in SCHEMA.names else pa.string()
-                t = t.append_column(c, pa.nulls(t.num_rows, kind))
-        tables.append(t.select(columns) if columns else t)
+        tables.append(conform(t, columns) if columns else t)
     if tables:
         return pa.concat_tables(tables, promote_options="default")
     empty = SCHEMA.empty_table()
     return empty.select(columns) if columns else empty
+
+
+def conform(table: pa.Table, columns: list[str] | None = None) -> pa.Table:
+    """`table` with exactly `columns` (default: the manifest's), typed as SCHEMA types them; a column
+    it lacks (a part from an older version, a partial view) comes back as nulls."""
+    out = []
+    for name in columns or SCHEMA.names:
+        kind = SCHEMA.field(name).type if name in SCHEMA.names else pa.string()
+        out.append(table.column(name).cast(kind) if name in table.column_names else pa.nulls(table.num_rows, kind))
+    return pa.table(out, names=list(columns or SCHEMA.names))
 
 
 def read_manifest(dest: Location, run_id: str | None = None) -> pa.Table:

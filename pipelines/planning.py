@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from model.specs import get_spec
-from pipelines.manifest import MANIFEST_DIR, SCHEMA, ManifestWriter, read_run
+from pipelines.manifest import MANIFEST_DIR, SCHEMA, ManifestWriter, conform, read_run
 from pipelines.state import PERMANENT_REASONS, PreviousState, is_done
 from pipelines.storage import ListedInput, Location, list_inputs, open_location
 
@@ -148,9 +148,7 @@ def _prune(dest: Location, gone: pa.Table, writer: ManifestWriter) -> int:
             if key:
                 dest.delete(key)
     if gone.num_rows:
-        cols = [gone.column(f.name).cast(f.type) if f.name in gone.column_names else pa.nulls(gone.num_rows, f.type)
-                for f in SCHEMA]
-        t = pa.table(cols, SCHEMA)
+        t = conform(gone)
         t = t.set_column(SCHEMA.get_field_index("status"), "status", pa.array(["pruned"] * gone.num_rows))
         writer.add(t)
         log.warning("pruned %d outputs whose inputs are gone", gone.num_rows)

@@ -76,12 +76,15 @@ def consolidated(dest: Location, columns: list[str] | None = None) -> pa.Table:
     """
     view: pa.Table | None = None
     pending: list[pa.Table] = []
+    pending_rows = 0
     for run_id in list_runs(dest):
         t = read_run(dest, run_id, columns)
         if t.num_rows:
             pending.append(t)
-        if sum(p.num_rows for p in pending) > (view.num_rows if view is not None else 0):
-            view, pending = _last_per_key([view, *pending] if view is not None else pending), []
+            pending_rows += t.num_rows
+        if pending_rows > (view.num_rows if view is not None else 0):
+            view = _last_per_key([view, *pending] if view is not None else pending)
+            pending, pending_rows = [], 0
     if pending:
         view = _last_per_key([view, *pending] if view is not None else pending)
     if view is None:
