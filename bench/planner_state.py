@@ -103,20 +103,16 @@ def write_runs(root: Path, n: int, runs: int, changed: float) -> None:
     """DEST/_manifests as `runs` nights leave it: a full first run, then `changed` of the catalog a night."""
     import random
 
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipelines.manifest import SCHEMA
-    from pipelines.state import STATE_COLUMNS
+    from pipelines.manifest import conform
 
     view = synthetic_view(n)
     rng = random.Random(0)
     for run in range(runs):
         t = view if run == 0 else view.take(sorted(rng.sample(range(n), int(n * changed))))
         (root / "_manifests" / f"run-{run:03d}").mkdir(parents=True)
-        full = {c: t.column(c) if c in STATE_COLUMNS else pa.nulls(t.num_rows, SCHEMA.field(c).type)
-                for c in SCHEMA.names}
-        pq.write_table(pa.table(full, SCHEMA), root / "_manifests" / f"run-{run:03d}" / "part-00000.parquet")
+        pq.write_table(conform(t), root / "_manifests" / f"run-{run:03d}" / "part-00000.parquet")
 
 
 def child_consolidate(layout: str, root: str) -> dict:
