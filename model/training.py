@@ -42,11 +42,17 @@ def matting_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     return total, {k: float((v.detach() * weight).sum() / norm) for k, v in parts.items()}
 
 
-def warmup_cosine(step: int, total: int, warmup: int = 100, floor: float = 0.05) -> float:
-    """LR multiplier: linear warm-up, then cosine decay to `floor` at `total` steps."""
+def warmup_cosine(step: int, total: int, warmup: int = 100, floor: float = 0.05,
+                  time_progress: float = 0.0) -> float:
+    """LR multiplier: linear warm-up, then cosine decay to `floor` at `total` steps.
+
+    `time_progress` (elapsed / time budget) decays it too: the schedule follows whichever budget
+    runs out first, so a run stopped by --max-minutes still ends at the floor, not at a high rate
+    (a step count guessed for an unmeasured machine is usually wrong by 2× or more).
+    """
     if step < warmup:
         return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    progress = min(1.0, max((step - warmup) / max(1, total - warmup), time_progress))
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -57,15 +63,21 @@ class Trainer:
                  amp: bool):
         if amp and device != "cuda":
             raise ValueError("mixed precision (amp) needs --device cuda; CPU training runs in float32")
-        self.device, self.amp, self.total_steps = device, amp, total_steps
+        self.device, self.amp, self.total_steps, self.base_lr = device, amp, total_steps, lr
+        self.warmup, self.steps_done = min(100, max(1, total_steps // 10)), 0
+        if device == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed training shapes: pick the fastest kernels once
         self.net = net.to(device, memory_format=torch.channels_last) if device == "cuda" else net.to(device)
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=weight_decay)
-        warmup = min(100, max(1, total_steps // 10))
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: warmup_cosine(s, total_steps, warmup))
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp)
 
     def step(self, x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor,
-             coarse: torch.Tensor) -> dict[str, float]:
+             coarse: torch.Tensor, time_progress: float = 0.0) -> dict[str, float]:
+        """One optimisation step; `time_progress` (elapsed / time budget, 0 without one) decays the LR too."""
+        lr = self.base_lr * warmup_cosine(self.steps_done, self.total_steps, self.warmup,
+                                          time_progress=time_progress)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
         self.net.train()
         x = x.to(self.device, non_blocking=True)
         if self.device == "cuda":
@@ -78,8 +90,8 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.opt)
         self.scaler.update()
-        self.sched.step()
-        return {"loss": float(loss.detach()), **parts, "lr": self.sched.get_last_lr()[0]}
+        self.steps_done += 1
+        return {"loss": float(loss.detach()), **parts, "lr": lr}
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:

@@ -284,7 +284,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--max-minutes", type=float,
-                   help="stop training this long after the teacher cache is ready, with a checkpoint")
+                   help="stop training this long after the teacher cache is ready, with a checkpoint; the "
+                        "learning rate decays by this budget or by --steps, whichever runs out first")
     p.add_argument("--init", help="start from these weights (a .safetensors checkpoint) instead of random")
 
 

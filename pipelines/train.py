@@ -262,7 +262,8 @@ def run_training(cfg: TrainConfig) -> dict:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             for x, alpha, weight, coarse in loader:
-                window.append(trainer.step(x, alpha, weight, coarse))
+                budget_used = (time.perf_counter() - t0) / (cfg.max_minutes * 60) if cfg.max_minutes else 0.0
+                window.append(trainer.step(x, alpha, weight, coarse, time_progress=budget_used))
                 step += 1
                 elapsed = time.perf_counter() - t0
                 timed_out = cfg.max_minutes is not None and elapsed > cfg.max_minutes * 60

@@ -165,6 +165,25 @@ def test_training_runs_a_few_steps_and_the_loss_goes_down(tmp_path):
                      "--val-images", "0", "--threads", "1", "--device", "cpu"]) == 0
 
 
+def test_lr_decays_by_whichever_budget_runs_out_first():
+    from model.training import Trainer, warmup_cosine
+
+    assert warmup_cosine(4, 1000, warmup=10, time_progress=0.9) == 0.5  # warm-up ignores the clock
+    assert warmup_cosine(10, 1000, warmup=10) == 1.0
+    assert warmup_cosine(1000, 1000, warmup=10) == pytest.approx(0.05)  # steps spent: the floor
+    assert warmup_cosine(10, 1000, warmup=10, time_progress=1.0) == pytest.approx(0.05)  # time spent: too
+    assert warmup_cosine(10, 1000, warmup=10, time_progress=0.5) == pytest.approx(0.525)
+    assert warmup_cosine(505, 1000, warmup=10, time_progress=0.1) == pytest.approx(0.525)  # steps lead
+    trainer = Trainer(UNet(base_width=4, depth=2), lr=1e-2, weight_decay=0.0, total_steps=100, device="cpu", amp=False)
+    x, a = torch.rand(2, 3, 32, 32), torch.rand(2, 1, 32, 32)
+    ones, zeros = torch.ones(2), torch.zeros(2)
+    lrs = [trainer.step(x, a, ones, zeros, time_progress=t)["lr"] for t in (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+                                                                           0.0, 0.0, 0.0, 0.5, 1.0)]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[9] == pytest.approx(1e-2)  # 10 warm-up steps
+    assert lrs[-2:] == [pytest.approx(5.25e-3), pytest.approx(5e-4)]
+    assert trainer.opt.param_groups[0]["lr"] == pytest.approx(5e-4)
+
+
 def test_train_refuses_bad_arguments(tmp_path, capsys):
     assert cli_main(["train", str(tmp_path / "none"), "--out", str(tmp_path / "x.safetensors")]) == 2
     assert "does not exist" in capsys.readouterr().err
