@@ -174,6 +174,13 @@ def validation_batch(files: list[Path], out: int, preprocess: PreprocessSpec) ->
     return normalize_batch(np.stack(rgbs), preprocess), (np.stack(alphas).astype(np.float32) / 255.0)[:, None]
 
 
+def one_thread_per_worker(worker_id: int) -> None:
+    """Data-loading processes already run one per core: OpenCV's own thread pool in each would oversubscribe."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
 class StopFlag:
     """SIGTERM (a scheduler's stop, `kill`) ends training after the current step, with a checkpoint."""
 
@@ -230,7 +237,8 @@ def run_training(cfg: TrainConfig) -> dict:
                           preprocess=spec.preprocess, length=cfg.steps * cfg.batch_size, seed=cfg.seed,
                           composite_prob=cfg.composite_prob, pair_weight=cfg.pair_weight, pair_prob=cfg.pair_prob)
     loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers,
-                        pin_memory=device == "cuda", drop_last=True, persistent_workers=cfg.workers > 0)
+                        pin_memory=device == "cuda", drop_last=True, persistent_workers=cfg.workers > 0,
+                        worker_init_fn=one_thread_per_worker if cfg.workers > 0 else None)
     trainer = Trainer(net, lr=cfg.lr, weight_decay=cfg.weight_decay, total_steps=cfg.steps, device=device, amp=amp)
     val = [torch.from_numpy(a) for a in validation_batch(val_files, cfg.input_size, spec.preprocess)] \
         if val_files else None
