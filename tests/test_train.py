@@ -165,6 +165,28 @@ def test_training_runs_a_few_steps_and_the_loss_goes_down(tmp_path):
                      "--val-images", "0", "--threads", "1", "--device", "cpu"]) == 0
 
 
+def test_teacher_cache_follows_the_bytes_not_the_path(tmp_path, monkeypatch):
+    from model import runtime
+    from pipelines.train_data import precompute_teacher
+
+    photos, _ = tiny_training_data(tmp_path)
+    first = precompute_teacher(list_images([photos]), teacher="u2netp", cache_dir=tmp_path / "cache", size=64,
+                               runtime="onnxruntime", device="cpu", threads=1)
+    assert len(first) == 6
+    copy = shutil.copytree(photos, tmp_path / "copied")  # a re-synced folder: new paths, new mtimes
+    (copy / sorted(p.name for p in photos.iterdir())[0]).write_bytes(b"")  # one photo's bytes changed
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the teacher ran although the cache holds these bytes")
+
+    monkeypatch.setattr(runtime, "create_runtime", no_teacher)
+    with pytest.raises(AssertionError, match="the teacher ran"):  # the changed photo is not cached
+        precompute_teacher(list_images([copy]), teacher="u2netp", cache_dir=tmp_path / "cache", size=64)
+    (copy / sorted(p.name for p in photos.iterdir())[0]).unlink()
+    again = precompute_teacher(list_images([copy]), teacher="u2netp", cache_dir=tmp_path / "cache", size=64)
+    assert [c for _, c in again] == [c for _, c in first[1:]]
+
+
 def test_lr_decays_by_whichever_budget_runs_out_first():
     from model.training import Trainer, warmup_cosine
 
