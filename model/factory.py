@@ -63,6 +63,17 @@ def build_architecture(spec: ModelSpec) -> nn.Module:
     return cls(**spec.arch_kwargs)
 
 
+def check_same_architecture(spec: ModelSpec, path: Path) -> None:
+    """A checkpoint whose own spec names another architecture fails with the fix, not a shape dump."""
+    try:
+        own = weights_mod.spec_from_file(path)
+    except ValueError:  # weights alone, no spec of their own: the named spec is all there is
+        return
+    if (own.architecture, own.arch_kwargs) != (spec.architecture, spec.arch_kwargs):
+        raise ValueError(f"{path} holds {own.architecture} {own.arch_kwargs}, but {spec.name!r} is "
+                         f"{spec.architecture} {spec.arch_kwargs}: name the file alone to use its own spec")
+
+
 def create_model(name: str | ModelSpec, *, pretrained: bool = True, weights: str | os.PathLike | None = None,
                  s3_endpoint: str | None = None) -> nn.Module:
     """Build model `name` from the registry; with `pretrained`, load its weights (cache, path or S3).
@@ -79,6 +90,7 @@ def create_model(name: str | ModelSpec, *, pretrained: bool = True, weights: str
         elif path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
+            check_same_architecture(spec, path)
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)

@@ -46,14 +46,21 @@ class ModelChoice:
 
 
 def parse_model(arg: str) -> ModelChoice:
-    """'u2netp' → the registry's weights; 'u2netp=path/w.onnx' → that architecture with those weights."""
+    """'u2netp' → the registry's weights; 'u2netp=path/w.onnx' → that architecture with those weights;
+    'path/w.safetensors' → the file's own spec (what `matting train` writes), as `matting run --model`."""
     from model.specs import get_spec
 
     name, sep, weights = arg.partition("=")
     name = name.strip()
     if not sep and (Path(arg).suffix or "/" in arg):
-        raise ValueError(f"--model {arg!r} looks like a weights file: say which registered model it is, "
-                         f"e.g. --model u2netp={arg}")
+        if not Path(arg).expanduser().is_file():
+            raise FileNotFoundError(f"--model {arg}: weights file does not exist")
+        try:
+            get_spec(arg)
+        except ValueError as e:
+            raise ValueError(f"--model {arg!r}: {e}; or say which registered model it is, "
+                             f"e.g. --model u2netp={arg}") from None
+        return ModelChoice(Path(arg).name, arg)
     get_spec(name)  # unknown names fail with the valid list
     if sep:
         if not Path(weights).expanduser().is_file() and not weights.startswith("s3://"):

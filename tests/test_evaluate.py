@@ -132,7 +132,7 @@ def test_settings_and_models_are_parsed_strictly():
     with pytest.raises(ValueError, match="within 0–255"):
         parse_setting("x:alpha_threshold=300", base)
     assert parse_model("u2netp").weights is None
-    with pytest.raises(ValueError, match="--model u2netp=w.onnx"):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
         parse_model("w.onnx")
     with pytest.raises(ValueError, match="valid models"):
         parse_model("u3net")

@@ -54,6 +54,16 @@ def test_safetensors_file_carries_its_spec_and_loads_by_path(tmp_path):
     # auto on CPU: onnxruntime, which exports the checkpoint in memory and runs the same model.
     ort_rt = create_runtime(str(path), device="cpu")
     assert ort_rt.name == "onnxruntime" and ort_rt.spec.version == "mine-1"
+    # A wider checkpoint under the registered name fails with the fix, not a list of shape mismatches;
+    # `matting eval` takes the file alone, with its own spec.
+    wide = type(base).from_json_dict({**base.to_json_dict(), "arch_kwargs": {"base_width": 4, "depth": 2}})
+    wide_path = save_safetensors(UNet(base_width=4, depth=2).state_dict(), wide, tmp_path / "wide.safetensors")
+    with pytest.raises(ValueError, match="name the file alone"):
+        create_model("unet-small", weights=wide_path)
+    from pipelines.evaluate import parse_model
+
+    assert parse_model(str(wide_path)) == type(parse_model("u2netp"))("wide.safetensors", str(wide_path))
+    assert create_model(parse_model(str(wide_path)).name).encoder.blocks[0][0].out_channels == 4
 
 
 def test_onnx_file_with_a_spec_file_beside_it(tmp_path, packaged_weights):
