@@ -115,18 +115,30 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         license="weights Apache-2.0 (U²-Net authors); package MIT",
         description="U²-Netp salient-object segmentation, 1.1 M parameters (Qin et al., 2020)",
     ),
-    # The seed's U-Net at a small width, distilled from U²-Netp by `matting train` on CPU and
-    # shipped inside the package (docs/models.md: how it was trained, its data and their credits).
+    # The seed's U-Net at two widths, distilled from U²-Netp by `matting train` (on CPU, then an
+    # H100) and shipped inside the package (docs/models.md: how they were trained, their data and
+    # its credits). Variants are rows: same architecture, other arch_kwargs and weights.
     "unet-small": ModelSpec(
         name="unet-small",
-        version="unet-small-w8d5-192-v3",
+        version="unet-small-w8d5-192-v4",
         architecture="unet",
         arch_kwargs={"base_width": 8, "depth": 5},
         preprocess=PreprocessSpec(input_size=(192, 192), input_scale="unit", output_activation="sigmoid",
                                   output_normalization="none"),
-        weights=FileWeights(path="checkpoints/unet-small.safetensors", md5="fca520b6226c86b435a91d1fca233e5c"),
+        weights=FileWeights(path="checkpoints/unet-small.safetensors", md5="321e3410ef50a3d2a60a868370d9cdc7"),
         license="weights Apache-2.0 (this project); training photos CC0 1.0, CC BY 4.0 and Apache-2.0 (docs/models.md)",
         description="seed U-Net 8-16-32-64-128, 0.49 M parameters, distilled from U²-Netp (docs/models.md)",
+    ),
+    "unet-base": ModelSpec(
+        name="unet-base",
+        version="unet-base-w16d5-192-v1",
+        architecture="unet",
+        arch_kwargs={"base_width": 16, "depth": 5},
+        preprocess=PreprocessSpec(input_size=(192, 192), input_scale="unit", output_activation="sigmoid",
+                                  output_normalization="none"),
+        weights=FileWeights(path="checkpoints/unet-base.safetensors", md5="341cfab52b6ebef60521c911c3993806"),
+        license="weights Apache-2.0 (this project); training photos CC0 1.0, CC BY 4.0 and Apache-2.0 (docs/models.md)",
+        description="seed U-Net 16-32-64-128-256, 1.96 M parameters, distilled from U²-Netp (docs/models.md)",
     ),
 }
 
