@@ -287,6 +287,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop training this long after the teacher cache is ready, with a checkpoint; the "
                         "learning rate decays by this budget or by --steps, whichever runs out first")
     p.add_argument("--init", help="start from these weights (a .safetensors checkpoint) instead of random")
+    p.add_argument("--no-pack-cache", dest="pack_cache", action="store_false",
+                   help="decode the cache's PNG files at every sample instead of packing them once into one "
+                        "memory-mapped array beside them (N × 400 KB at 320²; about 2× faster samples)")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -301,7 +304,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       pair_weight=args.pair_weight, pair_prob=args.pair_prob, val_images=args.val_images,
                       device=args.device, amp=args.amp, workers=args.workers, threads=args.threads,
                       seed=args.seed, log_every=args.log_every, checkpoint_every=args.checkpoint_every,
-                      max_minutes=args.max_minutes, init=args.init)
+                      max_minutes=args.max_minutes, init=args.init, pack_cache=args.pack_cache)
     if args.precompute_only:
         cached = precompute_teacher(list_images(list(cfg.images), cfg.max_images), teacher=cfg.teacher,
                                     cache_dir=cfg.cache_dir or default_cache_dir(), size=cfg.cache_size,

@@ -28,7 +28,8 @@ from model.runtime import normalize_batch, resolve_device
 from model.specs import ModelSpec, PreprocessSpec
 from pipelines import synth
 from postproc import DecodeError
-from pipelines.train_data import Pair, find_pairs, list_images, precompute_teacher, read_alpha, read_rgb, read_rgba
+from pipelines.train_data import (CachedPhotos, Pair, PackedPhotos, find_pairs, list_images, pack_cache,
+                                  precompute_teacher, read_alpha, read_rgb, read_rgba)
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     max_minutes: float | None = None
     init: str | None = None  # start from these weights (continue or fine-tune)
+    pack_cache: bool = True  # decode the teacher cache once into a memory-mapped array (pack_cache)
 
     def __post_init__(self) -> None:
         self.images = tuple(self.images)
@@ -112,7 +114,7 @@ class DistillDataset:
     the numpy arrays into tensors), so that `matting` imports no torch until it trains.
     """
 
-    def __init__(self, cached: list[Path], pairs: list[Pair], *, out: int, cache_size: int,
+    def __init__(self, cached: CachedPhotos | PackedPhotos, pairs: list[Pair], *, out: int, cache_size: int,
                  preprocess: PreprocessSpec, length: int, seed: int, composite_prob: float, pair_weight: float,
                  pair_prob: float | None = None):
         if not cached and not pairs:
@@ -129,7 +131,7 @@ class DistillDataset:
 
     def _background(self, rng: np.random.Generator) -> np.ndarray:
         if self.cached and rng.random() < 0.6:
-            rgb, _ = read_rgba(self.cached[rng.integers(len(self.cached))])
+            rgb, _ = self.cached[rng.integers(len(self.cached))]
             bg, _ = synth.random_resized_crop(rgb, rgb[..., 0], self.out, rng, scale=(0.3, 1.0))
             return synth.color_jitter(bg, rng)
         return synth.plain_background(self.out, rng)
@@ -147,7 +149,7 @@ class DistillDataset:
             else:
                 rgb, alpha = synth.flip(*synth.random_resized_crop(rgb, alpha, self.out, rng), rng)
                 return synth.color_jitter(rgb, rng), alpha, self.pair_weight, float(pair.coarse)
-        rgb, alpha = read_rgba(self.cached[rng.integers(len(self.cached))])
+        rgb, alpha = self.cached[rng.integers(len(self.cached))]
         if rng.random() < self.composite_prob:
             made = synth.composite(synth.color_jitter(rgb, rng, 0.5), alpha, self._background(rng), rng)
             if made is not None:
@@ -233,7 +235,8 @@ def run_training(cfg: TrainConfig) -> dict:
     log.info("student %s: %d parameters; %d teacher-matted photos (+%d held out), %d pairs; device %s, amp %s",
              spec.architecture, params, len(train_files), len(val_files), len(pairs), device, amp)
 
-    data = DistillDataset(train_files, pairs, out=cfg.input_size, cache_size=cfg.cache_size,
+    photos = pack_cache(train_files, cfg.cache_size) if cfg.pack_cache and train_files else CachedPhotos(train_files)
+    data = DistillDataset(photos, pairs, out=cfg.input_size, cache_size=cfg.cache_size,
                           preprocess=spec.preprocess, length=cfg.steps * cfg.batch_size, seed=cfg.seed,
                           composite_prob=cfg.composite_prob, pair_weight=cfg.pair_weight, pair_prob=cfg.pair_prob)
     loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers,

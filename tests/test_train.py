@@ -105,6 +105,23 @@ def test_composite_alpha_is_exact():
     assert synth.composite(fg, np.zeros_like(alpha), bg, rng) is None
 
 
+def test_color_jitter_is_the_four_adjustments_it_names():
+    rng = np.random.default_rng(3)
+    photo = rng.integers(0, 256, (40, 60, 3)).astype(np.uint8)
+    assert np.abs(synth.color_jitter(photo, rng, strength=0.0).astype(int) - photo).max() <= 1  # identity
+    grey = np.full((8, 8, 3), 100, np.uint8)
+    for seed in range(20):  # saturation and hue keep grey grey; brightness and contrast scale it
+        out = synth.color_jitter(grey, np.random.default_rng(seed))
+        assert out.dtype == np.uint8 and out.shape == grey.shape
+        assert np.ptp(out.reshape(-1, 3), axis=1).max() <= 1 and 74 <= out.mean() <= 126
+    # Hue: a pure red turns towards orange or magenta, never changes luma much, at ±8° at most.
+    red = np.zeros((4, 4, 3), np.uint8)
+    red[..., 0] = 200
+    shifted = [synth.color_jitter(red, np.random.default_rng(s), strength=1.0)[0, 0].astype(int) for s in range(30)]
+    assert all(px[0] > 100 and px[1] < 90 and px[2] < 90 for px in shifted)
+    assert len({tuple(px) for px in shifted}) > 20  # the four draws vary per call
+
+
 def test_pairs_need_image_and_alpha_or_mask(tmp_path):
     with pytest.raises(ValueError, match="image/ and alpha/"):
         find_pairs(tmp_path)
@@ -172,7 +189,8 @@ def test_training_runs_a_few_steps_and_the_loss_goes_down(tmp_path):
     assert cli_main(["train", str(photos), "--out", str(tmp_path / "again.safetensors"), "--init", str(out),
                      "--cache-dir", str(tmp_path / "cache"), "--cache-size", "64", "--input-size", "64",
                      "--base-width", "4", "--depth", "3", "--steps", "2", "--batch-size", "2",
-                     "--val-images", "0", "--threads", "1", "--device", "cpu"]) == 0
+                     "--val-images", "0", "--threads", "1", "--device", "cpu", "--no-pack-cache"]) == 0
+    assert len(list((tmp_path / "cache").rglob("pack-*.npy"))) == 1  # the first run's, reused by none here
 
 
 def test_teacher_cache_follows_the_bytes_not_the_path(tmp_path, monkeypatch):
@@ -195,6 +213,31 @@ def test_teacher_cache_follows_the_bytes_not_the_path(tmp_path, monkeypatch):
     (copy / sorted(p.name for p in photos.iterdir())[0]).unlink()
     again = precompute_teacher(list_images([copy]), teacher="u2netp", cache_dir=tmp_path / "cache", size=64)
     assert [c for _, c in again] == [c for _, c in first[1:]]
+
+
+def test_packed_cache_holds_the_same_photos_and_pickles_small(tmp_path):
+    import pickle
+
+    from pipelines.train_data import CachedPhotos, pack_cache, precompute_teacher
+
+    photos, _ = tiny_training_data(tmp_path)
+    files = [c for _, c in precompute_teacher(list_images([photos]), teacher="u2netp", cache_dir=tmp_path / "c",
+                                              size=64, runtime="onnxruntime", device="cpu", threads=1)]
+    packed, plain = pack_cache(files, 64), CachedPhotos(files)
+    assert len(packed) == len(plain) == 6
+    for i in range(6):
+        for a, b in zip(packed[i], plain[i]):
+            np.testing.assert_array_equal(a, b)
+    blob = pickle.dumps(packed)
+    assert len(blob) < 1000  # its path, not its pixels: workers map the file themselves
+    np.testing.assert_array_equal(pickle.loads(blob)[5][1], plain[5][1])
+    built = packed.path.stat().st_mtime_ns
+    assert pack_cache(files, 64).path == packed.path and packed.path.stat().st_mtime_ns == built  # reused
+    fewer = pack_cache(files[:4], 64)  # another photo set: a new pack replaces the old one
+    assert len(fewer) == 4 and [p.name for p in packed.path.parent.glob("pack-*.npy")] == [fewer.path.name]
+    with pytest.raises(ValueError, match="not 32²"):
+        pack_cache(files, 32)
+    assert not list(packed.path.parent.glob(".*partial"))  # a failed pack leaves nothing half-written
 
 
 def test_lr_decays_by_whichever_budget_runs_out_first():
