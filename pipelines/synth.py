@@ -51,10 +51,11 @@ def color_jitter(rgb: np.ndarray, rng: np.random.Generator, strength: float = 1.
     sat = saturation * np.eye(3) + (1 - saturation) * np.outer(np.ones(3), _LUMA)
     cos, sin = np.cos(angle), np.sin(angle)
     hue = _YIQ2RGB @ np.array([[1, 0, 0], [0, cos, -sin], [0, sin, cos]]) @ _RGB2YIQ
+    rgb = np.ascontiguousarray(rgb)  # a packed photo is a strided view of RGB + alpha
     mean = float(np.mean(cv2.mean(rgb)[:3]))
     matrix = np.hstack([hue @ sat * (contrast * brightness),
                         np.full((3, 1), (1 - contrast) * brightness * mean)])
-    return cv2.transform(np.ascontiguousarray(rgb), matrix)
+    return cv2.transform(rgb, matrix)
 
 
 def plain_background(out: int, rng: np.random.Generator) -> np.ndarray:
