@@ -98,6 +98,23 @@ class ModelSpec:
         return cls(**{k: d[k] for k in known if k in d}, preprocess=PreprocessSpec(**pre), weights=weights)
 
 
+def _seed_unet(name: str, *, base_width: int, version: str, md5: str, parameters: str) -> ModelSpec:
+    """A row for one of our distilled seed U-Nets: 5 levels at 192², weights inside the package."""
+    depth = 5
+    channels = "-".join(str(base_width * 2 ** i) for i in range(depth))
+    return ModelSpec(
+        name=name,
+        version=f"{name}-w{base_width}d{depth}-192-{version}",
+        architecture="unet",
+        arch_kwargs={"base_width": base_width, "depth": depth},
+        preprocess=PreprocessSpec(input_size=(192, 192), input_scale="unit", output_activation="sigmoid",
+                                  output_normalization="none"),
+        weights=FileWeights(path=f"checkpoints/{name}.safetensors", md5=md5),
+        license="weights Apache-2.0 (this project); training photos CC0 1.0, CC BY 4.0 and Apache-2.0 (docs/models.md)",
+        description=f"seed U-Net {channels}, {parameters} parameters, distilled from U²-Netp (docs/models.md)",
+    )
+
+
 MODEL_SPECS: dict[str, ModelSpec] = {
     "u2netp": ModelSpec(
         name="u2netp",
@@ -118,28 +135,10 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     # The seed's U-Net at two widths, distilled from U²-Netp by `matting train` (on CPU, then an
     # H100) and shipped inside the package (docs/models.md: how they were trained, their data and
     # its credits). Variants are rows: same architecture, other arch_kwargs and weights.
-    "unet-small": ModelSpec(
-        name="unet-small",
-        version="unet-small-w8d5-192-v4",
-        architecture="unet",
-        arch_kwargs={"base_width": 8, "depth": 5},
-        preprocess=PreprocessSpec(input_size=(192, 192), input_scale="unit", output_activation="sigmoid",
-                                  output_normalization="none"),
-        weights=FileWeights(path="checkpoints/unet-small.safetensors", md5="321e3410ef50a3d2a60a868370d9cdc7"),
-        license="weights Apache-2.0 (this project); training photos CC0 1.0, CC BY 4.0 and Apache-2.0 (docs/models.md)",
-        description="seed U-Net 8-16-32-64-128, 0.49 M parameters, distilled from U²-Netp (docs/models.md)",
-    ),
-    "unet-base": ModelSpec(
-        name="unet-base",
-        version="unet-base-w16d5-192-v1",
-        architecture="unet",
-        arch_kwargs={"base_width": 16, "depth": 5},
-        preprocess=PreprocessSpec(input_size=(192, 192), input_scale="unit", output_activation="sigmoid",
-                                  output_normalization="none"),
-        weights=FileWeights(path="checkpoints/unet-base.safetensors", md5="341cfab52b6ebef60521c911c3993806"),
-        license="weights Apache-2.0 (this project); training photos CC0 1.0, CC BY 4.0 and Apache-2.0 (docs/models.md)",
-        description="seed U-Net 16-32-64-128-256, 1.96 M parameters, distilled from U²-Netp (docs/models.md)",
-    ),
+    "unet-small": _seed_unet("unet-small", base_width=8, version="v4", md5="321e3410ef50a3d2a60a868370d9cdc7",
+                             parameters="0.49 M"),
+    "unet-base": _seed_unet("unet-base", base_width=16, version="v1", md5="341cfab52b6ebef60521c911c3993806",
+                            parameters="1.96 M"),
 }
 
 

@@ -53,10 +53,8 @@ def parse_model(arg: str) -> ModelChoice:
     name, sep, weights = arg.partition("=")
     name = name.strip()
     if not sep and (Path(arg).suffix or "/" in arg):
-        if not Path(arg).expanduser().is_file():
-            raise FileNotFoundError(f"--model {arg}: weights file does not exist")
         try:
-            get_spec(arg)
+            get_spec(arg)  # a missing file raises WeightsNotFoundError (a FileNotFoundError) from here
         except ValueError as e:
             raise ValueError(f"--model {arg!r}: {e}; or say which registered model it is, "
                              f"e.g. --model u2netp={arg}") from None

@@ -208,8 +208,10 @@ def pack_cache(files: list[Path], size: int) -> PackedPhotos:
     folder = files[0].parent
     key = hashlib.blake2b("\n".join(f.name for f in files).encode(), digest_size=8).hexdigest()
     path = folder / f"pack-{key}.npy"
-    if path.is_file() and np.load(path, mmap_mode="r").shape == (len(files), size, size, 4):
-        return PackedPhotos(path)
+    if path.is_file():
+        packed = PackedPhotos(path)
+        if packed.shape == (len(files), size, size, 4):
+            return packed
     t0 = time.perf_counter()
     partial = folder / f".{path.name}.partial"
     array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(files), size, size, 4))
