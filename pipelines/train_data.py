@@ -19,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from model.atomic import atomic_path, write_bytes_atomic
 from postproc import DecodeError, decode_image, model_input
 
 log = logging.getLogger(__name__)
@@ -104,9 +105,7 @@ def write_rgba(path: Path, rgb: np.ndarray, alpha: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", np.dstack([rgb[..., ::-1], alpha]), [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
         raise RuntimeError(f"could not encode {path}")
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_bytes(buf.tobytes())
-    os.replace(partial, path)  # a killed run leaves whole files or none
+    write_bytes_atomic(path, buf.tobytes())  # a killed run leaves whole files or none
 
 
 def read_rgba(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -213,22 +212,19 @@ def pack_cache(files: list[Path], size: int) -> PackedPhotos:
         if packed.shape == (len(files), size, size, 4):
             return packed
     t0 = time.perf_counter()
-    partial = folder / f".{path.name}.partial"
-    array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(files), size, size, 4))
-    try:
-        for i, f in enumerate(files):
-            rgb, alpha = read_rgba(f)
-            if alpha.shape != (size, size):
-                raise ValueError(f"cache file {f} is {alpha.shape[1]}×{alpha.shape[0]}, not {size}²; "
-                                 "delete it and precompute again")
-            array[i, ..., :3], array[i, ..., 3] = rgb, alpha
-        array.flush()
-    except BaseException:
-        del array
-        partial.unlink(missing_ok=True)
-        raise
-    del array
-    os.replace(partial, path)  # a killed run leaves a .partial, never a short pack
+    # A failed pack removes its temporary file; a killed run leaves a .partial, never a short pack.
+    with atomic_path(path) as partial:
+        array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(files), size, size, 4))
+        try:
+            for i, f in enumerate(files):
+                rgb, alpha = read_rgba(f)
+                if alpha.shape != (size, size):
+                    raise ValueError(f"cache file {f} is {alpha.shape[1]}×{alpha.shape[0]}, not {size}²; "
+                                     "delete it and precompute again")
+                array[i, ..., :3], array[i, ..., 3] = rgb, alpha
+            array.flush()
+        finally:
+            del array  # unmapped before the rename (or the removal)
     for old in folder.glob("pack-*.npy"):
         if old != path:
             old.unlink()  # a process still mapping it keeps its pages until it ends
