@@ -24,7 +24,7 @@ from pipelines.manifest import ManifestWriter, new_run_id
 from pipelines.planning import Plan, plan_inputs
 from pipelines.stages import Predictor, decode_input, read_input, render_output
 from pipelines.state import JobFingerprint, job_file, success_file, unfinished_run
-from pipelines.storage import Location, open_location, retry_transient
+from pipelines.storage import Location, check_disjoint, open_location, retry_transient
 from postproc import PostprocParams
 from postproc.decode import DEFAULT_MAX_PIXELS
 
@@ -99,6 +99,7 @@ class JobConfig:
             raise ValueError(f"stall_timeout_s must be positive, got {self.stall_timeout_s}")
         if self.prune and self.input_manifest:
             raise ValueError("--prune needs a full listing of SOURCE; it cannot be combined with --input-manifest")
+        check_disjoint(self.source, self.dest)  # DEST == SOURCE would overwrite inputs: refused before any I/O
 
     def fingerprint(self) -> JobFingerprint:
         spec = get_spec(self.model)
@@ -117,15 +118,17 @@ class JobResult:
     pruned: int
     inferred: int  # rows that went through the model in this run
     seconds: float
-    errors_by_reason: dict
+    errors_by_reason: dict  # every reason, of errors and of skips (hidden files)
     resumed: bool = False
+    skipped_by_rule: int = 0  # rows with status "skipped": hidden files, listed but not inputs
 
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
     def summary(self) -> str:
-        extra = f", {self.skipped} unchanged skipped" if self.skipped else ""
+        extra = f", {self.skipped_by_rule} hidden skipped" if self.skipped_by_rule else ""
+        extra += f", {self.skipped} unchanged skipped" if self.skipped else ""
         extra += f", {self.pruned} pruned" if self.pruned else ""
         extra += " (resumed)" if self.resumed else ""
         return (f"done: {self.images} images, {self.ok} ok, {self.errors} errors{extra} in {self.seconds:.1f} s, "
@@ -214,7 +217,8 @@ def build_dataset(cfg: JobConfig, source: Location, dest: Location, plan: Plan) 
     ds = ds.repartition(target_num_rows_per_block=cfg.batch_size)
     # Reading and decoding ask for a different CPU share than the actors on purpose: Ray fuses
     # maps with identical resources into the actor, which would serialise decoding with inference.
-    ds = ds.map(read_input, fn_kwargs={"source": source, "max_bytes": cfg.max_bytes, "dest": dest},
+    ds = ds.map(read_input, fn_kwargs={"source": source, "max_bytes": cfg.max_bytes, "dest": dest,
+                                       "naming": plan.naming},
                 num_cpus=cfg.decode_cpus)
     ds = ds.map(decode_input, fn_kwargs={"input_size": spec.preprocess.input_size, "max_pixels": cfg.max_pixels},
                 num_cpus=cfg.decode_cpus)
@@ -319,7 +323,8 @@ def run_job(cfg: JobConfig) -> JobResult:
     seconds = time.perf_counter() - t0
     result = JobResult(run_id, dest.uri_of(writer.prefix), plan.listed, plan.skipped, processed,
                        writer.status.get("ok", 0), writer.status.get("error", 0), plan.pruned, writer.inferred, seconds,
-                       dict(writer.reasons), resumed=bool(resumed_run))
+                       dict(writer.reasons), resumed=bool(resumed_run),
+                       skipped_by_rule=writer.status.get("skipped", 0))
     dest.write_atomic(success_file(run_id), result.summary().encode())
     return result
 

@@ -17,14 +17,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
-from pipelines.storage import Location
-
-MANIFEST_DIR = "_manifests"
+from pipelines.storage import MANIFEST_DIR, Location
 
 SCHEMA = pa.schema([
     ("source_key", pa.string()),
     ("output_key", pa.string()),
-    ("status", pa.string()),  # ok | error | pruned (the input is gone and its output was removed)
+    # ok | error | skipped (by rule: hidden files) | pruned (the input is gone and its output was removed)
+    ("status", pa.string()),
     ("error", pa.string()),
     ("error_reason", pa.string()),
     ("size_bytes", pa.int64()),
@@ -161,7 +160,8 @@ def summarize(table: pa.Table, run_id: str = "") -> str:
     status = Counter(r["status"] for r in rows)
     reasons = Counter(r["error_reason"] for r in rows if r["status"] == "error")
     lines = [f"run {run_id}: {len(rows) - status.get('pruned', 0)} inputs, {status.get('ok', 0)} ok, "
-             f"{status.get('error', 0)} errors" + (f", {status['pruned']} pruned" if status.get("pruned") else "")]
+             f"{status.get('error', 0)} errors" + (f", {status['skipped']} skipped" if status.get("skipped") else "")
+             + (f", {status['pruned']} pruned" if status.get("pruned") else "")]
     ok = [r for r in rows if r["status"] == "ok" and not r.get("reused")]
     if ok:
         means = {c: sum(r[c] for r in ok) / len(ok) for c in STAGE_COLUMNS}
@@ -172,4 +172,7 @@ def summarize(table: pa.Table, run_id: str = "") -> str:
         lines.append("errors by reason: " + ", ".join(f"{k} {v}" for k, v in reasons.most_common()))
         for r in [r for r in rows if r["status"] == "error"][:20]:
             lines.append(f"  {r['source_key']}: {r['error']}")
+    skipped = Counter(r["error_reason"] for r in rows if r["status"] == "skipped")
+    if skipped:
+        lines.append("skipped by reason: " + ", ".join(f"{k} {v}" for k, v in skipped.most_common()))
     return "\n".join(lines)

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from model.specs import get_spec
 from pipelines.manifest import MANIFEST_DIR, SCHEMA, ManifestWriter, conform, read_run
 from pipelines.state import PERMANENT_REASONS, PreviousState, is_done
-from pipelines.storage import ListedInput, Location, list_inputs, open_location
+from pipelines.storage import ListedInput, Location, NamingCounter, OutputNaming, list_inputs, open_location
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,9 @@ CHUNK_ROWS = 50_000
 LOOKUP_BATCH = 10_000  # listed keys looked up in the previous state at once
 KEY_COLUMNS = ("key", "source_key", "uri", "path")
 INPUT_SCHEMA = pa.schema([("key", pa.string()), ("size", pa.int64()), ("etag", pa.string()),
-                          ("prev_sha256", pa.string()), ("prev_output_key", pa.string())])
+                          ("prev_sha256", pa.string()), ("prev_output_key", pa.string()),
+                          # Why the listing already knows the input is not to be read ("" if it is).
+                          ("reason", pa.string()), ("message", pa.string())])
 
 
 @dataclass
@@ -41,6 +43,7 @@ class Plan:
     skipped: int = 0
     pruned: int = 0
     input_files: list[str] = field(default_factory=list)
+    naming: OutputNaming | None = None  # each input's output key (decided over the whole listing)
 
     def cleanup(self) -> None:
         for path in self.input_files:
@@ -95,7 +98,7 @@ def _done_in_run(dest: Location, run_id: str) -> PreviousState:
     """The inputs an unfinished run already finished (columnar, like the incremental state)."""
     t = read_run(dest, run_id, ["source_key", "status", "error_reason"])
     done = pc.or_(pc.equal(t.column("status"), "ok"),
-                  pc.and_(pc.equal(t.column("status"), "error"),
+                  pc.and_(pc.is_in(t.column("status"), pa.array(["error", "skipped"])),
                           pc.is_in(t.column("error_reason"), pa.array(sorted(PERMANENT_REASONS)))))
     return PreviousState(t.filter(pc.fill_null(done, False)).select(["source_key"]))
 
@@ -104,7 +107,12 @@ def plan_inputs(cfg, source: Location, dest: Location, run_id: str, resumed_run:
                 writer: ManifestWriter) -> Plan:
     version, phash = get_spec(cfg.model).version, cfg.params.params_hash()
     plan = Plan(dest)
-    previous = PreviousState.load(dest) if (cfg.incremental or cfg.prune) else PreviousState.empty()
+    # An input manifest names a part of SOURCE: the earlier runs' inputs count for the naming too.
+    previous = (PreviousState.load(dest) if (cfg.incremental or cfg.prune or cfg.input_manifest)
+                else PreviousState.empty())
+    counter = NamingCounter()
+    for keys in previous.source_keys():
+        counter.add(keys)
     done_here = _done_in_run(dest, resumed_run) if resumed_run else PreviousState.empty()
     chunk: list[dict] = []
 
@@ -116,28 +124,35 @@ def plan_inputs(cfg, source: Location, dest: Location, run_id: str, resumed_run:
         plan.input_files.append(dest.path(key))
         chunk.clear()
 
-    items = read_input_manifest(cfg.input_manifest, source) if cfg.input_manifest else list_inputs(source, dest)
+    items = read_input_manifest(cfg.input_manifest, source) if cfg.input_manifest else list_inputs(source)
     for batch in batched(items, LOOKUP_BATCH):
         plan.listed += len(batch)
         keys = [item.key for item in batch]
-        for item, prev, done in zip(batch, previous.lookup(keys), done_here.lookup(keys)):
+        counter.add(keys)
+        planned: list[int] = []
+        prevs = previous.lookup(keys)
+        for item, prev, done, at in zip(batch, prevs, done_here.lookup(keys), previous.last_found.tolist()):
             if done is not None or (cfg.incremental and is_done(prev, item, version, phash)):
                 plan.skipped += 1
                 continue
+            planned.append(at)
             # Same model and parameters but a new ETag/mtime (or none known): if the bytes hash the
             # same, the read stage reuses the existing output instead of running the model again.
             reuse = (cfg.incremental and prev is not None and prev["status"] == "ok"
                      and prev["model_version"] == version and prev["params_hash"] == phash)
             chunk.append({"key": item.key, "size": item.size, "etag": item.etag,
                           "prev_sha256": prev["sha256"] if reuse else "",
-                          "prev_output_key": prev["output_key"] if reuse else ""})
+                          "prev_output_key": prev["output_key"] if reuse else "",
+                          "reason": item.reason, "message": item.message})
             plan.candidates += 1
             if len(chunk) >= CHUNK_ROWS:
                 flush()
+        previous.mark_planned(planned)
     if chunk:
         flush()
     if cfg.prune:
         plan.pruned = _prune(dest, previous.unseen(), writer)
+    plan.naming = counter.naming(cfg.params.extension, previous.taken_outputs(pruned_unseen=cfg.prune))
     return plan
 
 

@@ -18,7 +18,8 @@ from postproc import DecodeError, PostprocParams, decode_image, model_input
 from postproc.alpha import bounding_box
 from postproc.render import compose_and_encode, refine_alpha
 from pipelines.metrics import record_row
-from pipelines.storage import Location, output_key
+from pipelines.storage import InputRefused, Location, OutputNaming, output_key, write_failure_reason
+from postproc.reasons import reason as known_reason
 
 log = logging.getLogger(__name__)
 
@@ -32,42 +33,43 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
 
 
-class InputRefused(Exception):
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
-
-
-def _fetch(key: str, size: int | None, source: Location, max_bytes: int) -> bytes:
-    try:
-        output_key(key, "")  # a key that could escape DEST is refused before anything is read
+def _planned(row: dict, source: Location, max_bytes: int, naming: OutputNaming | None, dest: Location | None
+             ) -> tuple[str, bytes]:
+    """The input's output key and bytes, or InputRefused: every refusal that needs no pixels comes
+    before anything is read (the listing's, an unsafe or unwritable output key, a collision)."""
+    key = row["key"]
+    if row.get("reason"):  # the listing found it is not to be read (a FIFO, a hidden file, ...)
+        raise InputRefused(row["reason"], row.get("message") or row["reason"])
+    try:  # a key that could escape DEST is refused here
+        out_key = naming.key(key) if naming is not None else OutputNaming("").key(key)
     except ValueError as e:
         raise InputRefused("unsafe_key", str(e)) from None
-    try:
-        if size is None or size < 0:  # from an input manifest: ask the store before reading
-            size = source.fs.get_file_info(source.path(key)).size or 0
-        if size > max_bytes:
-            raise InputRefused("too_large", f"input is {size / 1e6:.1f} MB, over the limit of {max_bytes / 1e6:.1f} MB")
-        return source.read(key)
-    except (OSError, ValueError) as e:  # gone since listing, permissions, an S3 error after retries
-        raise InputRefused("read_failed", f"could not read input: {e}") from None
+    if naming is None:
+        out_key = ""  # called without the run's naming (tests, tools): the render stage decides
+    elif naming.is_taken(out_key):
+        raise InputRefused("output_collision", f"output key {out_key!r} is another input's current output "
+                                               "(from an earlier run): not overwritten")
+    elif dest is not None and (problem := dest.key_problem(out_key)):
+        raise InputRefused(problem, f"output key {out_key!r}: a file name longer than DEST accepts")
+    return out_key, source.read_input(key, row.get("size"), max_bytes)
 
 
-def read_input(row: dict, *, source: Location, max_bytes: int, dest: Location | None = None) -> dict:
+def read_input(row: dict, *, source: Location, max_bytes: int, dest: Location | None = None,
+               naming: OutputNaming | None = None) -> dict:
     """Stage 1: fetch the bytes of one key (or find that its existing output can be reused)."""
     t0 = time.perf_counter()
     key, listed_size = row["key"], row.get("size")
     out = {"source_key": key, "input_etag": row.get("etag") or "", "error": "", "error_reason": "",
-           "reused_output_key": "", "sha256": ""}
+           "reused_output_key": "", "sha256": "", "output_key": ""}
     try:
-        data = _fetch(key, listed_size, source, max_bytes)
+        out["output_key"], data = _planned(row, source, max_bytes, naming, dest)
         out["sha256"] = hashlib.sha256(data).hexdigest()
         size = len(data)
     except InputRefused as e:
-        out.update(error=str(e), error_reason=e.reason)
+        out.update(error=str(e), error_reason=known_reason(e.reason).name, output_key="")
         data, size = b"", max(int(listed_size or 0), 0)
-        if e.reason == "too_large" and size == 0:
-            size = source.fs.get_file_info(source.path(key)).size or 0
+        if e.reason == "too_large" and e.size is not None:
+            size = e.size
     prev_out = row.get("prev_output_key") or ""
     if data and prev_out and out["sha256"] == row.get("prev_sha256") and dest is not None and dest.exists(prev_out):
         out["reused_output_key"] = prev_out  # same bytes, model and parameters: nothing to redo
@@ -139,8 +141,8 @@ def render_output(row: dict, *, dest: Location, params: PostprocParams, model_na
     if not error and row["reused_output_key"]:
         out_key = row["reused_output_key"]
     elif not error:
-        try:
-            out_key = output_key(key, params.extension)
+        try:  # the read stage decided the key; rows made without it (tests, tools) get the one-input rule
+            out_key = row.get("output_key") or output_key(key, params.extension)
         except ValueError as e:
             error, reason = str(e), "unsafe_key"
     if not error and not row["reused_output_key"]:
@@ -156,14 +158,14 @@ def render_output(row: dict, *, dest: Location, params: PostprocParams, model_na
         t1 = time.perf_counter()
         try:
             dest.write_atomic(out_key, data)
-        except OSError as e:
-            error, reason, out_key = f"could not write output: {e}", "write_failed", ""
+        except OSError as e:  # a folder where the file goes is a collision, a too-long name permanent
+            error, reason, out_key = f"could not write output: {e}", write_failure_reason(e), ""
         t_write = time.perf_counter() - t1
     left, top, bw, bh = bbox if bbox else (-1, -1, 0, 0)
     result = {
         "source_key": key,
         "output_key": out_key,
-        "status": "error" if error else "ok",
+        "status": (known_reason(reason).status if reason else "error") if error else "ok",
         "error": error,
         "error_reason": reason,
         "size_bytes": int(row["size_bytes"]),

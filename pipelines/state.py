@@ -10,21 +10,21 @@ whose last row says `pruned` are gone. From it:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import posixpath
 from dataclasses import asdict, dataclass
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.manifest import MANIFEST_DIR, list_runs, read_run
-from pipelines.storage import ListedInput, Location
+from pipelines.storage import ListedInput, Location, key_hashes
+# Rows that a retry cannot change: the same input fails (or is skipped) the same way. From the one
+# reasons table; read and write failures, for instance, are not permanent.
+from postproc.reasons import PERMANENT_REASONS
 
-# Errors that a retry cannot fix: the same bytes fail the same way. Read/write failures can.
-PERMANENT_REASONS = frozenset({"empty", "corrupt", "unsupported_format", "too_many_pixels", "too_large",
-                               "unsafe_key"})
 HASH_SLICE = 100_000
 DICTIONARY_COLUMNS = frozenset({"status", "error_reason", "model_version", "params_hash"})
 STATE_COLUMNS = ["source_key", "output_key", "status", "error_reason", "size_bytes", "input_etag", "sha256",
@@ -121,6 +121,8 @@ class PreviousState:
         self._order = np.argsort(hashes, kind="stable")
         self._hashes = hashes[self._order]
         self.seen = np.zeros(self.table.num_rows, dtype=bool)
+        self.planned = np.zeros(self.table.num_rows, dtype=bool)
+        self.last_found = np.empty(0, np.int64)
 
     @classmethod
     def load(cls, dest: Location) -> PreviousState:
@@ -136,6 +138,7 @@ class PreviousState:
     def lookup(self, keys: list[str]) -> list[dict | None]:
         """The current row of each key (None if it has none), marking those rows as seen."""
         if not len(self) or not keys:
+            self.last_found = np.full(len(keys), -1, np.int64)
             return [None] * len(keys)
         wanted = key_hashes(keys)
         start = np.searchsorted(self._hashes, wanted, side="left")
@@ -153,8 +156,31 @@ class PreviousState:
                     break
         hit = found >= 0
         self.seen[found[hit]] = True
+        self.last_found = found
         rows = iter(_decoded(self.table.take(pa.array(found[hit]))).to_pylist())
         return [next(rows) if h else None for h in hit.tolist()]
+
+    def mark_planned(self, positions: list[int]) -> None:
+        """Rows (indices from `last_found`) whose input this run processes again, writing a new output."""
+        self.planned[[p for p in positions if p >= 0]] = True
+
+    def taken_outputs(self, pruned_unseen: bool) -> np.ndarray:
+        """Hashes of the output keys whose current owner this run leaves alone: skipped, or gone from
+        the listing and not pruned. No other input of this run may write them."""
+        if not len(self):
+            return np.empty(0, np.uint64)
+        keep = ~self.planned & (self.seen if pruned_unseen else True)
+        t = _decoded(self.table.filter(pa.array(keep)).select(["status", "output_key"]))
+        t = t.filter(pc.and_(pc.equal(t.column("status"), "ok"), pc.invert(pc.equal(t.column("output_key"), ""))))
+        keys = t.column("output_key")
+        return np.concatenate([key_hashes(keys.slice(i, HASH_SLICE).to_pylist())
+                               for i in range(0, len(keys), HASH_SLICE)] or [np.empty(0, np.uint64)])
+
+    def source_keys(self) -> Iterator[list[str]]:
+        """Every input this state knows, a slice at a time."""
+        keys = self.table.column("source_key")
+        for i in range(0, len(keys), HASH_SLICE):
+            yield keys.slice(i, HASH_SLICE).to_pylist()
 
     def unseen(self) -> pa.Table:
         """Rows whose keys no lookup asked for: inputs gone from this run's listing."""
@@ -169,10 +195,6 @@ def _decoded(table: pa.Table) -> pa.Table:
     return table
 
 
-def key_hashes(keys: list[str]) -> np.ndarray:
-    """64-bit hashes, stable across processes (Python's hash() is salted per process)."""
-    return np.fromiter((int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little")
-                        for k in keys), dtype=np.uint64, count=len(keys))
 
 
 def is_done(row: dict | None, item: ListedInput, model_version: str, params_hash: str) -> bool:
@@ -180,6 +202,6 @@ def is_done(row: dict | None, item: ListedInput, model_version: str, params_hash
         return False
     if row["status"] == "ok":
         return row["input_etag"] == item.etag and row["size_bytes"] == item.size
-    if row["status"] == "error":
+    if row["status"] in ("error", "skipped"):
         return row["error_reason"] in PERMANENT_REASONS and row["input_etag"] == item.etag
     return False

@@ -15,15 +15,17 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from postproc.reasons import reason as known_reason
+
 DEFAULT_MAX_PIXELS = 50_000_000  # 50 MP: larger than any camera JPEG a catalog holds, far below a bomb
 
 
 class DecodeError(ValueError):
-    """An input we cannot turn into pixels; `reason` is a short machine-readable code."""
+    """An input we cannot turn into pixels; `reason` is a short machine-readable code (postproc/reasons.py)."""
 
     def __init__(self, reason: str, message: str):
         super().__init__(message)
-        self.reason = reason
+        self.reason = known_reason(reason).name
 
 
 @dataclass(frozen=True)

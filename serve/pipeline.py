@@ -18,13 +18,12 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from model.specs import get_spec
 from postproc import DecodedImage, DecodeError, decode_image, model_input
+from postproc.reasons import HTTP_STATUS
 from serve.errors import ApiError
 
-# DecodeError.reason → (status, code). Reasons postproc adds later fall back to 400.
-_DECODE_STATUS = {
-    "unsupported_format": (415, "unsupported_type"),
-    "too_many_pixels": (413, "too_large"),
-}
+# DecodeError.reason → (status, code), from the one reasons table; a reason without an HTTP
+# answer there falls back to 400.
+_DECODE_STATUS = HTTP_STATUS
 
 
 @dataclass

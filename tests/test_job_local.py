@@ -44,12 +44,13 @@ def test_local_catalog_gives_one_row_per_input_and_valid_cutouts(tmp_path, ray_l
     assert all(len(r["sha256"]) == 64 for r in rows)  # corrupt inputs were read, so they have a hash too
 
 
-def test_destination_inside_source_is_not_reprocessed(tmp_path, ray_local):
+def test_destination_inside_source_is_refused_before_anything_is_written(tmp_path):
+    # It used to be skipped in the listing; issue 16 asks to refuse it (tests/test_fs_corpus.py has the rest).
     files = dict(list(catalog(2).items())[:2])
     write_tree(tmp_path, files)
-    first = run_job(JobConfig(source=str(tmp_path), dest=str(tmp_path / "out")))
-    second = run_job(JobConfig(source=str(tmp_path), dest=str(tmp_path / "out")))
-    assert first.images == second.images == 2
+    with pytest.raises(ValueError, match="lies inside SOURCE"):
+        run_job(JobConfig(source=str(tmp_path), dest=str(tmp_path / "out")))
+    assert not (tmp_path / "out").exists()
 
 
 def test_cuda_on_a_machine_without_gpus_fails_at_start(tmp_path, ray_local):

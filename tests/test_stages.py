@@ -25,9 +25,10 @@ def tree(tmp_path):
     return tmp_path, files
 
 
-def test_listing_skips_hidden_and_metadata_files(tree):
+def test_listing_marks_hidden_files_and_leaves_out_only_our_manifests(tree):
     tmp, files = tree
-    assert sorted(i.key for i in list_inputs(open_location(str(tmp / "src")))) == sorted(files)
+    listed = {i.key: i.reason for i in list_inputs(open_location(str(tmp / "src")))}
+    assert listed == {**{k: "" for k in files}, ".hidden.jpg": "hidden"}  # a row each; _manifests/ is ours
 
 
 def test_stages_chain_without_a_cluster(tree):
@@ -92,11 +93,12 @@ def test_unchanged_bytes_reuse_the_existing_output(tmp_path):
 def test_job_config_checks_providers_before_ray_starts(tmp_path):
     from pipelines.job import JobConfig
 
-    assert JobConfig(source=str(tmp_path), dest=str(tmp_path / "out"), providers="tensorrt,cuda").providers
+    paths = {"source": str(tmp_path / "src"), "dest": str(tmp_path / "out")}
+    assert JobConfig(**paths, providers="tensorrt,cuda").providers
     with pytest.raises(ValueError, match="unknown ONNX Runtime provider 'gpu'"):
-        JobConfig(source=str(tmp_path), dest=str(tmp_path / "out"), providers="gpu")
+        JobConfig(**paths, providers="gpu")
     with pytest.raises(ValueError, match="--runtime onnxruntime"):
-        JobConfig(source=str(tmp_path), dest=str(tmp_path / "out"), providers="cpu", runtime="torch")
+        JobConfig(**paths, providers="cpu", runtime="torch")
 
 
 def test_cpu_pool_leaves_ray_data_a_whole_cpu_and_threads_follow_the_share():
