@@ -72,3 +72,14 @@ def reason(name: str) -> Reason:
     except KeyError:
         raise ValueError(f"unknown reason {name!r}; add it to postproc/reasons.py. Known: "
                          f"{', '.join(REASONS)}") from None
+
+
+def markdown_table() -> str:
+    """The table as docs/operations.md shows it (tests/test_reasons.py keeps the two identical)."""
+    lines = ["| reason | status | `--incremental` | HTTP | meaning |", "|---|---|---|---|---|"]
+    for r in _TABLE:
+        retry = "not retried" if r.permanent else "retried"
+        http = f"{r.http[0]} `{r.http[1]}`" if r.http else "—"
+        lines.append(f"| `{r.name}` | {r.status} | {retry} | {http} | {r.description} |")
+    return "\n".join(lines)
+
