@@ -75,5 +75,12 @@ def generate() -> dict[str, tuple[bytes, str]]:
         "clé-non-ascii-写真.jpg": (photo_bytes, "ok"),
         "nested/../dotdot.jpg": (photo_bytes, "unsafe_key"),
         "nested//double-slash.jpg": (photo_bytes, "unsafe_key"),
+        # Issue 16: camera names starting with "_" are photos; hidden files get a skip row each;
+        # same-stem siblings keep their extensions, so neither output overwrites the other.
+        "_DSC0001.JPG": (photo_bytes, "ok"),
+        ".DS_Store": (b"\x00\x00\x00\x01Bud1", "hidden"),
+        "shop/.hidden/photo.jpg": (photo_bytes, "hidden"),
+        "shop/item.jpg": (photo_bytes, "ok"),
+        "shop/item.webp": (_save(small, "WEBP"), "ok"),
     }
     return corpus

@@ -20,7 +20,7 @@ def test_corpus_has_at_least_twenty_kinds():
     corpus = generate()
     assert len(corpus) >= 20
     assert {"ok", "empty", "corrupt", "unsupported_format", "too_many_pixels", "too_large",
-            "unsafe_key"} <= {outcome for _, outcome in corpus.values()}
+            "unsafe_key", "hidden"} <= {outcome for _, outcome in corpus.values()}
 
 
 def test_every_bad_input_gets_one_row_and_nothing_escapes_dest(s3_server, ray_s3):
@@ -29,6 +29,7 @@ def test_every_bad_input_gets_one_row_and_nothing_escapes_dest(s3_server, ray_s3
     corpus = generate()
     for key, (data, _) in corpus.items():
         s3.put_object(Bucket="bad", Key=f"in/{key}", Body=data)
+    s3.put_object(Bucket="bad", Key="in/_manifests/run/part-00000.parquet", Body=b"PAR1")  # ours: never listed
 
     result = run_job(JobConfig(source="s3://bad/in", dest="s3://bad/out", s3_endpoint=s3_server, batch_size=4,
                                max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS))
@@ -48,5 +49,8 @@ def test_every_bad_input_gets_one_row_and_nothing_escapes_dest(s3_server, ray_s3
     outside = [k for k in keys if not k.startswith(("in/", "out/"))]
     assert outside == [] and not any(".." in k.split("/") for k in keys if k.startswith("out/"))
     by_key = {r["source_key"]: r for r in rows}
+    assert (by_key["shop/item.jpg"]["output_key"], by_key["shop/item.webp"]["output_key"]) == (
+        "shop/item.jpg.png", "shop/item.webp.png")
+    assert by_key["_DSC0001.JPG"]["output_key"] == "_DSC0001.png" and by_key[".DS_Store"]["status"] == "skipped"
     assert (by_key["exif-rotated.jpg"]["width"], by_key["exif-rotated.jpg"]["height"]) == (
         by_key["photo.bmp"]["height"], by_key["photo.bmp"]["width"])  # orientation applied
