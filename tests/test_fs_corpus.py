@@ -316,3 +316,22 @@ def test_bundle_leaves_out_keys_with_a_backslash_and_says_so(tmp_path):
     with zipfile.ZipFile(tmp_path / "run.zip") as zf:
         assert {n for n in zf.namelist() if not n.startswith("_log/")} == {"ok/one.png"}
         assert keys[1] in zf.read("_log/report.txt").decode()
+
+
+def test_the_skipped_status_is_counted_reported_and_not_redone():
+    from pipelines.manifest import STAGE_COLUMNS, conform, summarize
+    from pipelines.state import is_done
+    from pipelines.storage import ListedInput
+
+    rows = [{"source_key": "a.jpg", "status": "ok", "error": "", "error_reason": "", "output_key": "a.png"},
+            {"source_key": "b.jpg", "status": "error", "error": "corrupt", "error_reason": "corrupt"},
+            {"source_key": ".DS_Store", "status": "skipped", "error": "a hidden file", "error_reason": "hidden"}]
+    table = conform(pa.Table.from_pylist([{**r, "reused": False, "model_version": "v", "device": "cpu",
+                                           **dict.fromkeys(STAGE_COLUMNS, 0.0)} for r in rows]))
+    report = summarize(table, "r")
+    assert "3 inputs, 1 ok, 1 errors, 1 skipped" in report and "skipped by reason: hidden 1" in report
+    assert "errors by reason: corrupt 1" in report
+    row = {"status": "skipped", "error_reason": "hidden", "input_etag": "mtime:1", "model_version": "v",
+           "params_hash": "h", "size_bytes": 8}
+    assert is_done(row, ListedInput(".DS_Store", 8, "mtime:1"), "v", "h")
+    assert not is_done(row, ListedInput(".DS_Store", 8, "mtime:2"), "v", "h")  # changed: looked at again
