@@ -19,7 +19,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from model.specs import get_spec
 from pipelines.manifest import MANIFEST_DIR, SCHEMA, ManifestWriter, conform, read_run
 from pipelines.state import PERMANENT_REASONS, PreviousState, is_done
 from pipelines.storage import ListedInput, Location, list_inputs, open_location
@@ -102,7 +101,7 @@ def _done_in_run(dest: Location, run_id: str) -> PreviousState:
 
 def plan_inputs(cfg, source: Location, dest: Location, run_id: str, resumed_run: str | None,
                 writer: ManifestWriter) -> Plan:
-    version, phash = get_spec(cfg.model).version, cfg.params.params_hash()
+    version, phash = cfg.inference.spec.version, cfg.params.params_hash()
     plan = Plan(dest)
     previous = PreviousState.load(dest) if (cfg.incremental or cfg.prune) else PreviousState.empty()
     done_here = _done_in_run(dest, resumed_run) if resumed_run else PreviousState.empty()

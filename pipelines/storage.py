@@ -193,3 +193,43 @@ def output_key(source_key: str, extension: str) -> str:
         raise ValueError(f"unsafe key {source_key!r}: empty, '.' or '..' path components are refused")
     stem, _ = posixpath.splitext(source_key)
     return stem + extension
+
+
+def fetch_to_cache(uri: str, s3_endpoint: str | None = None) -> str:
+    """A remote file (weights) copied once into the local weights cache, keyed by its URI: its local path.
+
+    This layer owns storage; model/ reads local files only. Each node fetches its own copy once.
+    """
+    import hashlib
+    import shutil
+
+    from model.weights import weights_dir
+
+    parent, _, name = uri.rstrip("/").rpartition("/")
+    if not name or "://" not in parent:
+        raise ValueError(f"{uri!r} names no file: use s3://bucket/path/to/weights.onnx")
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    target = weights_dir() / "s3" / f"{digest}-{name}"
+    if target.exists():
+        return str(target)
+    loc = open_location(parent, s3_endpoint)  # the one S3 set-up, with its retry policy
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
+
+    def copy() -> None:
+        with loc.fs.open_input_stream(loc.path(name)) as src, open(partial, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+
+    try:
+        retry_transient(copy, f"fetching weights {uri}")
+        os.replace(partial, target)  # a concurrent reader sees no file or the whole one
+    finally:
+        partial.unlink(missing_ok=True)
+    return str(target)
+
+
+def localize_weights(cfg, s3_endpoint: str | None = None):
+    """`cfg` (a model.config.RuntimeConfig) with remote weights replaced by their local cached copy."""
+    if not cfg.remote_weights:
+        return cfg
+    return cfg.replace(weights=fetch_to_cache(cfg.weights, s3_endpoint))

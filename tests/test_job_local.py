@@ -8,6 +8,7 @@ import pytest
 
 from catalog import catalog, check_outputs
 from raystate import inference_actors_started
+from model.config import RuntimeConfig
 from pipelines.job import JobConfig, run_job
 from pipelines.manifest import read_manifest
 from pipelines.storage import open_location
@@ -55,4 +56,5 @@ def test_destination_inside_source_is_not_reprocessed(tmp_path, ray_local):
 def test_cuda_on_a_machine_without_gpus_fails_at_start(tmp_path, ray_local):
     write_tree(tmp_path / "src", dict(list(catalog(1).items())[:1]))
     with pytest.raises(RuntimeError, match="CUDA|GPU"):
-        run_job(JobConfig(source=str(tmp_path / "src"), dest=str(tmp_path / "dst"), device="cuda"))
+        run_job(JobConfig(source=str(tmp_path / "src"), dest=str(tmp_path / "dst"),
+                          inference=RuntimeConfig(device="cuda")))
