@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,8 @@ def is_remote(path: str | os.PathLike | None) -> bool:
 
 def int8_available() -> bool:
     """Whether this build has INT8 quantization (model/quantize.py); found without importing it."""
+    if QUANTIZE_MODULE in sys.modules:
+        return sys.modules[QUANTIZE_MODULE] is not None
     return importlib.util.find_spec(QUANTIZE_MODULE) is not None
 
 

@@ -181,6 +181,7 @@ def warm_refinement(params) -> None:
 
 def cmd_run(args: argparse.Namespace, source: str | None = None, dest: str | None = None) -> int:
     from pipelines.job import JobStalled, init_ray, run_job
+    from pipelines.logs import filtered_stderr
 
     cfg = job_config(args, source or args.source, dest or args.dest)  # validate before starting Ray
     zip_path = getattr(args, "zip", None)
@@ -189,7 +190,8 @@ def cmd_run(args: argparse.Namespace, source: str | None = None, dest: str | Non
     warm_refinement(cfg.params)
     init_ray(args.address)
     try:
-        result = run_job(cfg)
+        with filtered_stderr():  # Ray's known, harmless complaints (pipelines/logs.py)
+            result = run_job(cfg)
     except JobStalled as e:
         print(f"matting: stalled: {e}", file=sys.stderr)
         return 3

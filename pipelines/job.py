@@ -325,7 +325,14 @@ def run_job(cfg: JobConfig) -> JobResult:
 
 
 def init_ray(address: str | None = None, **kwargs) -> None:
-    """Connect to `address` / RAY_ADDRESS, else start a local instance in this process."""
+    """Connect to `address` / RAY_ADDRESS, else start a local instance in this process.
+
+    A local instance starts without the dashboard: its nine head modules are each a process that
+    a 2-core machine starts for seconds before the job's first output, and that nobody reads
+    during a local run (bench/startup.py). A cluster keeps whatever its operator started.
+    """
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     if not ray.is_initialized():
+        if address == "local":
+            kwargs.setdefault("include_dashboard", False)
         ray.init(address=address, **kwargs)
