@@ -19,6 +19,7 @@ import ray
 from ray.data import ActorPoolStrategy
 
 from model.config import GPU_PROVIDERS, RuntimeConfig
+from pipelines.logs import quiet_token_auth_notice
 from pipelines.manifest import ManifestWriter, new_run_id
 from pipelines.planning import Plan, plan_inputs
 from pipelines.stages import Predictor, decode_input, read_input, render_output
@@ -330,9 +331,11 @@ def init_ray(address: str | None = None, **kwargs) -> None:
     A local instance starts without the dashboard: its nine head modules are each a process that
     a 2-core machine starts for seconds before the job's first output, and that nobody reads
     during a local run (bench/startup.py). A cluster keeps whatever its operator started.
+    `kwargs` (e.g. include_dashboard=True) override these choices.
     """
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     if not ray.is_initialized():
         if address == "local":
             kwargs.setdefault("include_dashboard", False)
+            quiet_token_auth_notice()
         ray.init(address=address, **kwargs)

@@ -7,6 +7,7 @@ logging and warnings filters, so the only place to drop one of its lines is the 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import threading
@@ -57,3 +58,21 @@ def filtered_stderr(patterns: tuple[bytes, ...] = HARMLESS_STDERR):
         thread.join(timeout=10)
         if not thread.is_alive():
             os.close(saved)
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+def quiet_token_auth_notice() -> None:
+    """Ray 2.60 turns token authentication on for every new local instance whose RAY_AUTH_MODE is unset,
+    and warns each time that it did. Authentication stays on (Ray's choice, and a sound one); only the
+    notice goes. Setting the variable ourselves would not do: Ray reads it once, at import."""
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _DropMessage) for f in logger.filters):
+        logger.addFilter(_DropMessage("Token authentication is enabled for this Ray cluster"))

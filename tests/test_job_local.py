@@ -58,3 +58,31 @@ def test_cuda_on_a_machine_without_gpus_fails_at_start(tmp_path, ray_local):
     with pytest.raises(RuntimeError, match="CUDA|GPU"):
         run_job(JobConfig(source=str(tmp_path / "src"), dest=str(tmp_path / "dst"),
                           inference=RuntimeConfig(device="cuda")))
+
+
+# Lines a normal run must not print (issue 12 item 9): Ray's, caused by our settings or harmless.
+NOISE = ("constructor arguments in the object store",  # Ray core, about Ray Data's actor pool (filtered)
+         "minimum number of concurrent actors",  # Ray Data: a pool larger than the job's batches
+         "Token authentication is",  # Ray 2.60 on a new local instance whose auth mode nobody chose
+         "View the dashboard at")  # the dashboard a local run does not start
+
+
+def test_a_normal_run_prints_no_warnings_of_ours_or_rays_avoidable_ones(tmp_path):
+    """`matting run` on the 5 bundled photos, as a user runs it: its own process and local Ray."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    env["PYTHONPATH"] = os.pathsep.join([str(repo), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", str(repo / "pipelines" / "samples"),
+                           str(tmp_path / "out")], cwd=repo, env=env, capture_output=True, text=True, timeout=500)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "done: 5 images, 5 ok, 0 errors" in out
+    assert [n for n in NOISE if n in out] == [], out[-3000:]
+    ours = [line for line in out.splitlines()
+            if any(f"{level} {name}" in line for level in ("WARNING", "ERROR") for name in ("pipelines.", "model."))]
+    warnings = [line for line in out.splitlines() if "Warning: " in line]  # Python warnings.warn output
+    assert ours == [] and warnings == [], out[-3000:]
