@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -208,3 +210,29 @@ def test_s3_writes_retry_transient_errors_and_not_others(monkeypatch):
     with pytest.raises(OSError, match="ACCESS_DENIED"):
         Location("s3://b/out", denied, "b/out").write_atomic("a.png", b"png")
     assert denied.calls == 1  # a permanent error is not retried
+
+
+def test_remote_weights_are_fetched_once_by_the_storage_layer_and_model_sees_a_local_path(
+        s3_server, packaged_weights, tmp_path, monkeypatch):
+    import boto3
+
+    from model import weights
+    from model.runtime import create_runtime
+    from pipelines.storage import localize_weights
+
+    monkeypatch.setenv("MATTING_WEIGHTS_DIR", str(tmp_path / "cache"))
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    s3.create_bucket(Bucket="models")
+    s3.put_object(Bucket="models", Key="prod/u2netp.onnx", Body=packaged_weights.read_bytes())
+    remote = RuntimeConfig(weights="s3://models/prod/u2netp.onnx")
+    with pytest.raises(ValueError, match="remote"):  # model/ reads local files only
+        create_runtime(remote)
+    with pytest.raises(ValueError, match="remote"):
+        weights.resolve(remote.spec, remote.weights)
+    local = localize_weights(remote, s3_server)
+    path = Path(local.weights)
+    assert path.parent == tmp_path / "cache" / "s3" and path.read_bytes() == packaged_weights.read_bytes()
+    assert weights.resolve(local.spec, local.weights) == path
+    s3.delete_object(Bucket="models", Key="prod/u2netp.onnx")
+    assert localize_weights(remote, s3_server) == local  # cached: S3 is not asked again
+    assert localize_weights(local) is local  # a local path passes through untouched
