@@ -7,8 +7,8 @@
 (alternating, so load changes hit both alike) and reports, per tree, the median seconds from the
 command's launch to its first cut-out on disk and to its exit.
 
-The breakdown runs the job in a fresh process per repeat, timing from that process's start
-(psutil's create_time): the interpreter; our imports and Ray's (and, once, `-X importtime`'s
+The breakdown runs the job in a fresh process per repeat, timing from that process's launch:
+the interpreter; our imports and Ray's (and, once, `-X importtime`'s
 largest packages); ray.init; planning; Ray Data's start up to the first row back in the driver,
 split by what the inference actor reports (its process start and its model load, from its
 "inference actor ready ... in N s" line); then the first output file and the rest of the job.
@@ -93,8 +93,7 @@ def run_wall(trees: list[Path], repeats: int, extra: list[str]) -> None:
 
 CHILD = r"""
 import json, sys, threading, time
-import psutil
-t_start = psutil.Process().create_time()
+t_start = float(sys.argv[3])  # when the parent launched this process
 now = lambda: time.time() - t_start
 marks = {"interpreter": now()}
 from pipelines import cli
@@ -132,9 +131,8 @@ print("MARKS " + json.dumps(marks), flush=True)
 """
 
 ACTOR = r"""
-import json, time
-import psutil
-t_start = psutil.Process().create_time()
+import json, sys, time
+t_start = float(sys.argv[1])  # when the parent launched this process
 marks = {"interpreter": time.time() - t_start}
 t = time.perf_counter()
 import ray  # an actor's worker process has Ray imported before our code runs
@@ -155,7 +153,7 @@ print("MARKS " + json.dumps(marks), flush=True)
 
 
 def child_marks(code: str, *argv: str) -> tuple[dict, str]:
-    proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=REPO, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", code, *argv, repr(time.time())], cwd=REPO, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     text = proc.stdout + proc.stderr
     if proc.returncode != 0:

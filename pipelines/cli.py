@@ -345,8 +345,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from postproc import PostprocParams
 
     base = PostprocParams.create(alpha_threshold=args.alpha_threshold, erode=args.erode, feather=args.feather)
-    base = runtime_config(args, model="u2netp")
-    models = [parse_model(m, base) for m in (args.model or ["u2netp"])]
+    run = runtime_config(args, model="u2netp")  # how every --model runs
+    models = [parse_model(m, run) for m in (args.model or ["u2netp"])]
     settings = [parse_setting(s, base) for s in (args.setting or ["default"])]
     data = find_eval_set(args.data, args.trimap_dir, args.limit)
     print(f"eval set {data.root}: {len(data.samples)} images" +
