@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -188,10 +189,14 @@ def cmd_run(args: argparse.Namespace, source: str | None = None, dest: str | Non
     if zip_path and os.path.isdir(zip_path):
         raise ValueError(f"--zip {zip_path} is a folder: name the .zip file to write")
     warm_refinement(cfg.params)
-    init_ray(args.address)
     try:
-        with filtered_stderr():  # Ray's known, harmless complaints (pipelines/logs.py)
-            result = run_job(cfg)
+        with contextlib.ExitStack() as stack:
+
+            def connect() -> None:  # runs while the job plans its inputs (run_job)
+                init_ray(args.address)
+                stack.enter_context(filtered_stderr())  # Ray's known, harmless complaints (pipelines/logs.py)
+
+            result = run_job(cfg, connect=connect)
     except JobStalled as e:
         print(f"matting: stalled: {e}", file=sys.stderr)
         return 3

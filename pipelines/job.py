@@ -12,6 +12,8 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -175,7 +177,8 @@ def plan_pool(cfg: JobConfig, *, cpus: float, gpus: int, inputs: int | None = No
                            "auto to run on CPU, or --actors N to wait for an autoscaler to add GPU nodes")
     if gpus and device != "cpu":
         return PoolPlan(capped(cfg.actors or gpus), 1.0, actor_cpus, threads)
-    size = capped(cfg.actors or max(1, min(int(cpus), CPU_ACTORS_DEFAULT_MAX)))
+    full = cfg.actors or max(1, min(int(cpus), CPU_ACTORS_DEFAULT_MAX))
+    size = capped(full)
     if cfg.actor_cpus is None:
         share = round(min(1.0, max(cpus - TASK_CPUS, 0.0) / size), 2)
         # Equal shares would fuse decoding into the actor (see JobConfig), hence the nudge.
@@ -184,7 +187,11 @@ def plan_pool(cfg: JobConfig, *, cpus: float, gpus: int, inputs: int | None = No
         log.warning("%d CPU actors × %.2f CPUs leave less than one CPU free in this cluster's %g CPUs: Ray Data's "
                     "repartition tasks ask for a whole CPU, so the job waits for a node with room (an "
                     "autoscaler) or stalls. Lower --actors or --actor-cpus.", size, actor_cpus, cpus)
-    threads = threads or max(1, round(actor_cpus))
+    if not threads:
+        threads = max(1, round(actor_cpus))
+        if size < full:  # a pool cut to the job's batches keeps the full pool's threads: no core idles
+            full_share = cfg.actor_cpus if cfg.actor_cpus is not None else min(1.0, max(cpus - TASK_CPUS, 0.0) / full)
+            threads = max(threads, max(1, round(full_share)) * full // size)
     return PoolPlan(size, 0.0, actor_cpus, threads)
 
 
@@ -290,22 +297,37 @@ def check_weights(cfg: JobConfig) -> None:
         weights.resolve(rc.spec, rc.weights)
 
 
-def run_job(cfg: JobConfig) -> JobResult:
-    """Run on the Ray instance already initialised by the caller."""
+def run_job(cfg: JobConfig, connect: Callable[[], None] | None = None) -> JobResult:
+    """Run on the Ray instance already initialised by the caller, or the one `connect` starts.
+
+    `connect` (e.g. init_ray) runs on this thread (ray.init must: it installs signal handlers)
+    while the inputs are listed and planned on another: neither needs the other, and on a small
+    local job both take seconds (bench/startup.py). The job's seconds count from when Ray is ready.
+    """
     check_weights(cfg)
     source = open_location(cfg.source, cfg.s3_endpoint)
     dest = open_location(cfg.dest, cfg.s3_endpoint, create=True)
     fingerprint = cfg.fingerprint()
-    t0 = time.perf_counter()
 
-    resumed_run = unfinished_run(dest, fingerprint)
-    run_id = resumed_run or new_run_id(cfg.run_name)
-    if resumed_run:
-        log.warning("resuming unfinished run %s: inputs it already finished are skipped", run_id)
+    def prepare() -> tuple[str | None, str, ManifestWriter, Plan]:
+        resumed_run = unfinished_run(dest, fingerprint)
+        run_id = resumed_run or new_run_id(cfg.run_name)
+        if resumed_run:
+            log.warning("resuming unfinished run %s: inputs it already finished are skipped", run_id)
+        else:
+            dest.write_atomic(job_file(run_id), fingerprint.to_json().encode())
+        writer = ManifestWriter(dest, run_id, flush_rows=cfg.manifest_flush_rows)
+        return resumed_run, run_id, writer, plan_inputs(cfg, source, dest, run_id, resumed_run, writer)
+
+    if connect is None:
+        t0 = time.perf_counter()
+        resumed_run, run_id, writer, plan = prepare()
     else:
-        dest.write_atomic(job_file(run_id), fingerprint.to_json().encode())
-    writer = ManifestWriter(dest, run_id, flush_rows=cfg.manifest_flush_rows)
-    plan = plan_inputs(cfg, source, dest, run_id, resumed_run, writer)
+        with ThreadPoolExecutor(1, thread_name_prefix="matting-plan") as pool:
+            planned = pool.submit(prepare)
+            connect()
+            t0 = time.perf_counter()
+            resumed_run, run_id, writer, plan = planned.result()
     if plan.candidates:
         log.info("%d inputs listed, %d to process, %d unchanged", plan.listed, plan.candidates, plan.skipped)
         try:

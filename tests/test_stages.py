@@ -168,6 +168,11 @@ def test_pool_is_never_larger_than_the_jobs_batches():
     assert actor_config(cfg, plan_pool(cfg, cpus=2, gpus=0)).device == "cpu"
     assert actor_config(cfg, plan_pool(cfg, cpus=8, gpus=4)).device == "auto"
     assert actor_config(cfg, plan_pool(cfg, cpus=2, gpus=0)).threads == 1
+    # A pool cut to the batches keeps the full pool's threads (2 CPUs: one actor with 2 threads).
+    assert plan_pool(cfg, cpus=2, gpus=0, inputs=5).threads == 2
+    assert plan_pool(cfg, cpus=16, gpus=0, inputs=5).threads == 4
+    assert plan_pool(JobConfig(source="/s", dest="/d", inference=RuntimeConfig(threads=1)), cpus=2, gpus=0,
+                     inputs=5).threads == 1
 
 
 class _FlakyFS:
