@@ -77,13 +77,20 @@ def run_wall(trees: list[Path], repeats: int, extra: list[str]) -> None:
         for r in range(repeats):
             for i, tree in enumerate(trees):
                 dest = Path(tmp) / f"{r}-{i}"
-                res = wall_once(tree, dest, extra)
+                try:
+                    res = wall_once(tree, dest, extra)
+                except RuntimeError as e:  # e.g. Ray's start timing out on an overloaded machine: say so
+                    print(f"run {r + 1} {tree}: FAILED (load {os.getloadavg()[0]:.1f}): {str(e)[-300:]}", flush=True)
+                    continue
                 results[tree].append(res)
                 print(f"run {r + 1} {tree}: first output {res.get('first_output', float('nan')):.1f} s, "
                       f"exit {res['exit']:.1f} s (load {os.getloadavg()[0]:.1f})", flush=True)
     print("\nmedians over", repeats, "runs each (load average now", " ".join(f"{x:.1f}" for x in os.getloadavg()), ")")
     print(f"{'tree':60s} {'first output s':>15s} {'exit s':>8s}")
     for tree, rs in results.items():
+        if not rs:
+            print(f"{str(tree):60s} no successful run")
+            continue
         fo = statistics.median(r.get("first_output", float("nan")) for r in rs)
         ex = statistics.median(r["exit"] for r in rs)
         print(f"{str(tree):60s} {fo:15.1f} {ex:8.1f}")
