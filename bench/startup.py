@@ -1,6 +1,6 @@
 """Where the start of a small local job goes: `matting run pipelines/samples OUT` (5 photos).
 
-    python bench/startup.py                        # the breakdown for this tree, 3 runs, medians
+    python bench/startup.py [--tree DIR]           # the breakdown for this tree (or DIR), 3 runs, medians
     python bench/startup.py --wall A B --repeats 5 # whole commands side by side: tree A, B, A, B, ...
 
 --wall runs `python -m pipelines.cli run SAMPLES DEST` with PYTHONPATH=<tree> for each tree in turn
@@ -148,9 +148,8 @@ import pipelines.stages
 marks["import pipelines.stages (postproc, storage)"] = time.perf_counter() - t; t = time.perf_counter()
 import onnxruntime
 marks["import onnxruntime"] = time.perf_counter() - t; t = time.perf_counter()
-from model.config import RuntimeConfig
 from model.runtime import create_runtime
-rt = create_runtime(RuntimeConfig(device="cpu", threads=1))
+rt = create_runtime("u2netp", device="cpu", threads=1)
 marks["create_runtime (weights check, graph, session)"] = time.perf_counter() - t; t = time.perf_counter()
 import numpy as np
 rt.predict(np.zeros((5, 320, 320, 3), np.uint8))
@@ -159,9 +158,11 @@ print("MARKS " + json.dumps(marks), flush=True)
 """
 
 
-def child_marks(code: str, *argv: str) -> tuple[dict, str]:
-    proc = subprocess.run([sys.executable, "-c", code, *argv, repr(time.time())], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+def child_marks(code: str, *argv: str, tree: Path = REPO) -> tuple[dict, str]:
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-c", code, *argv, repr(time.time())], cwd=tree, capture_output=True,
+                          text=True, env=env)
     text = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise RuntimeError(text[-3000:])
@@ -169,10 +170,10 @@ def child_marks(code: str, *argv: str) -> tuple[dict, str]:
     return json.loads(line[6:]), text
 
 
-def top_imports(n: int = 8) -> list[tuple[str, float]]:
+def top_imports(n: int = 8, tree: Path = REPO) -> list[tuple[str, float]]:
     """-X importtime's cumulative seconds of the largest top-level packages the driver imports."""
     proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import pipelines.cli, pipelines.job"],
-                          cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+                          cwd=tree, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(tree)})
     totals: dict[str, float] = {}
     for line in proc.stderr.splitlines():
         m = re.match(r"import time:\s+\d+ \|\s+(\d+) \|( *)(\S+)", line)
@@ -182,12 +183,12 @@ def top_imports(n: int = 8) -> list[tuple[str, float]]:
     return sorted(totals.items(), key=lambda kv: -kv[1])[:n]
 
 
-def run_breakdown(repeats: int) -> None:
-    print(f"load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}; {os.cpu_count()} CPUs\n")
+def run_breakdown(repeats: int, tree: Path = REPO) -> None:
+    print(f"tree {tree}; load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}; {os.cpu_count()} CPUs\n")
     runs, actor_ready = [], []
     with tempfile.TemporaryDirectory(prefix="startup-") as tmp:
         for r in range(repeats):
-            marks, text = child_marks(CHILD, str(SAMPLES), str(Path(tmp) / f"b{r}"))
+            marks, text = child_marks(CHILD, str(SAMPLES), str(Path(tmp) / f"b{r}"), tree=tree)
             runs.append(marks)
             actor_ready += [float(x) for x in re.findall(r"inference actor ready on node \S+ in ([\d.]+) s", text)]
     print(f"the job in a fresh process, seconds since the process started (median of {repeats}):")
@@ -199,12 +200,12 @@ def run_breakdown(repeats: int) -> None:
     if actor_ready:
         print(f"  inference actor's constructor (its own log, median of {len(actor_ready)}): "
               f"{statistics.median(actor_ready):.2f} s")
-    actor = [child_marks(ACTOR)[0] for _ in range(repeats)]
+    actor = [child_marks(ACTOR, tree=tree)[0] for _ in range(repeats)]
     print(f"\nan inference actor's work before its first batch, in a fresh process (median of {repeats}):")
     for key in actor[0]:
         print(f"  {key:46s} {statistics.median(m[key] for m in actor):6.2f} s")
     print("\nlargest top-level imports of the driver (python -X importtime, cumulative, one run):")
-    for pkg, s in top_imports():
+    for pkg, s in top_imports(tree=tree):
         print(f"  {pkg:20s} {s:6.2f} s")
 
 
@@ -213,12 +214,13 @@ def main() -> None:
     p.add_argument("--wall", nargs="+", type=Path, metavar="TREE",
                    help="source trees to time whole commands of, alternating (e.g. an old checkout and this one)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--tree", type=Path, default=REPO, help="the source tree the breakdown runs (default: this one)")
     p.add_argument("extra", nargs="*", help="extra `matting run` options for --wall (after --)")
     args = p.parse_args()
     if args.wall:
         run_wall([t.resolve() for t in args.wall], args.repeats, args.extra)
     else:
-        run_breakdown(args.repeats)
+        run_breakdown(args.repeats, args.tree.resolve())
 
 
 if __name__ == "__main__":

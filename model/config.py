@@ -139,13 +139,6 @@ class RuntimeConfig:
         """A copy with `changes`, validated again."""
         return dataclasses.replace(self, **changes)
 
-    def describe(self) -> str:
-        """The explicit choices, for logs: only what differs from the defaults."""
-        default = RuntimeConfig()
-        parts = [f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)
-                 if getattr(self, f.name) != getattr(default, f.name) or f.name == "model"]
-        return " ".join(parts)
-
     @classmethod
     def from_model_arg(cls, arg: str, **fields) -> RuntimeConfig:
         """'u2netp' (the registry's weights), 'u2netp=path/w.onnx' (that architecture with other weights) or

@@ -36,6 +36,8 @@ def test_local_catalog_gives_one_row_per_input_and_valid_cutouts(tmp_path, ray_l
     assert (result.images, result.ok, result.errors) == (len(files), 30, 3)
     rows = read_manifest(open_location(str(dst)), result.run_id).to_pylist()
     check_outputs(files, rows, lambda key: (dst / key).read_bytes())
+    # The manifest says which precision ran (RuntimeConfig's auto: FP32 on a CPU without INT8 in this build).
+    assert {r["precision"] for r in rows if r["status"] == "ok"} == {"fp32"}
     # No temporary file is left visible beside the outputs.
     assert not [p for p in dst.rglob("*.partial")]
     ok = [r for r in rows if r["status"] == "ok"]
