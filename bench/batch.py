@@ -54,6 +54,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `python bench/batch.py` from the repository root or anywhere
 
+from model.config import RuntimeConfig  # noqa: E402
 from model.runtime import create_runtime  # noqa: E402
 from pipelines.job import JobConfig, run_job  # noqa: E402
 from pipelines.storage import open_location  # noqa: E402
@@ -142,7 +143,7 @@ def plain_loop(src: Path, keys: list[str], out: Path, cfg: JobConfig, threads: i
     infer_cpu = 0.0
     load0, cpu0 = os.getloadavg()[0], time.process_time()
     start = pc()
-    rt = create_runtime(cfg.model, runtime=cfg.runtime, device=cfg.device, weights=cfg.weights, threads=threads)
+    rt = create_runtime(cfg.inference.replace(threads=threads))
     load_s = pc() - start
     for i in range(0, len(keys), cfg.batch_size):
         chunk, images, smalls = keys[i:i + cfg.batch_size], [], []
@@ -224,6 +225,7 @@ def main() -> int:
     p.add_argument("--model", default="u2netp")
     p.add_argument("--runtime", default="auto")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--actors", type=int)
     p.add_argument("--threads", type=int)
@@ -241,8 +243,9 @@ def main() -> int:
     work = Path(args.workdir or tmp).resolve()
 
     def config(src: str, dest: str) -> JobConfig:
-        return JobConfig(source=src, dest=dest, model=args.model, runtime=args.runtime, device=args.device,
-                         batch_size=args.batch_size, actors=args.actors, threads=args.threads,
+        inference = RuntimeConfig(model=args.model, runtime=args.runtime, device=args.device,
+                                  precision=args.precision, threads=args.threads)
+        return JobConfig(source=src, dest=dest, inference=inference, batch_size=args.batch_size, actors=args.actors,
                          actor_cpus=args.actor_cpus, decode_cpus=args.decode_cpus, params=PostprocParams())
 
     cfg = config(str(work / "images"), str(work / "out-job"))  # invalid settings fail before any work

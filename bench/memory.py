@@ -125,6 +125,7 @@ def measure(n: int, model: str, batch_size: int) -> dict:
     """One job on a fresh local Ray instance; peaks are sampled while it runs."""
     import ray
 
+    from model.config import RuntimeConfig
     from pipelines.job import JobConfig, run_job
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -135,7 +136,8 @@ def measure(n: int, model: str, batch_size: int) -> dict:
         sampler.start()
         t0 = time.perf_counter()
         try:
-            result = run_job(JobConfig(source=str(src), dest=str(dst), model=model, batch_size=batch_size))
+            result = run_job(JobConfig(source=str(src), dest=str(dst), inference=RuntimeConfig(model=model),
+                                       batch_size=batch_size))
         finally:
             sampler.stop.set()
             sampler.join()

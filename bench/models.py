@@ -33,6 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from model.config import RuntimeConfig  # noqa: E402
 from model.runtime import create_runtime  # noqa: E402
 from postproc import decode_image, model_input  # noqa: E402
 from postproc.alpha import to_full_resolution  # noqa: E402
@@ -47,7 +48,7 @@ def runtimes_for(models: list[str], threads: int | None):
     out = []
     for m in models:
         for kind in ("torch", "onnxruntime"):
-            out.append((m, kind, create_runtime(m, runtime=kind, device="cpu", threads=threads)))
+            out.append((m, kind, create_runtime(RuntimeConfig(model=m, runtime=kind, device="cpu", threads=threads))))
     return out
 
 

@@ -74,9 +74,9 @@ def check_same_architecture(spec: ModelSpec, path: Path) -> None:
                          f"{spec.architecture} {spec.arch_kwargs}: name the file alone to use its own spec")
 
 
-def create_model(name: str | ModelSpec, *, pretrained: bool = True, weights: str | os.PathLike | None = None,
-                 s3_endpoint: str | None = None) -> nn.Module:
-    """Build model `name` from the registry; with `pretrained`, load its weights (cache, path or S3).
+def create_model(name: str | ModelSpec, *, pretrained: bool = True,
+                 weights: str | os.PathLike | None = None) -> nn.Module:
+    """Build model `name` from the registry; with `pretrained`, load its weights (the cache or a local path).
 
     `name` may also be a path to a .safetensors/.onnx file that carries its spec, or a spec.
     The returned module carries its spec as `.spec`, so callers ask the model how to feed it.
@@ -84,7 +84,7 @@ def create_model(name: str | ModelSpec, *, pretrained: bool = True, weights: str
     spec = get_spec(name)
     module = build_architecture(spec)
     if pretrained or weights is not None:
-        path = weights_mod.resolve(spec, weights, s3_endpoint)
+        path = weights_mod.resolve(spec, weights)
         if path.suffix == ".onnx":
             state = onnx_state_dict(module, path)
         elif path.suffix == ".safetensors":

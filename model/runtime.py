@@ -17,12 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from model import weights as weights_mod
-from model.specs import ModelSpec, PreprocessSpec, get_spec
+from model.config import (DEVICES, GPU_PROVIDERS, PROVIDERS, RUNTIMES, TORCH_GRAPHS, RuntimeConfig,  # noqa: F401
+                          int8_available, parse_providers)
+from model.specs import ModelSpec, PreprocessSpec
 
 log = logging.getLogger(__name__)
-
-RUNTIMES = ("auto", "torch", "onnxruntime")
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def normalize_batch(images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
@@ -90,9 +89,6 @@ class Runtime:
         raise NotImplementedError
 
 
-TORCH_GRAPHS = ("auto", "eager", "cudagraphs", "compile")
-
-
 class TorchRuntime(Runtime):
     """PyTorch: FP16 with channels_last on CUDA (or FP32 when asked, for comparison), FP32 on CPU.
 
@@ -105,7 +101,7 @@ class TorchRuntime(Runtime):
     uint8 images and normalises and finishes on the GPU: a quarter of the float32 bytes cross the bus.
     """
 
-    def __init__(self, spec: ModelSpec, device: str, weights=None, s3_endpoint=None, threads: int | None = None,
+    def __init__(self, spec: ModelSpec, device: str, weights=None, threads: int | None = None,
                  precision: str | None = None, graph: str = "auto", max_graphs: int = 8):
         import torch
 
@@ -123,7 +119,7 @@ class TorchRuntime(Runtime):
         super().__init__(spec, device, precision, "torch")
         if threads and device == "cpu":
             torch.set_num_threads(threads)
-        net = create_model(spec, weights=weights, s3_endpoint=s3_endpoint)
+        net = create_model(spec, weights=weights)
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
         if device == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes per job: pick the fastest conv algorithms once
@@ -232,29 +228,6 @@ def dynamic_onnx(path: Path) -> bytes:
     return m.SerializeToString()
 
 
-# Short names users type → ONNX Runtime's provider names, in the order we prefer them on a GPU.
-PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
-GPU_PROVIDERS = ("tensorrt", "cuda")
-
-
-def parse_providers(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
-    """'tensorrt,cuda' / ['CUDAExecutionProvider'] → ('tensorrt', 'cuda'); None stays None (automatic)."""
-    if value is None:
-        return None
-    items = value.split(",") if isinstance(value, str) else list(value)
-    by_long = {v.lower(): k for k, v in PROVIDERS.items()}
-    out = []
-    for item in (i.strip().lower() for i in items if i.strip()):
-        short = item if item in PROVIDERS else by_long.get(item)
-        if short is None:
-            raise ValueError(f"unknown ONNX Runtime provider {item!r}; known: {', '.join(PROVIDERS)}")
-        if short not in out:
-            out.append(short)
-    if not out:
-        raise ValueError("--providers is empty; name at least one of " + ", ".join(PROVIDERS))
-    return tuple(out)
-
-
 def default_trt_cache_dir() -> Path:
     return weights_mod.weights_dir().parent / "trt-engines"
 
@@ -267,7 +240,7 @@ class OnnxRuntime(Runtime):
     falls back silently), is an error naming the providers the session really got.
     """
 
-    def __init__(self, spec: ModelSpec, device: str, weights=None, s3_endpoint=None, threads: int | None = None,
+    def __init__(self, spec: ModelSpec, device: str, weights=None, threads: int | None = None,
                  providers: Sequence[str] | None = None, trt_cache_dir: str | os.PathLike | None = None,
                  trt_max_batch: int = 32, trt_input_size: tuple[int, int] | None = None,
                  precision: str | None = None):
@@ -294,13 +267,13 @@ class OnnxRuntime(Runtime):
             # without this the CUDA provider looks only on the system's library path.
             ort.preload_dlls(msvc=False)
         precision = precision or ("fp16" if gpu else "fp32")
-        if precision not in ("fp16", "fp32"):
-            raise ValueError(f"precision must be fp16 or fp32, got {precision!r}")
+        if precision not in ("fp16", "fp32", "int8") or (precision == "int8" and gpu):
+            raise ValueError(f"onnxruntime runs fp32 and fp16, and int8 on CPU; not {precision!r} on {wanted}")
         # TensorRT builds its own FP16 engine from the FP32 graph; the CUDA and CPU providers run
         # what they are given, so FP16 there means the FP16 graph (float32 inputs and outputs kept).
         fp16_graph = precision == "fp16" and wanted[0] != "tensorrt"
         super().__init__(spec, "cuda" if gpu else "cpu", precision, "onnxruntime")
-        model_bytes = self._graph(spec, weights, s3_endpoint, fp16_graph)
+        model_bytes = self._graph(spec, weights, "fp16" if fp16_graph else "int8" if precision == "int8" else "fp32")
         opts = ort.SessionOptions()
         opts.inter_op_num_threads = 1
         self.threads = threads
@@ -345,27 +318,30 @@ class OnnxRuntime(Runtime):
         return onnx.load_from_string(model_bytes).graph.input[0].name
 
     @staticmethod
-    def _graph(spec: ModelSpec, weights, s3_endpoint, fp16: bool) -> bytes:
-        """The ONNX graph: the weights file itself when it is ONNX, else exported from torch here."""
-        path = weights_mod.resolve(spec, weights, s3_endpoint) if (weights is not None or spec.weights) else None
+    def _graph(spec: ModelSpec, weights, kind: str) -> bytes:
+        """The ONNX graph to run: `kind` fp32, fp16 (the FP16 graph) or int8 (model.quantize's file).
+
+        The weights file itself when it is ONNX, else exported from torch here, in memory.
+        """
+        path = weights_mod.resolve(spec, weights) if (weights is not None or spec.weights) else None
+        proto = None
         if path is not None and path.suffix == ".onnx":
             data = dynamic_onnx(path)
-            if not fp16:
+            if kind == "fp32":
                 return data
             import onnx
 
             proto = onnx.load_from_string(data)
             if any(i.data_type == onnx.TensorProto.FLOAT16 for i in proto.graph.initializer):
+                if kind == "int8":
+                    raise ValueError(f"{path} is an FP16 graph; INT8 is built from FP32 weights")
                 return data  # already an FP16 file (matting export --fp16)
-        else:
+        if kind == "int8":
+            return dynamic_onnx(_int8_file(spec, path, weights))
+        if proto is None:
             # Torch-only weights (safetensors, .pt): export in memory once per process.
-            from model.export import torch_to_onnx
-            from model.factory import create_model
-
-            log.info("exporting %s to ONNX in memory for onnxruntime", spec.name)
-            net = create_model(spec, weights=weights, s3_endpoint=s3_endpoint)
-            proto = torch_to_onnx(net, input_size=spec.preprocess.input_size, opset=17)
-            if not fp16:
+            proto = _export_in_memory(spec, weights)
+            if kind == "fp32":
                 return proto.SerializeToString()
         from model.export import to_fp16
 
@@ -379,9 +355,37 @@ class OnnxRuntime(Runtime):
         return self.session.run(None, {self.input_name: x})[0]
 
 
+def _export_in_memory(spec: ModelSpec, weights):
+    """Torch-only weights (safetensors, .pt) → an FP32 ONNX graph, once per process."""
+    from model.export import torch_to_onnx
+    from model.factory import create_model
+
+    log.info("exporting %s to ONNX in memory for onnxruntime", spec.name)
+    return torch_to_onnx(create_model(spec, weights=weights), input_size=spec.preprocess.input_size, opset=17)
+
+
+def _int8_file(spec: ModelSpec, path: Path | None, weights) -> Path:
+    """The INT8 graph for these FP32 weights, from model.quantize (issue 18), which builds it once,
+    checksums and caches it: `int8_model_path(spec, fp32_onnx_path) -> Path`."""
+    if not int8_available():  # RuntimeConfig refuses int8 first; this is for direct callers
+        raise RuntimeError("precision int8 needs model/quantize.py, which this build does not have")
+    from model.quantize import int8_model_path
+
+    if path is not None and path.suffix == ".onnx":
+        return Path(int8_model_path(spec, path))
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="matting-fp32-") as tmp:
+        fp32 = Path(tmp) / f"{spec.name}-fp32.onnx"
+        fp32.write_bytes(_export_in_memory(spec, weights).SerializeToString())
+        return Path(int8_model_path(spec, fp32))
+
+
 def resolve_device(device: str) -> str:
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "cpu":
+        return "cpu"  # no torch import, no CUDA probe: a CPU worker does not pay for them
     ok, why = cuda_usable()
     if device == "cuda" and not ok:
         raise RuntimeError(f"--device cuda was asked for but CUDA is not usable here: {why}. "
@@ -391,49 +395,59 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def create_runtime(model: str | ModelSpec = "u2netp", *, runtime: str = "auto", device: str = "auto",
-                   weights: str | os.PathLike | None = None, s3_endpoint: str | None = None,
-                   threads: int | None = None, providers: str | Sequence[str] | None = None,
-                   trt_cache_dir: str | os.PathLike | None = None, torch_graph: str = "auto") -> Runtime:
-    """Pick device and runtime: CUDA FP16 through torch when a GPU is usable, else ONNX Runtime FP32 on CPU.
+def resolve_precision(cfg: RuntimeConfig, device: str, runtime: str) -> str:
+    """`auto`: FP16 on CUDA; on CPU INT8 where the model's INT8 meets its quality bound (spec.int8_ok) and
+    the CPU has fast integer dot products (model.quantize.cpu_has_fast_int8), else FP32."""
+    if cfg.precision != "auto":
+        return cfg.precision
+    if device == "cuda":
+        return "fp16"
+    if runtime == "onnxruntime" and cfg.spec.int8_ok and int8_available():
+        from model.quantize import cpu_has_fast_int8
 
-    ONNX Runtime is the CPU default because it measured faster than torch there (bench/RESULTS.md);
-    torch checkpoints run on ONNX Runtime under `auto` on CPU too, through an in-memory export.
-    `model` is a registered name or a path to a weights file that carries its spec.
-    `providers` (e.g. "tensorrt,cuda" or ["cpu"]) selects ONNX Runtime with exactly those providers,
-    each of which must start; without it, onnxruntime on a GPU tries TensorRT → CUDA → CPU.
-    `trt_cache_dir` is where TensorRT keeps its built engines (default beside the weights cache).
-    `torch_graph` is how torch launches the network (TorchRuntime: auto = CUDA graphs on CUDA).
+        if cpu_has_fast_int8():
+            return "int8"
+    return "fp32"
+
+
+def create_runtime(config: RuntimeConfig | str = "u2netp", **fields) -> Runtime:
+    """Pick device, runtime and precision for `config` and load the model: CUDA FP16 through torch when a
+    GPU is usable, else ONNX Runtime on CPU (FP32, or INT8 where `auto` finds it holds its quality).
+
+    `config` is a RuntimeConfig (what every caller passes), or a model name or path with
+    RuntimeConfig's fields as keywords (a shorthand for tests and notebooks). ONNX Runtime is the CPU
+    default because it measured faster than torch there (bench/RESULTS.md); torch checkpoints run on
+    it too, through an in-memory export. Weights must be local: remote ones are fetched by the storage
+    layer first (pipelines.storage.localize_weights).
     """
-    if runtime not in RUNTIMES:
-        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-    if torch_graph not in TORCH_GRAPHS:
-        raise ValueError(f"torch_graph must be one of {TORCH_GRAPHS}, got {torch_graph!r}")
-    spec = get_spec(model)
-    chosen = parse_providers(providers)
-    if chosen is not None:
-        if runtime == "torch":
-            raise ValueError("providers select ONNX Runtime execution providers; use --runtime onnxruntime (or auto)")
-        gpu = any(p in GPU_PROVIDERS for p in chosen)
-        if device == "cpu" and gpu:
-            raise ValueError(f"--device cpu contradicts providers {','.join(chosen)}; drop one of them")
-        if device == "cuda" and not gpu:
-            raise ValueError(f"--device cuda needs a GPU provider (tensorrt or cuda), got {','.join(chosen)}")
-        # ONNX Runtime, not torch, decides whether its providers can start: no torch CUDA check.
-        rt: Runtime = OnnxRuntime(spec, "cuda" if gpu else "cpu", weights=weights, s3_endpoint=s3_endpoint,
-                                  threads=threads, providers=chosen, trt_cache_dir=trt_cache_dir)
+    if isinstance(config, RuntimeConfig):
+        cfg = config.replace(**fields) if fields else config
     else:
-        dev = resolve_device(device)
+        cfg = RuntimeConfig(model=str(config), **fields)
+    spec = cfg.spec
+    if cfg.remote_weights:
+        raise ValueError(f"weights {cfg.weights} are remote: model/ reads local files only; fetch them first "
+                         "(pipelines.storage.localize_weights, as the job and eval do)")
+    if cfg.providers is not None:
+        gpu = any(p in GPU_PROVIDERS for p in cfg.providers)
+        device = "cuda" if gpu else "cpu"
+        precision = resolve_precision(cfg, device, "onnxruntime")
+        # ONNX Runtime, not torch, decides whether its providers can start: no torch CUDA check.
+        rt: Runtime = OnnxRuntime(spec, device, weights=cfg.weights, threads=cfg.threads, providers=cfg.providers,
+                                  trt_cache_dir=cfg.trt_cache_dir, precision=precision)
+    else:
+        device = resolve_device(cfg.device)
+        runtime = cfg.runtime
         if runtime == "auto":
             # On CPU ONNX Runtime, for torch checkpoints too (exported in memory once per process):
             # it measured 2.4× torch's speed for unet-small and 2.4× for u2netp (docs/models.md).
-            runtime = "torch" if dev == "cuda" else "onnxruntime"
+            runtime = "torch" if device == "cuda" and cfg.precision != "int8" else "onnxruntime"
+        precision = resolve_precision(cfg, device, runtime)
         if runtime == "torch":
-            rt = TorchRuntime(spec, dev, weights=weights, s3_endpoint=s3_endpoint, threads=threads, graph=torch_graph)
+            rt = TorchRuntime(spec, device, weights=cfg.weights, threads=cfg.threads, precision=precision,
+                              graph=cfg.torch_graph)
         else:
-            rt = OnnxRuntime(spec, dev, weights=weights, s3_endpoint=s3_endpoint, threads=threads,
-                             trt_cache_dir=trt_cache_dir)
+            rt = OnnxRuntime(spec, device, weights=cfg.weights, threads=cfg.threads,
+                             trt_cache_dir=cfg.trt_cache_dir, precision=precision)
     log.info("loaded %s (pid %d)", rt.describe(), os.getpid())
     return rt

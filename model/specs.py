@@ -78,6 +78,10 @@ class ModelSpec:
     weights: PackagedWeights | FileWeights | None = None
     license: str = ""
     description: str = ""
+    # Whether this model's INT8 graph (model/quantize.py) meets the quality bound (held-out MAE within 2 % of
+    # FP32, issue 18): only then does precision `auto` pick INT8 on CPUs with fast integer dot products.
+    # Set per model from measured figures; False until they exist.
+    int8_ok: bool = False
 
     def to_json_dict(self) -> dict[str, Any]:
         """What travels with a weights file: everything but where the weights are."""

@@ -135,32 +135,17 @@ def fetch(name: str) -> Path:
     return fetch_packaged(spec.weights)
 
 
-def _fetch_s3(uri: str, endpoint: str | None) -> Path:
-    """Copy weights from the user's own bucket into the cache, once, keyed by the URI."""
-    from pyarrow import fs as pafs
+def resolve(spec: ModelSpec, path: str | os.PathLike | None = None) -> Path:
+    """The local file holding the weights: an explicit local path, else the packaged cache.
 
-    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
-    target = weights_dir() / "s3" / f"{digest}-{uri.rsplit('/', 1)[-1]}"
-    if target.exists():
-        return target
-    kwargs = {}
-    if endpoint:
-        scheme, _, host = endpoint.partition("://")
-        kwargs = {"endpoint_override": host, "scheme": scheme}
-    s3 = pafs.S3FileSystem(**kwargs)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target) as partial:
-        with s3.open_input_stream(uri.removeprefix("s3://")) as src, open(partial, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-    return target
-
-
-def resolve(spec: ModelSpec, path: str | os.PathLike | None = None, s3_endpoint: str | None = None) -> Path:
-    """The local file holding the weights: an explicit path or S3 URI, else the packaged cache."""
+    Remote weights (s3://…) are fetched by the layer that owns storage (pipelines.storage.localize_weights)
+    before they reach model/, which reads local files only.
+    """
     if path is not None:
         path = str(path)
-        if path.startswith("s3://"):
-            return _fetch_s3(path, s3_endpoint)
+        if "://" in path:
+            raise ValueError(f"weights {path} are remote: model/ reads local files only; fetch them into the "
+                             "cache first (pipelines.storage.localize_weights)")
         p = Path(path).expanduser()
         if not p.is_file():
             raise WeightsNotFoundError(f"weights file {p} does not exist")

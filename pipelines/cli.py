@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -87,18 +88,23 @@ def load_background(uri: str | None, s3_endpoint: str | None = None):
         raise ValueError(f"--background-image {uri}: {e}") from None
 
 
-def add_job_arguments(p: argparse.ArgumentParser) -> None:
-    from model.runtime import DEVICES, RUNTIMES, TORCH_GRAPHS
+def add_runtime_arguments(p: argparse.ArgumentParser, *, model: bool = True) -> None:
+    """The flags of model.config.RuntimeConfig, shared by run, demo and eval (its defaults, its choices)."""
+    from model.config import DEVICES, PRECISIONS, RUNTIMES, TORCH_GRAPHS
     from model.specs import list_models
 
-    p.add_argument("--model", default="u2netp", metavar="NAME|PATH",
-                   help=f"a registered model ({', '.join(list_models())}) or a .safetensors/.onnx file "
-                        "with its spec (in its metadata or a .spec.json beside it)")
-    p.add_argument("--weights", help="weights file or s3:// URI instead of the packaged cache")
+    if model:
+        p.add_argument("--model", default="u2netp", metavar="NAME|PATH",
+                       help=f"a registered model ({', '.join(list_models())}) or a .safetensors/.onnx file "
+                            "with its spec (in its metadata or a .spec.json beside it)")
+        p.add_argument("--weights", help="weights file or s3:// URI instead of the packaged cache")
     p.add_argument("--runtime", default="auto", choices=RUNTIMES,
-                   help="auto: torch FP16 on CUDA, onnxruntime FP32 on CPU")
+                   help="auto: torch FP16 on CUDA, onnxruntime on CPU")
     p.add_argument("--device", default="auto", choices=DEVICES,
                    help="cuda fails at start where CUDA is not usable; auto falls back to CPU")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="auto: FP16 on CUDA; on CPU INT8 where the CPU has fast integer dot products and the "
+                        "model's INT8 holds its quality, else FP32")
     p.add_argument("--providers", help="ONNX Runtime providers in order, e.g. tensorrt,cuda or cpu; each must "
                                        "start (default on a GPU: TensorRT → CUDA → CPU, whichever this build has)")
     p.add_argument("--trt-cache-dir", help="TensorRT engine cache folder on each inference node "
@@ -106,9 +112,24 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--torch-graph", default="auto", choices=TORCH_GRAPHS,
                    help="how torch launches the model on CUDA: auto = CUDA graphs (captured once per batch shape); "
                         "compile = torch.compile, 30-45 s per shape")
+
+
+def runtime_config(args: argparse.Namespace, **fields):
+    """The RuntimeConfig the flags of add_runtime_arguments describe (validated there, once)."""
+    from model.config import RuntimeConfig
+
+    if hasattr(args, "model") and "model" not in fields:
+        fields.update(model=args.model, weights=args.weights)
+    return RuntimeConfig(runtime=args.runtime, device=args.device, precision=args.precision,
+                         threads=args.threads, providers=args.providers, trt_cache_dir=args.trt_cache_dir,
+                         torch_graph=args.torch_graph, **fields)
+
+
+def add_job_arguments(p: argparse.ArgumentParser) -> None:
+    add_runtime_arguments(p)
     p.add_argument("--batch-size", type=int, default=8, help="images per inference call (default 8)")
     p.add_argument("--actors", type=int, help="inference actors: one per GPU by default; on CPU a fixed pool "
-                                              "(default one per CPU, at most 4)")
+                                              "(default one per CPU, at most 4); never more than the job's batches")
     p.add_argument("--actor-cpus", type=float, help="CPUs each inference actor reserves (default on GPUs 1; on CPU "
                                                     "all but one CPU shared out, at most 1 each)")
     p.add_argument("--decode-cpus", type=float, default=0.5,
@@ -138,11 +159,9 @@ def job_config(args: argparse.Namespace, source: str, dest: str):
     from pipelines.job import JobConfig
 
     params = params_from_args(args)
-    return JobConfig(source=source, dest=dest, model=args.model, runtime=args.runtime, device=args.device,
-                     weights=args.weights, providers=args.providers, trt_cache_dir=args.trt_cache_dir,
-                     torch_graph=args.torch_graph,
+    return JobConfig(source=source, dest=dest, inference=runtime_config(args),
                      batch_size=args.batch_size, actors=args.actors,
-                     actor_cpus=args.actor_cpus, decode_cpus=args.decode_cpus, threads=args.threads,
+                     actor_cpus=args.actor_cpus, decode_cpus=args.decode_cpus,
                      s3_endpoint=args.s3_endpoint,
                      max_pixels=int(args.max_megapixels * 1e6), max_bytes=int(args.max_megabytes * 1e6),
                      params=params, run_name=args.run_name, incremental=args.incremental,
@@ -163,15 +182,21 @@ def warm_refinement(params) -> None:
 
 def cmd_run(args: argparse.Namespace, source: str | None = None, dest: str | None = None) -> int:
     from pipelines.job import JobStalled, init_ray, run_job
+    from pipelines.logs import filtered_stderr
 
     cfg = job_config(args, source or args.source, dest or args.dest)  # validate before starting Ray
     zip_path = getattr(args, "zip", None)
     if zip_path and os.path.isdir(zip_path):
         raise ValueError(f"--zip {zip_path} is a folder: name the .zip file to write")
     warm_refinement(cfg.params)
-    init_ray(args.address)
     try:
-        result = run_job(cfg)
+        with contextlib.ExitStack() as stack:
+
+            def connect() -> None:  # runs while the job plans its inputs (run_job)
+                init_ray(args.address)
+                stack.enter_context(filtered_stderr())  # Ray's known, harmless complaints (pipelines/logs.py)
+
+            result = run_job(cfg, connect=connect)
     except JobStalled as e:
         print(f"matting: stalled: {e}", file=sys.stderr)
         return 3
@@ -243,7 +268,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    from model.runtime import DEVICES, RUNTIMES
+    from model.config import DEVICES, RUNTIMES
     from pipelines.train import TrainConfig
 
     d = TrainConfig(images=("-",), out="-.safetensors")  # the defaults, shown in --help
@@ -306,9 +331,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                       seed=args.seed, log_every=args.log_every, checkpoint_every=args.checkpoint_every,
                       max_minutes=args.max_minutes, init=args.init, pack_cache=args.pack_cache)
     if args.precompute_only:
-        cached = precompute_teacher(list_images(list(cfg.images), cfg.max_images), teacher=cfg.teacher,
-                                    cache_dir=cfg.cache_dir or default_cache_dir(), size=cfg.cache_size,
-                                    runtime=cfg.teacher_runtime, device=cfg.device, threads=cfg.threads)
+        cached = precompute_teacher(list_images(list(cfg.images), cfg.max_images), teacher=cfg.teacher_config(),
+                                    cache_dir=cfg.cache_dir or default_cache_dir(), size=cfg.cache_size)
         print(f"teacher cache: {len(cached)} photos")
         return 0
     summary = run_training(cfg)
@@ -326,13 +350,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from postproc import PostprocParams
 
     base = PostprocParams.create(alpha_threshold=args.alpha_threshold, erode=args.erode, feather=args.feather)
-    models = [parse_model(m) for m in (args.model or ["u2netp"])]
+    run = runtime_config(args, model="u2netp")  # how every --model runs
+    models = [parse_model(m, run) for m in (args.model or ["u2netp"])]
     settings = [parse_setting(s, base) for s in (args.setting or ["default"])]
     data = find_eval_set(args.data, args.trimap_dir, args.limit)
     print(f"eval set {data.root}: {len(data.samples)} images" +
           (f", trimaps from {data.trimap_dir}/" if data.trimap_dir else ", no trimaps"), flush=True)
-    rows = evaluate(data, models, settings, runtime=args.runtime, device=args.device, batch_size=args.batch_size,
-                    threads=args.threads, providers=args.providers)
+    rows = evaluate(data, models, settings, batch_size=args.batch_size, s3_endpoint=args.s3_endpoint)
     print(format_table(rows, data.trimap_dir))
     print("SAD, Grad, Conn: sums / 1000 per image; MSE, MAD, MAE: per-pixel means; alpha in [0, 1]. "
           "images/s: decode + inference + post-processing, after a warm-up batch.")
@@ -361,8 +385,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from model.runtime import DEVICES, RUNTIMES
-
     parser = argparse.ArgumentParser(prog="matting", description="Catalog-scale background removal on Ray.")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -429,11 +451,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trimap-dir", help="trimap folder inside --data (default: trimap/, else the first trimap*/)")
     p.add_argument("--csv", help="write per-image and mean scores to this CSV file")
     p.add_argument("--limit", type=int, help="score only the first N images (by name)")
-    p.add_argument("--runtime", default="auto", choices=RUNTIMES)
-    p.add_argument("--device", default="auto", choices=DEVICES)
-    p.add_argument("--providers", help="ONNX Runtime providers, e.g. tensorrt,cuda or cpu (each must start)")
+    add_runtime_arguments(p, model=False)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, help="intra-op threads for CPU inference")
+    p.add_argument("--s3-endpoint", default=os.environ.get("MATTING_S3_ENDPOINT"),
+                   help="S3-compatible endpoint for s3:// weights (--model NAME=s3://…)")
     g = p.add_argument_group("post-processing (the base every --setting starts from)")
     g.add_argument("--alpha-threshold", type=int, help="0–255: alpha below it becomes 0 (default 0)")
     g.add_argument("--erode", type=int, help="pull the subject's edge in by N px (default 0)")

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from model import metrics
+from model.config import RuntimeConfig
 from postproc import PostprocParams, decode_image, model_input
 from postproc.decode import DecodeError
 from postproc.render import refine_alpha
@@ -41,30 +42,33 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", "
 @dataclass(frozen=True)
 class ModelChoice:
     label: str
-    name: str
-    weights: str | None = None
+    config: RuntimeConfig  # the model, its weights and how to run it
+
+    @property
+    def name(self) -> str:
+        return self.config.model
+
+    @property
+    def weights(self) -> str | None:
+        return self.config.weights
 
 
-def parse_model(arg: str) -> ModelChoice:
+def parse_model(arg: str, base: RuntimeConfig | None = None) -> ModelChoice:
     """'u2netp' → the registry's weights; 'u2netp=path/w.onnx' → that architecture with those weights;
-    'path/w.safetensors' → the file's own spec (what `matting train` writes), as `matting run --model`."""
-    from model.specs import get_spec
-
+    'path/w.safetensors' → the file's own spec (what `matting train` writes), as `matting run --model`.
+    `base` carries the runtime flags (runtime, device, precision, …) every model runs with."""
+    base = base or RuntimeConfig()
     name, sep, weights = arg.partition("=")
-    name = name.strip()
     if not sep and (Path(arg).suffix or "/" in arg):
         try:
-            get_spec(arg)  # a missing file raises WeightsNotFoundError (a FileNotFoundError) from here
-        except ValueError as e:
+            config = base.replace(model=arg, weights=None)
+        except ValueError as e:  # a missing file raises WeightsNotFoundError (a FileNotFoundError) instead
             raise ValueError(f"--model {arg!r}: {e}; or say which registered model it is, "
                              f"e.g. --model u2netp={arg}") from None
-        return ModelChoice(Path(arg).name, arg)
-    get_spec(name)  # unknown names fail with the valid list
-    if sep:
-        if not Path(weights).expanduser().is_file() and not weights.startswith("s3://"):
-            raise FileNotFoundError(f"--model {arg}: weights file {weights} does not exist")
-        return ModelChoice(f"{name}={Path(weights).name}", name, weights)
-    return ModelChoice(name, name)
+        return ModelChoice(Path(arg).name, config)
+    config = base.replace(model=name.strip(), weights=weights.strip() if sep else None)
+    label = f"{name.strip()}={Path(weights).name}" if sep else name.strip()
+    return ModelChoice(label, config)
 
 
 @dataclass(frozen=True)
@@ -188,10 +192,11 @@ def score(matte: np.ndarray, gt: np.ndarray, trimap: np.ndarray | None) -> tuple
     return out, curve
 
 
-def evaluate(eval_set: EvalSet, models: list[ModelChoice], settings: list[Setting], *, runtime: str = "auto",
-             device: str = "auto", batch_size: int = 8, threads: int | None = None,
-             providers: str | None = None) -> list[Row]:
+def evaluate(eval_set: EvalSet, models: list[ModelChoice], settings: list[Setting], *, batch_size: int = 8,
+             s3_endpoint: str | None = None) -> list[Row]:
+    """Each model runs as its ModelChoice's RuntimeConfig says (remote weights are fetched first)."""
     from model.runtime import create_runtime
+    from pipelines.storage import localize_weights
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -200,8 +205,7 @@ def evaluate(eval_set: EvalSet, models: list[ModelChoice], settings: list[Settin
         raise ValueError(f"setting names must be distinct, got {names}")
     rows = []
     for choice in models:
-        rt = create_runtime(choice.name, runtime=runtime, device=device, weights=choice.weights,
-                            threads=threads, providers=providers)
+        rt = create_runtime(localize_weights(choice.config, s3_endpoint))
         log.info("eval %s: %s", choice.label, rt.describe())
         model_rows = [Row(choice.label, s.name) for s in settings]
         samples = eval_set.samples

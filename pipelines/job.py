@@ -12,14 +12,16 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import ray
 from ray.data import ActorPoolStrategy
 
-from model.specs import WEIGHTS_SUFFIXES, get_spec
+from model.config import GPU_PROVIDERS, RuntimeConfig
+from pipelines.logs import quiet_token_auth_notice
 from pipelines.manifest import ManifestWriter, new_run_id
 from pipelines.planning import Plan, plan_inputs
 from pipelines.stages import Predictor, decode_input, read_input, render_output
@@ -39,17 +41,12 @@ class JobStalled(RuntimeError):
 class JobConfig:
     source: str
     dest: str
-    model: str = "u2netp"
-    runtime: str = "auto"
-    device: str = "auto"
-    weights: str | None = None
-    providers: str | None = None  # ONNX Runtime providers, e.g. "tensorrt,cuda"; each must start
-    trt_cache_dir: str | None = None  # where TensorRT keeps built engines (on each inference node)
-    torch_graph: str = "auto"  # torch on CUDA: auto = CUDA graphs (bench/RESULTS.md); eager or compile
+    # The model and how to run it (model/config.py). Its threads: intra-op threads per CPU actor,
+    # default its CPU share (plan_pool); its weights may be remote (each actor fetches them once).
+    inference: RuntimeConfig = field(default_factory=RuntimeConfig)
     batch_size: int = 8
-    actors: int | None = None  # inference actors, a fixed pool on CPU; default: one per GPU, else per CPU (≤ 4)
+    actors: int | None = None  # inference actors; default: one per GPU, else per CPU (≤ 4), never more than batches
     actor_cpus: float | None = None  # CPUs each inference actor reserves; default: see plan_pool
-    threads: int | None = None  # intra-op threads per CPU actor; default: its CPU share, at least 1
     decode_cpus: float = 0.5  # CPUs each read/decode and each render task reserves
     s3_endpoint: str | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -65,22 +62,12 @@ class JobConfig:
     background: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        if self.model.endswith(WEIGHTS_SUFFIXES):  # a checkpoint named by its path: workers need it absolute
-            self.model = str(Path(self.model).expanduser().resolve())
-        get_spec(self.model)  # unknown names fail here, with the valid list
-        from model.runtime import DEVICES, RUNTIMES, TORCH_GRAPHS, parse_providers
-
-        parse_providers(self.providers)  # unknown provider names fail here, before Ray starts
-        if self.providers and self.runtime == "torch":
-            raise ValueError("--providers selects ONNX Runtime providers; use --runtime onnxruntime or auto")
+        if not isinstance(self.inference, RuntimeConfig):
+            raise TypeError(f"inference must be a RuntimeConfig, got {type(self.inference).__name__}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.actors is not None and self.actors < 1:
             raise ValueError(f"actors must be at least 1, got {self.actors}")
-        for name, value, choices in (("device", self.device, DEVICES), ("runtime", self.runtime, RUNTIMES),
-                                     ("torch_graph", self.torch_graph, TORCH_GRAPHS)):
-            if value not in choices:
-                raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
         if not 0 < self.decode_cpus <= 64:
             raise ValueError(f"decode_cpus must be in (0, 64], got {self.decode_cpus}")
         if self.actor_cpus is not None and not 0 < self.actor_cpus <= 64:
@@ -88,8 +75,6 @@ class JobConfig:
         if self.actor_cpus == self.decode_cpus:
             raise ValueError("decode_cpus must differ from actor_cpus: Ray fuses maps with equal resources into "
                              "the inference actor, which would serialise decoding with inference")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be at least 1, got {self.threads}")
         if (self.params.background_image is None) != (self.background is None):
             raise ValueError("params.background_image and background go together: decode the image named by "
                              "background_image and pass its pixels as background")
@@ -102,7 +87,7 @@ class JobConfig:
         check_disjoint(self.source, self.dest)  # DEST == SOURCE would overwrite inputs: refused before any I/O
 
     def fingerprint(self) -> JobFingerprint:
-        spec = get_spec(self.model)
+        spec = self.inference.spec
         return JobFingerprint(self.source.rstrip("/"), spec.version, self.params.params_hash(), self.incremental)
 
 
@@ -159,14 +144,18 @@ class PoolPlan:
         return ActorPoolStrategy(size=self.size)
 
 
-def inference_resources(cfg: JobConfig) -> PoolPlan:
+def inference_resources(cfg: JobConfig, inputs: int | None = None) -> PoolPlan:
     """The pool for the cluster `ray` is connected to (see plan_pool)."""
     resources = ray.cluster_resources()
-    return plan_pool(cfg, cpus=float(resources.get("CPU", 0)), gpus=int(resources.get("GPU", 0)))
+    return plan_pool(cfg, cpus=float(resources.get("CPU", 0)), gpus=int(resources.get("GPU", 0)), inputs=inputs)
 
 
-def plan_pool(cfg: JobConfig, *, cpus: float, gpus: int) -> PoolPlan:
+def plan_pool(cfg: JobConfig, *, cpus: float, gpus: int, inputs: int | None = None) -> PoolPlan:
     """One actor per GPU where the cluster has GPUs; else `actors` CPU actors (default one per CPU, at most 4).
+
+    Never more actors than the job has batches of `inputs` (when known): each batch goes to one
+    actor, so a 5-image job at batch 8 starts one actor, not a pool that would load the model for
+    nothing (and that Ray Data warns about).
 
     CPU actors share the CPUs with the read/decode and render tasks: by default together they
     reserve all but one CPU (at most 1 CPU each; none on a 1-CPU cluster), since Ray Data's own
@@ -176,16 +165,23 @@ def plan_pool(cfg: JobConfig, *, cpus: float, gpus: int) -> PoolPlan:
     Ray's accounting, then shares the cores.
     """
     actor_cpus = cfg.actor_cpus if cfg.actor_cpus is not None else 1.0
-    if cfg.device == "cuda" and gpus == 0:
+    device, threads = cfg.inference.device, cfg.inference.threads
+    batches = max(1, -(-inputs // cfg.batch_size)) if inputs is not None else None
+
+    def capped(size: int) -> int:
+        return min(size, batches) if batches is not None else size
+
+    if device == "cuda" and gpus == 0:
         if cfg.actors:  # an autoscaling GPU group may start from zero: wait, bounded by the stall timeout
             log.warning("no GPU in the cluster yet: %d GPU actors wait for the autoscaler (stall timeout %.0f s)",
                         cfg.actors, cfg.stall_timeout_s)
-            return PoolPlan(cfg.actors, 1.0, actor_cpus, cfg.threads)
+            return PoolPlan(capped(cfg.actors), 1.0, actor_cpus, threads)
         raise RuntimeError("--device cuda was asked for but the Ray cluster has no GPU resources; use --device "
                            "auto to run on CPU, or --actors N to wait for an autoscaler to add GPU nodes")
-    if gpus and cfg.device != "cpu":
-        return PoolPlan(cfg.actors or gpus, 1.0, actor_cpus, cfg.threads)
-    size = cfg.actors or max(1, min(int(cpus), CPU_ACTORS_DEFAULT_MAX))
+    if gpus and device != "cpu":
+        return PoolPlan(capped(cfg.actors or gpus), 1.0, actor_cpus, threads)
+    full = cfg.actors or max(1, min(int(cpus), CPU_ACTORS_DEFAULT_MAX))
+    size = capped(full)
     if cfg.actor_cpus is None:
         share = round(min(1.0, max(cpus - TASK_CPUS, 0.0) / size), 2)
         # Equal shares would fuse decoding into the actor (see JobConfig), hence the nudge.
@@ -194,8 +190,22 @@ def plan_pool(cfg: JobConfig, *, cpus: float, gpus: int) -> PoolPlan:
         log.warning("%d CPU actors × %.2f CPUs leave less than one CPU free in this cluster's %g CPUs: Ray Data's "
                     "repartition tasks ask for a whole CPU, so the job waits for a node with room (an "
                     "autoscaler) or stalls. Lower --actors or --actor-cpus.", size, actor_cpus, cpus)
-    threads = cfg.threads or max(1, round(actor_cpus))
+    if not threads:
+        threads = max(1, round(actor_cpus))
+        if size < full:  # a pool cut to the job's batches keeps the full pool's threads: no core idles
+            full_share = cfg.actor_cpus if cfg.actor_cpus is not None else min(1.0, max(cpus - TASK_CPUS, 0.0) / full)
+            threads = max(threads, max(1, round(full_share)) * full // size)
     return PoolPlan(size, 0.0, actor_cpus, threads)
+
+
+def actor_config(cfg: JobConfig, pool: PoolPlan) -> RuntimeConfig:
+    """The RuntimeConfig each inference actor gets: the job's, with the pool's threads, and device cpu
+    for a CPU pool (its actors then skip torch's import and CUDA probe: seconds at start-up)."""
+    rc = cfg.inference.replace(threads=pool.threads)
+    gpu_providers = rc.providers is not None and any(p in GPU_PROVIDERS for p in rc.providers)
+    if not pool.gpus and rc.device == "auto" and not gpu_providers:
+        rc = rc.replace(device="cpu")
+    return rc
 
 
 def read_planned_chunk(row: dict, *, fs) -> list[dict]:
@@ -207,8 +217,8 @@ def read_planned_chunk(row: dict, *, fs) -> list[dict]:
 
 
 def build_dataset(cfg: JobConfig, source: Location, dest: Location, plan: Plan) -> ray.data.Dataset:
-    spec = get_spec(cfg.model)
-    pool = inference_resources(cfg)
+    spec = cfg.inference.spec
+    pool = inference_resources(cfg, plan.candidates)
     # The planned chunks' paths, not read_parquet: its file-listing task costs a fresh worker and
     # seconds at start-up, and asks for a whole CPU whatever the read is given.
     ds = ray.data.from_items([{"chunk": path} for path in plan.input_files])
@@ -224,10 +234,7 @@ def build_dataset(cfg: JobConfig, source: Location, dest: Location, plan: Plan) 
                 num_cpus=cfg.decode_cpus)
     ds = ds.map_batches(
         Predictor,
-        fn_constructor_kwargs={"model": cfg.model, "runtime": cfg.runtime, "device": cfg.device,
-                               "weights": cfg.weights, "s3_endpoint": cfg.s3_endpoint, "threads": pool.threads,
-                               "providers": cfg.providers, "trt_cache_dir": cfg.trt_cache_dir,
-                               "torch_graph": cfg.torch_graph},
+        fn_constructor_kwargs={"config": actor_config(cfg, pool), "s3_endpoint": cfg.s3_endpoint},
         compute=pool.strategy(),
         batch_size=cfg.batch_size,
         batch_format="numpy",
@@ -289,26 +296,42 @@ def check_weights(cfg: JobConfig) -> None:
     """Missing weights fail now, in the driver, not in every actor after the job started."""
     from model import weights
 
-    if cfg.weights is None or not str(cfg.weights).startswith("s3://"):
-        weights.resolve(get_spec(cfg.model), cfg.weights)
+    rc = cfg.inference
+    if not rc.remote_weights:  # remote weights: each actor fetches them (pipelines.storage.localize_weights)
+        weights.resolve(rc.spec, rc.weights)
 
 
-def run_job(cfg: JobConfig) -> JobResult:
-    """Run on the Ray instance already initialised by the caller."""
+def run_job(cfg: JobConfig, connect: Callable[[], None] | None = None) -> JobResult:
+    """Run on the Ray instance already initialised by the caller, or the one `connect` starts.
+
+    `connect` (e.g. init_ray) runs on this thread (ray.init must: it installs signal handlers)
+    while the inputs are listed and planned on another: neither needs the other, and on a small
+    local job both take seconds (bench/startup.py). The job's seconds count from when Ray is ready.
+    """
     check_weights(cfg)
     source = open_location(cfg.source, cfg.s3_endpoint)
     dest = open_location(cfg.dest, cfg.s3_endpoint, create=True)
     fingerprint = cfg.fingerprint()
-    t0 = time.perf_counter()
 
-    resumed_run = unfinished_run(dest, fingerprint)
-    run_id = resumed_run or new_run_id(cfg.run_name)
-    if resumed_run:
-        log.warning("resuming unfinished run %s: inputs it already finished are skipped", run_id)
+    def prepare() -> tuple[str | None, str, ManifestWriter, Plan]:
+        resumed_run = unfinished_run(dest, fingerprint)
+        run_id = resumed_run or new_run_id(cfg.run_name)
+        if resumed_run:
+            log.warning("resuming unfinished run %s: inputs it already finished are skipped", run_id)
+        else:
+            dest.write_atomic(job_file(run_id), fingerprint.to_json().encode())
+        writer = ManifestWriter(dest, run_id, flush_rows=cfg.manifest_flush_rows)
+        return resumed_run, run_id, writer, plan_inputs(cfg, source, dest, run_id, resumed_run, writer)
+
+    if connect is None:
+        t0 = time.perf_counter()
+        resumed_run, run_id, writer, plan = prepare()
     else:
-        dest.write_atomic(job_file(run_id), fingerprint.to_json().encode())
-    writer = ManifestWriter(dest, run_id, flush_rows=cfg.manifest_flush_rows)
-    plan = plan_inputs(cfg, source, dest, run_id, resumed_run, writer)
+        with ThreadPoolExecutor(1, thread_name_prefix="matting-plan") as pool:
+            planned = pool.submit(prepare)
+            connect()
+            t0 = time.perf_counter()
+            resumed_run, run_id, writer, plan = planned.result()
     if plan.candidates:
         log.info("%d inputs listed, %d to process, %d unchanged", plan.listed, plan.candidates, plan.skipped)
         try:
@@ -330,7 +353,16 @@ def run_job(cfg: JobConfig) -> JobResult:
 
 
 def init_ray(address: str | None = None, **kwargs) -> None:
-    """Connect to `address` / RAY_ADDRESS, else start a local instance in this process."""
+    """Connect to `address` / RAY_ADDRESS, else start a local instance in this process.
+
+    A local instance starts without the dashboard: its nine head modules are each a process that
+    a 2-core machine starts for seconds before the job's first output, and that nobody reads
+    during a local run (bench/startup.py). A cluster keeps whatever its operator started.
+    `kwargs` (e.g. include_dashboard=True) override these choices.
+    """
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     if not ray.is_initialized():
+        if address == "local":
+            kwargs.setdefault("include_dashboard", False)
+            quiet_token_auth_notice()
         ray.init(address=address, **kwargs)

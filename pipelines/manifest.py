@@ -49,6 +49,7 @@ SCHEMA = pa.schema([
     ("worker_node", pa.string()),
     ("worker_pid", pa.int64()),
     ("device", pa.string()),
+    ("precision", pa.string()),  # what inference ran in: fp32, fp16 or int8 (RuntimeConfig.precision resolved)
     ("reused", pa.bool_()),  # the input's bytes were unchanged: its existing output was kept
 ])
 

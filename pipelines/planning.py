@@ -19,7 +19,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from model.specs import get_spec
 from pipelines.manifest import MANIFEST_DIR, SCHEMA, ManifestWriter, conform, read_run
 from pipelines.state import PERMANENT_REASONS, PreviousState, is_done
 from pipelines.storage import ListedInput, Location, NamingCounter, OutputNaming, list_inputs, open_location
@@ -105,7 +104,7 @@ def _done_in_run(dest: Location, run_id: str) -> PreviousState:
 
 def plan_inputs(cfg, source: Location, dest: Location, run_id: str, resumed_run: str | None,
                 writer: ManifestWriter) -> Plan:
-    version, phash = get_spec(cfg.model).version, cfg.params.params_hash()
+    version, phash = cfg.inference.spec.version, cfg.params.params_hash()
     plan = Plan(dest)
     # An input manifest names a part of SOURCE: the earlier runs' inputs count for the naming too.
     previous = (PreviousState.load(dest) if (cfg.incremental or cfg.prune or cfg.input_manifest)

@@ -100,20 +100,23 @@ def decode_input(row: dict, *, input_size: tuple[int, int], max_pixels: int) -> 
 
 
 class Predictor:
-    """Stage 3: batched inference in an actor; the model is loaded once, in `__init__`."""
+    """Stage 3: batched inference in an actor; the model is loaded once, in `__init__`.
 
-    def __init__(self, model: str, runtime: str = "auto", device: str = "auto", weights: str | None = None,
-                 s3_endpoint: str | None = None, threads: int | None = None, providers: str | None = None,
-                 trt_cache_dir: str | None = None, torch_graph: str = "auto"):
+    `config` is the job's RuntimeConfig; remote weights are fetched here, once per node, into the
+    local cache (the storage layer's job: model/ reads local files only).
+    """
+
+    def __init__(self, config, s3_endpoint: str | None = None):
+        t0 = time.perf_counter()
         from model.runtime import create_runtime
+        from pipelines.storage import localize_weights
 
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        self.runtime = create_runtime(model, runtime=runtime, device=device, weights=weights,
-                                      s3_endpoint=s3_endpoint, threads=threads, providers=providers,
-                                      trt_cache_dir=trt_cache_dir, torch_graph=torch_graph)
+        self.runtime = create_runtime(localize_weights(config, s3_endpoint))
         self.node_id = _node_id()
-        # Logged once per actor, so a run's log says where and how inference ran.
-        log.warning("inference actor ready on node %s: %s", self.node_id[:12], self.runtime.describe())
+        # Logged once per actor, so a run's log says where and how inference ran, and what starting cost.
+        log.info("inference actor ready on node %s in %.1f s: %s", self.node_id[:12], time.perf_counter() - t0,
+                    self.runtime.describe())
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["source_key"])
@@ -188,6 +191,7 @@ def render_output(row: dict, *, dest: Location, params: PostprocParams, model_na
         "worker_node": _node_id(),
         "worker_pid": os.getpid(),
         "device": str(row.get("device", "")),
+        "precision": str(row.get("precision", "")),
         "reused": bool(row["reused_output_key"]),
     }
     record_row(result)

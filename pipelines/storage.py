@@ -18,6 +18,7 @@ import logging
 import os
 import posixpath
 import random
+import shutil
 import stat
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 import numpy as np
 from pyarrow import fs as pafs
 
-from model.atomic import name_max, write_bytes_atomic
+from model.atomic import atomic_path, name_max, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -507,3 +508,35 @@ def write_failure_reason(e: OSError) -> str:
     if e.errno in (errno.EISDIR, errno.ENOTDIR, errno.EEXIST):
         return "output_collision"
     return "write_failed"
+
+
+def fetch_to_cache(uri: str, s3_endpoint: str | None = None) -> str:
+    """A remote file (weights) copied once into the local weights cache, keyed by its URI: its local path.
+
+    This layer owns storage; model/ reads local files only. Each node fetches its own copy once.
+    """
+    from model.weights import weights_dir
+
+    parent, _, name = uri.rstrip("/").rpartition("/")
+    if not name or "://" not in parent:
+        raise ValueError(f"{uri!r} names no file: use s3://bucket/path/to/weights.onnx")
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    target = weights_dir() / "s3" / f"{digest}-{name}"
+    if target.exists():
+        return str(target)
+    loc = open_location(parent, s3_endpoint)  # the one S3 set-up, with its retry policy
+
+    def copy() -> None:
+        with atomic_path(target) as partial:  # a concurrent reader sees no file or the whole one
+            with loc.fs.open_input_stream(loc.path(name)) as src, open(partial, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+
+    retry_transient(copy, f"fetching weights {uri}")
+    return str(target)
+
+
+def localize_weights(cfg, s3_endpoint: str | None = None):
+    """`cfg` (a model.config.RuntimeConfig) with remote weights replaced by their local cached copy."""
+    if not cfg.remote_weights:
+        return cfg
+    return cfg.replace(weights=fetch_to_cache(cfg.weights, s3_endpoint))

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.config import RuntimeConfig
 from model.runtime import normalize_batch, resolve_device
 from model.specs import ModelSpec, PreprocessSpec
 from pipelines import synth
@@ -91,6 +92,12 @@ class TrainConfig:
             raise ValueError("pair_weight, val_images and workers must be ≥ 0")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
+        self.teacher_config()  # the teacher's name and runtime choices fail here, before any work
+
+    def teacher_config(self, device: str | None = None) -> RuntimeConfig:
+        """How the teacher runs: one RuntimeConfig, passed whole to precompute_teacher."""
+        return RuntimeConfig(model=self.teacher, runtime=self.teacher_runtime, device=device or self.device,
+                             threads=self.threads)
 
     def student_spec(self, step: int) -> ModelSpec:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M")
@@ -215,8 +222,8 @@ def run_training(cfg: TrainConfig) -> dict:
 
     images = list_images(list(cfg.images), cfg.max_images)
     pairs = find_pairs(cfg.pairs) if cfg.pairs else []
-    cached = precompute_teacher(images, teacher=cfg.teacher, cache_dir=cfg.cache_dir or default_cache_dir(),
-                                size=cfg.cache_size, runtime=cfg.teacher_runtime, device=device, threads=cfg.threads)
+    cached = precompute_teacher(images, teacher=cfg.teacher_config(device), cache_dir=cfg.cache_dir or default_cache_dir(),
+                                size=cfg.cache_size)
     n_val = min(cfg.val_images, len(cached) // 10)
     # Every 10th photo up to n_val is held out: spread over the interleaved folders, never trained on,
     # neither as a teacher sample nor as a pair.

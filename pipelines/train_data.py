@@ -115,21 +115,24 @@ def read_rgba(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(bgra[..., 2::-1]), np.ascontiguousarray(bgra[..., 3])
 
 
-def precompute_teacher(images: list[Path], *, teacher: str, cache_dir: str | os.PathLike, size: int,
-                       runtime: str = "auto", device: str = "auto", threads: int | None = None,
+def precompute_teacher(images: list[Path], *, teacher, cache_dir: str | os.PathLike, size: int,
                        batch_size: int = 8, log_every_s: float = 30.0) -> list[tuple[Path, Path]]:
-    """Run the teacher on every image not cached yet; return (image, cache file) of all readable images."""
-    from model.runtime import create_runtime
-    from model.specs import get_spec
+    """Run the teacher on every image not cached yet; return (image, cache file) of all readable images.
 
+    `teacher` is a model.config.RuntimeConfig (or a model name, run with the defaults)."""
+    from model.config import RuntimeConfig
+    from model.runtime import create_runtime
+
+    if not isinstance(teacher, RuntimeConfig):
+        teacher = RuntimeConfig(model=str(teacher))
     cache_dir = Path(cache_dir)
-    version = get_spec(teacher).version
+    version = teacher.spec.version
     target = {p: cache_path(cache_dir, p, version, size) for p in images}  # hashes each photo once
     todo = [p for p in images if not target[p].is_file()]
-    log.info("teacher %s: %d of %d images cached in %s, %d to do", teacher, len(images) - len(todo), len(images),
+    log.info("teacher %s: %d of %d images cached in %s, %d to do", teacher.model, len(images) - len(todo), len(images),
              cache_dir, len(todo))
     if todo:
-        rt = create_runtime(teacher, runtime=runtime, device=device, threads=threads)
+        rt = create_runtime(teacher)
         t0 = last = time.perf_counter()
         done = bad = 0
         for start in range(0, len(todo), batch_size):

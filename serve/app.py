@@ -83,7 +83,7 @@ async def _unexpected(request: Request, exc: Exception):
 class MattingIngress:
     def __init__(self, handles: dict, args: AppArgs):
         self.args = AppArgs.model_validate(args)
-        self.models = list(self.args.models)
+        self.models = self.args.model_names
         self.pipeline = Pipeline(handles, self.args.max_pixels, self.args.cpu_threads, self.args.request_timeout_s)
         self.handles = handles
         self.limiter = RateLimiter(self.args.rate_limit_per_minute, self.args.rate_limit_burst)
@@ -186,10 +186,10 @@ def make_app(args: AppArgs, overrides: dict[str, dict] | None = None) -> Applica
     """The application graph; `overrides` maps a deployment name to `.options(...)` (tests, bench)."""
     overrides = overrides or {}
     handles = {}
-    for m in args.models:
+    for m, config in args.runtime_configs.items():
         name = model_deployment_name(m)
         dep = MattingModel.options(name=name, **overrides.get(name, {}))
-        handles[m] = dep.bind(m, args.runtime, args.device, args.threads, args.torch_graph)
+        handles[m] = dep.bind(config)
     return MattingIngress.options(**overrides.get(INGRESS_NAME, {})).bind(handles, args)
 
 

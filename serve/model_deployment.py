@@ -36,11 +36,11 @@ class BatchConfig(BaseModel):
     ray_actor_options={"num_cpus": 1},
 )
 class MattingModel:
-    def __init__(self, model: str, runtime: str = "auto", device: str = "auto", threads: int | None = None,
-                 torch_graph: str = "auto"):
+    def __init__(self, config, **fields):
+        """`config`: a model.config.RuntimeConfig (AppArgs.runtime_configs), or a model name with its fields."""
         from model.runtime import create_runtime
 
-        self.runtime = create_runtime(model, runtime=runtime, device=device, threads=threads, torch_graph=torch_graph)
+        self.runtime = create_runtime(config, **fields)
         self.batch_config = BatchConfig()
         log.warning("model replica ready: %s", self.runtime.describe())
 

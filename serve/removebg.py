@@ -198,7 +198,7 @@ async def removebg(request: Request, pipeline: Pipeline, args: AppArgs) -> Respo
             raise bad(f"bg_color: {e}") from None
 
     data = await read_source(fields, upload, args)
-    model = args.models[0]
+    model = args.model_names[0]
     image, small = await pipeline.decode(data, model)
     prob = await pipeline.infer(model, small)
     body, fmt, (w, h), bbox = await pipeline.in_thread(

@@ -11,10 +11,10 @@ import ipaddress
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from model.runtime import DEVICES, RUNTIMES, TORCH_GRAPHS
-from model.specs import MODEL_SPECS
+from model.config import RuntimeConfig
+from model.specs import MODEL_SPECS, WEIGHTS_SUFFIXES
 
 
 class ImageUrlSettings(BaseModel):
@@ -42,10 +42,17 @@ class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     models: list[str] = Field(default_factory=lambda: ["u2netp"], min_length=1,
-                              description="registered models to serve; the first is the default")
+                              description="models to serve, the first the default: registered names, NAME=WEIGHTS "
+                                          "(other local weights for a registered model) or checkpoint paths "
+                                          "that carry their spec, as `matting run --model`")
+    # How every model runs: model.config.RuntimeConfig's fields, validated there (as for the batch job).
     runtime: str = "auto"
     device: str = "auto"
+    precision: str = Field("auto", description="auto: FP16 on CUDA; on CPU INT8 where it holds its quality, "
+                                               "else FP32")
     threads: int | None = Field(None, ge=1, description="intra-op threads per CPU model replica")
+    providers: str | list[str] | None = Field(None, description="ONNX Runtime providers, e.g. tensorrt,cuda")
+    trt_cache_dir: str | None = Field(None, description="TensorRT engine cache folder on each node")
     torch_graph: str = Field("auto", description="torch on CUDA: auto (CUDA graphs), eager or compile")
     # Security on by default: `auth: false` is for a developer's own machine and is logged loudly.
     auth: bool = True
@@ -56,22 +63,45 @@ class AppArgs(BaseModel):
     cpu_threads: int = Field(4, ge=1, description="decode/post-process threads per ingress replica")
     request_timeout_s: float = Field(60.0, gt=0, description="longest wait for the model")
     image_url: ImageUrlSettings = Field(default_factory=ImageUrlSettings)
+    _configs: dict[str, RuntimeConfig] = PrivateAttr(default_factory=dict)
 
     @field_validator("models")
     @classmethod
     def _models(cls, v: list[str]) -> list[str]:
-        unknown = [m for m in v if m not in MODEL_SPECS]
+        names = [m.partition("=")[0].strip() for m in v]
+        unknown = [n for n in names if not n.endswith(WEIGHTS_SUFFIXES) and n not in MODEL_SPECS]
         if unknown:
             raise ValueError(f"unknown model(s) {unknown}; registered: {sorted(MODEL_SPECS)}")
         return v
 
-    @field_validator("runtime", "device", "torch_graph")
-    @classmethod
-    def _choice(cls, v: str, info) -> str:
-        choices = {"runtime": RUNTIMES, "device": DEVICES, "torch_graph": TORCH_GRAPHS}[info.field_name]
-        if v not in choices:
-            raise ValueError(f"{info.field_name} must be one of {choices}, got {v!r}")
-        return v
+    @model_validator(mode="after")
+    def _runtime_configs(self) -> "AppArgs":
+        configs: dict[str, RuntimeConfig] = {}
+        fields = dict(runtime=self.runtime, device=self.device, precision=self.precision, threads=self.threads,
+                      providers=self.providers, trt_cache_dir=self.trt_cache_dir, torch_graph=self.torch_graph)
+        for entry in self.models:
+            try:
+                config = RuntimeConfig.from_model_arg(entry, **fields)
+            except (ValueError, OSError) as e:  # one message for pydantic, whatever RuntimeConfig raised
+                raise ValueError(f"models: {entry}: {e}") from None
+            if config.remote_weights:
+                raise ValueError(f"models: {entry}: Serve loads local weights only; copy them to each node "
+                                 "and name the local file")
+            name = config.spec.name
+            if name in configs:
+                raise ValueError(f"models: two entries serve the model name {name!r}; serve one of them")
+            configs[name] = config
+        self._configs = configs
+        return self
+
+    @property
+    def runtime_configs(self) -> dict[str, RuntimeConfig]:
+        """Model name (as the APIs take it) → how to run it; the first is the default."""
+        return dict(self._configs)
+
+    @property
+    def model_names(self) -> list[str]:
+        return list(self._configs)
 
     @property
     def max_upload_bytes(self) -> int:

@@ -8,6 +8,7 @@ import pytest
 
 from catalog import catalog, check_outputs
 from raystate import inference_actors_started
+from model.config import RuntimeConfig
 from pipelines.job import JobConfig, run_job
 from pipelines.manifest import read_manifest
 from pipelines.storage import open_location
@@ -35,6 +36,8 @@ def test_local_catalog_gives_one_row_per_input_and_valid_cutouts(tmp_path, ray_l
     assert (result.images, result.ok, result.errors) == (len(files), 30, 3)
     rows = read_manifest(open_location(str(dst)), result.run_id).to_pylist()
     check_outputs(files, rows, lambda key: (dst / key).read_bytes())
+    # The manifest says which precision ran (RuntimeConfig's auto: FP32 on a CPU without INT8 in this build).
+    assert {r["precision"] for r in rows if r["status"] == "ok"} == {"fp32"}
     # No temporary file is left visible beside the outputs.
     assert not [p for p in dst.rglob("*.partial")]
     ok = [r for r in rows if r["status"] == "ok"]
@@ -56,4 +59,33 @@ def test_destination_inside_source_is_refused_before_anything_is_written(tmp_pat
 def test_cuda_on_a_machine_without_gpus_fails_at_start(tmp_path, ray_local):
     write_tree(tmp_path / "src", dict(list(catalog(1).items())[:1]))
     with pytest.raises(RuntimeError, match="CUDA|GPU"):
-        run_job(JobConfig(source=str(tmp_path / "src"), dest=str(tmp_path / "dst"), device="cuda"))
+        run_job(JobConfig(source=str(tmp_path / "src"), dest=str(tmp_path / "dst"),
+                          inference=RuntimeConfig(device="cuda")))
+
+
+# Lines a normal run must not print (issue 12 item 9): Ray's, caused by our settings or harmless.
+NOISE = ("constructor arguments in the object store",  # Ray core, about Ray Data's actor pool (filtered)
+         "minimum number of concurrent actors",  # Ray Data: a pool larger than the job's batches
+         "Token authentication is",  # Ray 2.60 on a new local instance whose auth mode nobody chose
+         "View the dashboard at")  # the dashboard a local run does not start
+
+
+def test_a_normal_run_prints_no_warnings_of_ours_or_rays_avoidable_ones(tmp_path):
+    """`matting run` on the 5 bundled photos, as a user runs it: its own process and local Ray."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    env["PYTHONPATH"] = os.pathsep.join([str(repo), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", str(repo / "pipelines" / "samples"),
+                           str(tmp_path / "out")], cwd=repo, env=env, capture_output=True, text=True, timeout=500)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "done: 5 images, 5 ok, 0 errors" in out
+    assert [n for n in NOISE if n in out] == [], out[-3000:]
+    ours = [line for line in out.splitlines()
+            if any(f"{level} {name}" in line for level in ("WARNING", "ERROR") for name in ("pipelines.", "model."))]
+    warnings = [line for line in out.splitlines() if "Warning: " in line]  # Python warnings.warn output
+    assert ours == [] and warnings == [], out[-3000:]

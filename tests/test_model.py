@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -213,3 +215,59 @@ def test_onnxruntime_exports_torch_only_weights_in_memory(tmp_path):
     imgs = photos_at((320, 320), 2)
     packaged = create_runtime("u2netp", runtime="onnxruntime", device="cpu")
     assert np.abs(from_pt.predict(imgs) - packaged.predict(imgs)).max() < 1e-3
+
+
+# --- precision: the INT8 contract with model/quantize.py (issue 18) --------------------------------
+
+def test_int8_without_quantization_fails_at_start_with_the_fix(monkeypatch):
+    import sys
+
+    from model.config import RuntimeConfig
+
+    monkeypatch.setitem(sys.modules, "model.quantize", None)  # a build without model/quantize.py
+    with pytest.raises(ValueError, match="needs INT8 quantization.*--precision auto or fp32"):
+        RuntimeConfig(precision="int8")
+    assert create_runtime("u2netp", device="cpu").precision == "fp32"  # auto on CPU without INT8
+
+
+def test_int8_contract_opens_the_file_quantize_returns_and_auto_follows_int8_ok(monkeypatch, tmp_path):
+    """Plumbing only: a stand-in model.quantize whose "INT8 file" is a copy of the FP32 one (the real
+    quantization is model/quantize.py's, with its own tests). The runtime must open exactly the path
+    int8_model_path returns, say int8 in describe(), and `auto` must pick INT8 only where the spec's
+    int8_ok and cpu_has_fast_int8() both hold."""
+    import dataclasses
+    import shutil
+    import sys
+    import types
+
+    from model import specs
+
+    calls, fast = [], {"cpu": True}
+
+    def int8_model_path(spec, fp32_onnx_path):
+        calls.append((spec.name, Path(fp32_onnx_path)))
+        out = tmp_path / f"{spec.name}-int8.onnx"
+        shutil.copyfile(fp32_onnx_path, out)
+        return out
+
+    fake = types.ModuleType("model.quantize")
+    fake.int8_model_path = int8_model_path
+    fake.cpu_has_fast_int8 = lambda: fast["cpu"]
+    monkeypatch.setitem(sys.modules, "model.quantize", fake)
+
+    imgs = np.stack([np.full((320, 320, 3), 90, np.uint8), np.full((320, 320, 3), 200, np.uint8)])
+    rt = create_runtime("u2netp", device="cpu", precision="int8")
+    assert rt.precision == "int8" and "precision=int8" in rt.describe()
+    assert calls[-1][0] == "u2netp" and calls[-1][1].suffix == ".onnx"
+    np.testing.assert_allclose(rt.predict(imgs), create_runtime("u2netp", device="cpu").predict(imgs), atol=1e-5)
+
+    # unet-small's weights are torch-only: its FP32 graph reaches int8_model_path as an exported file.
+    assert create_runtime("unet-small", device="cpu", precision="int8").precision == "int8"
+    assert calls[-1][0] == "unet-small"
+
+    assert create_runtime("u2netp", device="cpu").precision == "fp32"  # int8_ok is False until measured
+    monkeypatch.setitem(specs.MODEL_SPECS, "u2netp", dataclasses.replace(specs.MODEL_SPECS["u2netp"], int8_ok=True))
+    assert create_runtime("u2netp", device="cpu").precision == "int8"
+    fast["cpu"] = False  # no VNNI/AMX: FP32
+    assert create_runtime("u2netp", device="cpu").precision == "fp32"
+    assert create_runtime("u2netp", device="cpu", runtime="torch").precision == "fp32"

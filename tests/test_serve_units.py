@@ -189,3 +189,26 @@ def test_check_health_runs_the_model_and_rejects_a_broken_one():
     replica.runtime.predict = broken
     with pytest.raises(RuntimeError, match="health probe"):
         asyncio.run(replica.check_health())
+
+
+def test_serve_takes_what_the_job_takes_validated_by_the_same_runtime_config(tmp_path):
+    from model.specs import get_spec
+    from model.weights import save_safetensors
+    from model.architectures import UNet
+
+    spec = get_spec("unet-small")
+    spec = type(spec).from_json_dict({**spec.to_json_dict(), "name": "mine", "version": "mine-1"})
+    ckpt = save_safetensors(UNet(**spec.arch_kwargs).state_dict(), spec, tmp_path / "mine.safetensors")
+    args = AppArgs(models=["u2netp", str(ckpt)], providers="cpu", trt_cache_dir=str(tmp_path / "trt"),
+                   precision="fp32", threads=2)
+    assert args.model_names == ["u2netp", "mine"]  # a checkpoint is served under its spec's name
+    mine = args.runtime_configs["mine"]
+    assert (mine.model, mine.providers, mine.precision, mine.threads) == (str(ckpt), ("cpu",), "fp32", 2)
+    assert mine.trt_cache_dir == str(tmp_path / "trt")
+    for bad, message in (({"precision": "int4"}, "precision must be one of"),
+                         ({"providers": "cpu", "runtime": "torch"}, "--runtime onnxruntime"),
+                         ({"models": ["u2netp=/nonexistent/w.onnx"]}, "does not exist"),
+                         ({"models": ["u2netp=s3://bucket/w.onnx"]}, "local weights only"),
+                         ({"models": ["u2netp", "u2netp"]}, "two entries")):
+        with pytest.raises(ValueError, match=message):
+            AppArgs(**bad)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
 
 from catalog import corrupt_files, real_photos
+from model.config import RuntimeConfig
 from pipelines.stages import Predictor, decode_input, read_input, render_output
 from pipelines.storage import list_inputs, open_location, output_key
 from postproc import PostprocParams
@@ -39,8 +42,9 @@ def test_stages_chain_without_a_cluster(tree):
             for k in sorted(files)]
     batch = {k: np.array([r[k] for r in rows], dtype=object) if k == "pixels" else np.array([r[k] for r in rows])
              for k in rows[0]}
-    out = Predictor("u2netp", device="cpu")(batch)
+    out = Predictor(RuntimeConfig("u2netp", device="cpu"))(batch)
     assert out["prob"].shape == (len(rows), 320, 320) and "model_input" not in out
+    assert set(out["precision"]) == {"fp32"}  # what ran reaches the manifest (the CPU default without INT8)
     params = PostprocParams.create(format="webp")
     manifest = [render_output({k: out[k][i] for k in out}, dest=dst, params=params, model_name="u2netp",
                               model_version="v") for i in range(len(rows))]
@@ -93,12 +97,12 @@ def test_unchanged_bytes_reuse_the_existing_output(tmp_path):
 def test_job_config_checks_providers_before_ray_starts(tmp_path):
     from pipelines.job import JobConfig
 
-    paths = {"source": str(tmp_path / "src"), "dest": str(tmp_path / "out")}
-    assert JobConfig(**paths, providers="tensorrt,cuda").providers
+    cfg = JobConfig(source=str(tmp_path / "src"), dest=str(tmp_path / "out"), inference=RuntimeConfig(providers="tensorrt,cuda"))
+    assert cfg.inference.providers == ("tensorrt", "cuda")
     with pytest.raises(ValueError, match="unknown ONNX Runtime provider 'gpu'"):
-        JobConfig(**paths, providers="gpu")
+        RuntimeConfig(providers="gpu")
     with pytest.raises(ValueError, match="--runtime onnxruntime"):
-        JobConfig(**paths, providers="cpu", runtime="torch")
+        RuntimeConfig(providers="cpu", runtime="torch")
 
 
 def test_cpu_pool_leaves_ray_data_a_whole_cpu_and_threads_follow_the_share():
@@ -116,7 +120,7 @@ def test_cpu_pool_leaves_ray_data_a_whole_cpu_and_threads_follow_the_share():
     assert (big.size, big.cpus, big.threads) == (4, 1.0, 1)  # capped: each actor holds ~2.8 GB
     tiny = plan_pool(JobConfig(source="/s", dest="/d"), cpus=1, gpus=0)
     assert (tiny.size, tiny.cpus, tiny.threads) == (1, 0.0, 1)
-    assert plan_pool(JobConfig(source="/s", dest="/d", actors=2, threads=3), cpus=16, gpus=0).threads == 3
+    assert plan_pool(JobConfig(source="/s", dest="/d", actors=2, inference=RuntimeConfig(threads=3)), cpus=16, gpus=0).threads == 3
 
 
 def test_gpu_pool_is_one_actor_per_gpu_and_may_shrink():
@@ -126,20 +130,50 @@ def test_gpu_pool_is_one_actor_per_gpu_and_may_shrink():
     assert (pool.size, pool.gpus, pool.cpus) == (4, 1.0, 1.0)
     s = pool.strategy()
     assert (s.min_size, s.max_size, s.initial_size) == (1, 4, 4)
-    assert plan_pool(JobConfig(source="/s", dest="/d", device="cpu"), cpus=8, gpus=4).gpus == 0.0
+    assert plan_pool(JobConfig(source="/s", dest="/d", inference=RuntimeConfig(device="cpu")), cpus=8, gpus=4).gpus == 0.0
     with pytest.raises(RuntimeError, match="no GPU"):
-        plan_pool(JobConfig(source="/s", dest="/d", device="cuda"), cpus=8, gpus=0)
+        plan_pool(JobConfig(source="/s", dest="/d", inference=RuntimeConfig(device="cuda")), cpus=8, gpus=0)
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"actor_cpus": 0.5}, "differ"), ({"decode_cpus": 0}, "decode_cpus"), ({"threads": 0}, "threads"),
-    ({"actor_cpus": -1}, "actor_cpus"), ({"actors": 0}, "actors"), ({"torch_graph": "fast"}, "torch_graph"),
-    ({"device": "tpu"}, "device must be one of auto, cpu, cuda")])
+    ({"actor_cpus": 0.5}, "differ"), ({"decode_cpus": 0}, "decode_cpus"), ({"actor_cpus": -1}, "actor_cpus"),
+    ({"actors": 0}, "actors")])
 def test_pool_settings_are_validated_before_ray_starts(kwargs, message):
     from pipelines.job import JobConfig
 
     with pytest.raises(ValueError, match=message):
         JobConfig(source="/s", dest="/d", **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"threads": 0}, "threads"), ({"torch_graph": "fast"}, "torch_graph"),
+    ({"device": "tpu"}, "device must be one of auto, cpu, cuda"), ({"precision": "int4"}, "precision must be one"),
+    ({"precision": "fp16", "runtime": "torch", "device": "cpu"}, "fp16 on CUDA only"),
+    ({"torch_graph": "cudagraphs", "device": "cpu"}, "needs device cuda"),
+    ({"providers": "cuda", "device": "cpu"}, "contradicts"), ({"model": "u3net"}, "valid models"),
+    ({"weights": "/nonexistent/w.onnx"}, "does not exist")])
+def test_runtime_config_is_validated_in_one_place(kwargs, message):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        RuntimeConfig(**kwargs)
+
+
+def test_pool_is_never_larger_than_the_jobs_batches():
+    from pipelines.job import JobConfig, actor_config, plan_pool
+
+    cfg = JobConfig(source="/s", dest="/d")  # batch 8
+    assert plan_pool(cfg, cpus=2, gpus=0, inputs=5).size == 1  # one batch: one actor, no idle model load
+    assert plan_pool(cfg, cpus=2, gpus=0, inputs=9).size == 2
+    assert plan_pool(cfg, cpus=8, gpus=4, inputs=20).size == 3
+    assert plan_pool(JobConfig(source="/s", dest="/d", actors=3), cpus=16, gpus=0, inputs=0).size == 1
+    # A CPU pool's actors are told device cpu (no torch import, no CUDA probe); a GPU pool's keep auto.
+    assert actor_config(cfg, plan_pool(cfg, cpus=2, gpus=0)).device == "cpu"
+    assert actor_config(cfg, plan_pool(cfg, cpus=8, gpus=4)).device == "auto"
+    assert actor_config(cfg, plan_pool(cfg, cpus=2, gpus=0)).threads == 1
+    # A pool cut to the batches keeps the full pool's threads (2 CPUs: one actor with 2 threads).
+    assert plan_pool(cfg, cpus=2, gpus=0, inputs=5).threads == 2
+    assert plan_pool(cfg, cpus=16, gpus=0, inputs=5).threads == 4
+    assert plan_pool(JobConfig(source="/s", dest="/d", inference=RuntimeConfig(threads=1)), cpus=2, gpus=0,
+                     inputs=5).threads == 1
 
 
 class _FlakyFS:
@@ -182,3 +216,29 @@ def test_s3_writes_retry_transient_errors_and_not_others(monkeypatch):
     with pytest.raises(OSError, match="ACCESS_DENIED"):
         Location("s3://b/out", denied, "b/out").write_atomic("a.png", b"png")
     assert denied.calls == 1  # a permanent error is not retried
+
+
+def test_remote_weights_are_fetched_once_by_the_storage_layer_and_model_sees_a_local_path(
+        s3_server, packaged_weights, tmp_path, monkeypatch):
+    import boto3
+
+    from model import weights
+    from model.runtime import create_runtime
+    from pipelines.storage import localize_weights
+
+    monkeypatch.setenv("MATTING_WEIGHTS_DIR", str(tmp_path / "cache"))
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    s3.create_bucket(Bucket="models")
+    s3.put_object(Bucket="models", Key="prod/u2netp.onnx", Body=packaged_weights.read_bytes())
+    remote = RuntimeConfig(weights="s3://models/prod/u2netp.onnx")
+    with pytest.raises(ValueError, match="remote"):  # model/ reads local files only
+        create_runtime(remote)
+    with pytest.raises(ValueError, match="remote"):
+        weights.resolve(remote.spec, remote.weights)
+    local = localize_weights(remote, s3_server)
+    path = Path(local.weights)
+    assert path.parent == tmp_path / "cache" / "s3" and path.read_bytes() == packaged_weights.read_bytes()
+    assert weights.resolve(local.spec, local.weights) == path
+    s3.delete_object(Bucket="models", Key="prod/u2netp.onnx")
+    assert localize_weights(remote, s3_server) == local  # cached: S3 is not asked again
+    assert localize_weights(local) is local  # a local path passes through untouched

@@ -14,6 +14,7 @@ import torch
 from catalog import real_photos
 from model import create_model, create_runtime, get_spec
 from model.architectures import UNet
+from model.config import RuntimeConfig
 from model.weights import save_safetensors, sidecar_path
 from pipelines import synth
 from pipelines.cli import main as cli_main
@@ -62,7 +63,8 @@ def test_safetensors_file_carries_its_spec_and_loads_by_path(tmp_path):
         create_model("unet-small", weights=wide_path)
     from pipelines.evaluate import parse_model
 
-    assert parse_model(str(wide_path)) == type(parse_model("u2netp"))("wide.safetensors", str(wide_path))
+    choice = parse_model(str(wide_path))
+    assert (choice.label, choice.name, choice.weights) == ("wide.safetensors", str(wide_path), None)
     assert create_model(parse_model(str(wide_path)).name).encoder.blocks[0][0].out_channels == 4
 
 
@@ -198,8 +200,8 @@ def test_teacher_cache_follows_the_bytes_not_the_path(tmp_path, monkeypatch):
     from pipelines.train_data import precompute_teacher
 
     photos, _ = tiny_training_data(tmp_path)
-    first = precompute_teacher(list_images([photos]), teacher="u2netp", cache_dir=tmp_path / "cache", size=64,
-                               runtime="onnxruntime", device="cpu", threads=1)
+    first = precompute_teacher(list_images([photos]), cache_dir=tmp_path / "cache", size=64,
+                               teacher=RuntimeConfig("u2netp", runtime="onnxruntime", device="cpu", threads=1))
     assert len(first) == 6
     copy = shutil.copytree(photos, tmp_path / "copied")  # a re-synced folder: new paths, new mtimes
     (copy / sorted(p.name for p in photos.iterdir())[0]).write_bytes(b"")  # one photo's bytes changed
@@ -221,8 +223,9 @@ def test_packed_cache_holds_the_same_photos_and_pickles_small(tmp_path):
     from pipelines.train_data import CachedPhotos, pack_cache, precompute_teacher
 
     photos, _ = tiny_training_data(tmp_path)
-    files = [c for _, c in precompute_teacher(list_images([photos]), teacher="u2netp", cache_dir=tmp_path / "c",
-                                              size=64, runtime="onnxruntime", device="cpu", threads=1)]
+    teacher = RuntimeConfig("u2netp", runtime="onnxruntime", device="cpu", threads=1)
+    files = [c for _, c in precompute_teacher(list_images([photos]), teacher=teacher, cache_dir=tmp_path / "c",
+                                              size=64)]
     packed, plain = pack_cache(files, 64), CachedPhotos(files)
     assert len(packed) == len(plain) == 6
     for i in range(6):
@@ -273,8 +276,10 @@ def test_a_job_accepts_a_checkpoint_path(tmp_path, monkeypatch):
     spec = type(spec).from_json_dict({**spec.to_json_dict(), "name": "mine", "version": "mine-7"})
     save_safetensors(UNet(**spec.arch_kwargs).state_dict(), spec, tmp_path / "mine.safetensors")
     monkeypatch.chdir(tmp_path)
-    cfg = JobConfig(source="in", dest="out", model="mine.safetensors")
-    assert cfg.model == str(tmp_path / "mine.safetensors")  # absolute: Ray workers run elsewhere
+    from model.config import RuntimeConfig
+
+    cfg = JobConfig(source="in", dest="out", inference=RuntimeConfig(model="mine.safetensors"))
+    assert cfg.inference.model == str(tmp_path / "mine.safetensors")  # absolute: Ray workers run elsewhere
     assert cfg.fingerprint().model_version == "mine-7"
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        JobConfig(source="in", dest="out", model="nope.safetensors")
+        RuntimeConfig(model="nope.safetensors")

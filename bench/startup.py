@@ -1,0 +1,227 @@
+"""Where the start of a small local job goes: `matting run pipelines/samples OUT` (5 photos).
+
+    python bench/startup.py [--tree DIR]           # the breakdown for this tree (or DIR), 3 runs, medians
+    python bench/startup.py --wall A B --repeats 5 # whole commands side by side: tree A, B, A, B, ...
+
+--wall runs `python -m pipelines.cli run SAMPLES DEST` with PYTHONPATH=<tree> for each tree in turn
+(alternating, so load changes hit both alike) and reports, per tree, the median seconds from the
+command's launch to its first cut-out on disk and to its exit.
+
+The breakdown runs the job in a fresh process per repeat, timing from that process's launch:
+the interpreter; our imports and Ray's (and, once, `-X importtime`'s
+largest packages); ray.init; planning; Ray Data's start up to the first row back in the driver,
+split by what the inference actor reports (its process start and its model load, from its
+"inference actor ready ... in N s" line); then the first output file and the rest of the job.
+It also times, in a fresh process, what an inference actor does before its first batch:
+importing the stage code and ONNX Runtime, and creating the session.
+
+Timings on a loaded machine are noisy: report the load average with them (printed) and compare
+trees only within one --wall run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = REPO / "pipelines" / "samples"
+
+
+def first_output_watch(dest: Path, t0: float, out: dict) -> threading.Thread:
+    """Poll DEST for the first cut-out (any file outside _manifests) and record when it appeared."""
+
+    def watch() -> None:
+        while "first_output" not in out and not out.get("stop"):
+            if dest.exists():
+                for p in dest.rglob("*"):
+                    if p.is_file() and "_manifests" not in p.parts and not p.name.startswith("."):
+                        out["first_output"] = time.perf_counter() - t0
+                        return
+            time.sleep(0.02)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    return t
+
+
+def wall_once(tree: Path, dest: Path, extra: list[str]) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    env.pop("RAY_ADDRESS", None)
+    out: dict = {}
+    t0 = time.perf_counter()
+    watcher = first_output_watch(dest, t0, out)
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", str(SAMPLES), str(dest), *extra],
+                          cwd=tree, env=env, capture_output=True, text=True)
+    out["exit"] = time.perf_counter() - t0
+    out["stop"] = True
+    watcher.join(1)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{tree}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
+    out["log"] = proc.stdout + proc.stderr
+    return out
+
+
+def run_wall(trees: list[Path], repeats: int, extra: list[str]) -> None:
+    results: dict[Path, list[dict]] = {t: [] for t in trees}
+    with tempfile.TemporaryDirectory(prefix="startup-") as tmp:
+        for r in range(repeats):
+            for i, tree in enumerate(trees):
+                dest = Path(tmp) / f"{r}-{i}"
+                try:
+                    res = wall_once(tree, dest, extra)
+                except RuntimeError as e:  # e.g. Ray's start timing out on an overloaded machine: say so
+                    print(f"run {r + 1} {tree}: FAILED (load {os.getloadavg()[0]:.1f}): {str(e)[-300:]}", flush=True)
+                    continue
+                results[tree].append(res)
+                print(f"run {r + 1} {tree}: first output {res.get('first_output', float('nan')):.1f} s, "
+                      f"exit {res['exit']:.1f} s (load {os.getloadavg()[0]:.1f})", flush=True)
+    print("\nmedians over", repeats, "runs each (load average now", " ".join(f"{x:.1f}" for x in os.getloadavg()), ")")
+    print(f"{'tree':60s} {'first output s':>15s} {'exit s':>8s}")
+    for tree, rs in results.items():
+        if not rs:
+            print(f"{str(tree):60s} no successful run")
+            continue
+        fo = statistics.median(r.get("first_output", float("nan")) for r in rs)
+        ex = statistics.median(r["exit"] for r in rs)
+        print(f"{str(tree):60s} {fo:15.1f} {ex:8.1f}")
+
+
+# --- the breakdown: one job in a fresh process, timed from that process's start ---------------------
+
+CHILD = r"""
+import json, sys, threading, time
+t_start = float(sys.argv[3])  # when the parent launched this process
+now = lambda: time.time() - t_start
+marks = {"interpreter": now()}
+from pipelines import cli
+marks["import pipelines.cli"] = now()
+import ray, ray.data
+marks["import ray, ray.data"] = now()
+from pipelines import job, manifest
+marks["import pipelines.job"] = now()
+args = cli.build_parser().parse_args(["run", sys.argv[1], sys.argv[2]])
+cfg = cli.job_config(args, args.source, args.dest)
+marks["config"] = now()
+job.init_ray(None)
+marks["ray.init"] = now()
+orig_plan, orig_build, orig_add = job.plan_inputs, job.build_dataset, manifest.ManifestWriter.add
+def plan(*a, **k):
+    r = orig_plan(*a, **k); marks["planning"] = now(); return r
+def build(*a, **k):
+    r = orig_build(*a, **k); marks["dataset built"] = now(); return r
+def add(self, batch):
+    marks.setdefault("first rows in the driver", now()); return orig_add(self, batch)
+job.plan_inputs, job.build_dataset, manifest.ManifestWriter.add = plan, build, add
+from pathlib import Path
+dest = Path(sys.argv[2])
+def watch():
+    while "first output file" not in marks:
+        if any(p.is_file() and "_manifests" not in p.parts for p in dest.rglob("*")):
+            marks["first output file"] = now(); return
+        time.sleep(0.02)
+threading.Thread(target=watch, daemon=True).start()
+result = job.run_job(cfg)
+marks["job done"] = now()
+ray.shutdown()
+marks["ray.shutdown"] = now()
+print("MARKS " + json.dumps(marks), flush=True)
+"""
+
+ACTOR = r"""
+import json, sys, time
+t_start = float(sys.argv[1])  # when the parent launched this process
+marks = {"interpreter": time.time() - t_start}
+t = time.perf_counter()
+import ray  # an actor's worker process has Ray imported before our code runs
+marks["import ray"] = time.perf_counter() - t; t = time.perf_counter()
+import pipelines.stages
+marks["import pipelines.stages (postproc, storage)"] = time.perf_counter() - t; t = time.perf_counter()
+import onnxruntime
+marks["import onnxruntime"] = time.perf_counter() - t; t = time.perf_counter()
+from model.runtime import create_runtime
+rt = create_runtime("u2netp", device="cpu", threads=1)
+marks["create_runtime (weights check, graph, session)"] = time.perf_counter() - t; t = time.perf_counter()
+import numpy as np
+rt.predict(np.zeros((5, 320, 320, 3), np.uint8))
+marks["first batch of 5 (inference)"] = time.perf_counter() - t
+print("MARKS " + json.dumps(marks), flush=True)
+"""
+
+
+def child_marks(code: str, *argv: str, tree: Path = REPO) -> tuple[dict, str]:
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-c", code, *argv, repr(time.time())], cwd=tree, capture_output=True,
+                          text=True, env=env)
+    text = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        raise RuntimeError(text[-3000:])
+    line = next(x for x in text.splitlines() if x.startswith("MARKS "))
+    return json.loads(line[6:]), text
+
+
+def top_imports(n: int = 8, tree: Path = REPO) -> list[tuple[str, float]]:
+    """-X importtime's cumulative seconds of the largest top-level packages the driver imports."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import pipelines.cli, pipelines.job"],
+                          cwd=tree, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(tree)})
+    totals: dict[str, float] = {}
+    for line in proc.stderr.splitlines():
+        m = re.match(r"import time:\s+\d+ \|\s+(\d+) \|( *)(\S+)", line)
+        if m and len(m.group(2)) == 1:  # a top-level import: its cumulative time
+            pkg = m.group(3).split(".")[0]
+            totals[pkg] = totals.get(pkg, 0.0) + int(m.group(1)) / 1e6
+    return sorted(totals.items(), key=lambda kv: -kv[1])[:n]
+
+
+def run_breakdown(repeats: int, tree: Path = REPO) -> None:
+    print(f"tree {tree}; load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}; {os.cpu_count()} CPUs\n")
+    runs, actor_ready = [], []
+    with tempfile.TemporaryDirectory(prefix="startup-") as tmp:
+        for r in range(repeats):
+            marks, text = child_marks(CHILD, str(SAMPLES), str(Path(tmp) / f"b{r}"), tree=tree)
+            runs.append(marks)
+            actor_ready += [float(x) for x in re.findall(r"inference actor ready on node \S+ in ([\d.]+) s", text)]
+    print(f"the job in a fresh process, seconds since the process started (median of {repeats}):")
+    prev = 0.0
+    for key in runs[0]:
+        at = statistics.median(m[key] for m in runs if key in m)
+        print(f"  {key:38s} at {at:6.2f}   (+{at - prev:5.2f})")
+        prev = at
+    if actor_ready:
+        print(f"  inference actor's constructor (its own log, median of {len(actor_ready)}): "
+              f"{statistics.median(actor_ready):.2f} s")
+    actor = [child_marks(ACTOR, tree=tree)[0] for _ in range(repeats)]
+    print(f"\nan inference actor's work before its first batch, in a fresh process (median of {repeats}):")
+    for key in actor[0]:
+        print(f"  {key:46s} {statistics.median(m[key] for m in actor):6.2f} s")
+    print("\nlargest top-level imports of the driver (python -X importtime, cumulative, one run):")
+    for pkg, s in top_imports(tree=tree):
+        print(f"  {pkg:20s} {s:6.2f} s")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--wall", nargs="+", type=Path, metavar="TREE",
+                   help="source trees to time whole commands of, alternating (e.g. an old checkout and this one)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--tree", type=Path, default=REPO, help="the source tree the breakdown runs (default: this one)")
+    p.add_argument("extra", nargs="*", help="extra `matting run` options for --wall (after --)")
+    args = p.parse_args()
+    if args.wall:
+        run_wall([t.resolve() for t in args.wall], args.repeats, args.extra)
+    else:
+        run_breakdown(args.repeats, args.tree.resolve())
+
+
+if __name__ == "__main__":
+    main()
