@@ -44,9 +44,18 @@ def local_config(path: Path, host: str, port: int, auth: bool) -> dict:
     config.setdefault("http_options", {}).update(host=host, port=port)
     for app in config.get("applications", []):
         app.setdefault("args", {})["auth"] = auth
-        AppArgs.model_validate(app["args"])  # a bad arg fails here, with pydantic's message
+        args = AppArgs.model_validate(app["args"])  # a bad arg fails here, with pydantic's message
+        check_proxy_timeout(config["http_options"], args)
     ServeDeploySchema.model_validate(config)
     return config
+
+
+def check_proxy_timeout(http_options: dict, args: AppArgs) -> None:
+    """The proxy's request_timeout_s must leave room for the app's deadline and its JSON answer."""
+    proxy = http_options.get("request_timeout_s")
+    if proxy is not None and proxy <= args.deadline_s:
+        raise ValueError(f"http_options.request_timeout_s ({proxy:g} s) must be above the app's deadline_s "
+                         f"({args.deadline_s:g} s), or the proxy answers a text/plain 408 before our JSON 503")
 
 
 def run(config_path: Path | None, host: str, port: int, auth: bool, address: str | None) -> int:
