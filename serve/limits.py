@@ -85,13 +85,14 @@ class InFlight:
 
 # -- request headers -------------------------------------------------------------------------------
 
-def header_refusal(headers: list[tuple[bytes, bytes]], max_count: int, max_bytes: int) -> str | None:
-    """Why a request's headers are refused (too many, too large), or None."""
+def header_refusal(headers: list[tuple[bytes, bytes]], max_count: int, max_bytes: int, url_bytes: int = 0
+                   ) -> str | None:
+    """Why a request's headers are refused (too many, too large, with the URL counted in), or None."""
     if len(headers) > max_count:
         return f"the request has {len(headers)} headers; the limit is {max_count}"
-    size = sum(len(k) + len(v) + 4 for k, v in headers)  # "name: value\r\n"
+    size = url_bytes + sum(len(k) + len(v) + 4 for k, v in headers)  # "name: value\r\n"
     if size > max_bytes:
-        return f"the request's headers are {size} bytes; the limit is {max_bytes}"
+        return f"the request's URL and headers are {size} bytes; the limit is {max_bytes}"
     return None
 
 
@@ -109,7 +110,8 @@ class HeaderLimitMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            why = header_refusal(scope.get("headers") or [], *self.limits())
+            url_bytes = len(scope.get("raw_path") or scope["path"].encode()) + len(scope.get("query_string") or b"")
+            why = header_refusal(scope.get("headers") or [], *self.limits(), url_bytes=url_bytes)
             if why:
                 err = ApiError(431, "headers_too_large", why)
                 await error_response(err, scope["path"])(scope, receive, send)
