@@ -42,7 +42,11 @@ def _at_scale(alpha: np.ndarray, scale: float, op) -> np.ndarray:
 def to_full_resolution(prob: np.ndarray, height: int, width: int) -> np.ndarray:
     """(h, w) float alpha in [0, 1] at model resolution → (height, width) uint8."""
     up = cv2.resize(np.asarray(prob, np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-    return (np.clip(up, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    # In place: at 20 MP each float32 temporary is 80 MB, and the server renders several at once.
+    np.clip(up, 0.0, 1.0, out=up)
+    up *= 255.0
+    up += 0.5
+    return up.astype(np.uint8)
 
 
 def threshold(alpha: np.ndarray, level: int) -> np.ndarray:

@@ -65,19 +65,19 @@ def test_worst_case_requests_leave_room_for_a_normal_one(server, worst_jpeg):
     assert r.status_code == 200
     idle = t1 - t0
     with ThreadPoolExecutor(8) as pool:
-        worst = [pool.submit(post, server, ATTACKER, worst_jpeg, WORST_QUERY) for _ in range(4)]
+        worst = [pool.submit(post, server, ATTACKER, worst_jpeg, WORST_QUERY) for _ in range(PER_KEY + 1)]
         worst += [pool.submit(post, server, SECOND, worst_jpeg, WORST_QUERY)]
         time.sleep(0.5)  # they are decoding and rendering now
         r, n0, n1 = post(server, NORMAL, normal)
         results = [f.result() for f in worst]
     took = n1 - n0
-    print(f"normal request: {idle:.2f} s idle, {took:.2f} s with 5 worst-case requests sent; worst-case: "
+    print(f"normal request: {idle:.2f} s idle, {took:.2f} s with {len(worst)} worst-case requests sent; worst-case: "
           + ", ".join(f"{w.status_code} in {e - s:.1f} s" for w, s, e in results))
     assert r.status_code == 200, r.text[:200]
     assert took < 10.0, took  # was 80 s (issue 16); "a few seconds" on a loaded 2-core box
-    attacker = [w for w, _, _ in results[:4]]
+    attacker = [w for w, _, _ in results[:PER_KEY + 1]]
     refused = [w for w in attacker if w.status_code == 429]
-    assert len(refused) >= 4 - PER_KEY, [w.status_code for w in attacker]  # one key holds at most PER_KEY
+    assert len(refused) >= 1, [w.status_code for w in attacker]  # one key holds at most PER_KEY
     for w in refused:
         assert_json_error(w, 429, "too_many_in_flight")
         assert int(w.headers["Retry-After"]) >= 1
