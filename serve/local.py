@@ -93,11 +93,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 @contextlib.contextmanager
 def running_app(args: AppArgs, overrides: dict | None = None, env: dict[str, str] | None = None,
-                num_cpus: int = 2):
+                num_cpus: int = 2, http_options: dict | None = None):
     """Start Ray (address="local"), Serve on 127.0.0.1:<free port> and the app; yield its base URL.
 
     `env` reaches every replica through the job's runtime_env (how a keys file is named to it).
     `overrides` maps deployment names to `.options(...)`, as a config file's `deployments:` would.
+    `http_options` adds to Serve's proxy options (keep_alive_timeout_s, request_timeout_s, ...).
     """
     import ray
     import requests
@@ -109,7 +110,7 @@ def running_app(args: AppArgs, overrides: dict | None = None, env: dict[str, str
              runtime_env={"env_vars": dict(env or {})}, log_to_driver=False)
     try:
         port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.start(http_options={**(http_options or {}), "host": "127.0.0.1", "port": port})
         serve.run(make_app(args, overrides), name="matting", route_prefix="/")
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60

@@ -26,6 +26,7 @@ DEADLINE_S = 15.0
 CPU_THREADS = 4
 PER_KEY = 2
 WORST_QUERY = "erode=256&feather=256"
+KEEP_ALIVE_S = 2
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,8 @@ def server(tmp_path_factory):
                    rate_limit_burst=100, max_upload_mb=5)
     overrides = {"Model_u2netp": {"ray_actor_options": {"num_cpus": 0}},
                  "MattingIngress": {"ray_actor_options": {"num_cpus": 0}}}
-    with running_app(args, overrides, env={"MATTING_API_KEYS_FILE": str(keys)}) as base:
+    with running_app(args, overrides, env={"MATTING_API_KEYS_FILE": str(keys)},
+                     http_options={"keep_alive_timeout_s": KEEP_ALIVE_S, "request_timeout_s": 60}) as base:
         yield base
 
 
@@ -61,9 +63,11 @@ def assert_json_error(r, status, code):
 
 def test_worst_case_requests_leave_room_for_a_normal_one(server, worst_jpeg):
     normal = (SAMPLES / "coffee.jpg").read_bytes()
-    r, t0, t1 = post(server, NORMAL, normal)
-    assert r.status_code == 200
-    idle = t1 - t0
+    idle = 1e9
+    for _ in range(2):  # the better of two: the first may pay for warm-up
+        r, t0, t1 = post(server, NORMAL, normal)
+        assert r.status_code == 200
+        idle = min(idle, t1 - t0)
     with ThreadPoolExecutor(8) as pool:
         worst = [pool.submit(post, server, ATTACKER, worst_jpeg, WORST_QUERY) for _ in range(PER_KEY + 1)]
         worst += [pool.submit(post, server, SECOND, worst_jpeg, WORST_QUERY)]
@@ -74,7 +78,9 @@ def test_worst_case_requests_leave_room_for_a_normal_one(server, worst_jpeg):
     print(f"normal request: {idle:.2f} s idle, {took:.2f} s with {len(worst)} worst-case requests sent; worst-case: "
           + ", ".join(f"{w.status_code} in {e - s:.1f} s" for w, s, e in results))
     assert r.status_code == 200, r.text[:200]
-    assert took < 10.0, took  # was 80 s (issue 16); "a few seconds" on a loaded 2-core box
+    # Issue 16: 80 s against 0.55 s idle. Now a few seconds more than idle at most; relative to idle,
+    # since on a shared, overloaded machine the idle time itself is seconds.
+    assert took < idle + 8.0, (took, idle)
     attacker = [w for w, _, _ in results[:PER_KEY + 1]]
     refused = [w for w in attacker if w.status_code == 429]
     assert len(refused) >= 1, [w.status_code for w in attacker]  # one key holds at most PER_KEY
@@ -101,3 +107,21 @@ def test_the_cap_is_per_key_and_released(server):
         statuses = [f.result()[0].status_code for f in [pool.submit(post, server, ATTACKER, data)
                                                         for _ in range(PER_KEY)]]
     assert statuses == [200] * PER_KEY
+
+
+def test_idle_keep_alive_connections_are_closed(server):
+    """http_options.keep_alive_timeout_s reaches the proxy: an idle connection is closed after it."""
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(server)
+    with socket.create_connection((u.hostname, u.port), timeout=30) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
+        first = s.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200"), first[:100]
+        t0 = time.monotonic()
+        s.settimeout(KEEP_ALIVE_S + 20)
+        while s.recv(65536):  # the rest of the first response, if any; then b"" when the server closes
+            pass
+        idle = time.monotonic() - t0
+    assert KEEP_ALIVE_S - 0.5 <= idle < KEEP_ALIVE_S + 10, idle

@@ -348,3 +348,33 @@ def test_docs_csp_allows_exactly_its_inline_script():
     policy = csp(hashes)
     assert f"'{hashes[0]}'" in policy and "frame-ancestors 'none'" in policy and "'unsafe-inline'" not in \
         policy.split("script-src")[1].split(";")[0]
+
+
+def test_a_client_leaving_stops_the_render_thread():
+    """Serve cancels the handler when the client disconnects: the thread stops at its next step."""
+    import threading
+    import time
+
+    from serve.pipeline import Pipeline
+
+    pipeline = Pipeline({}, 10**6, cpu_threads=1, request_timeout_s=5, deadline_s=60)
+    stopped = threading.Event()
+
+    def endless(*, checkpoint, limit):
+        try:
+            while True:
+                checkpoint()
+                time.sleep(0.01)
+        finally:
+            stopped.set()
+
+    async def run():
+        deadline = pipeline.deadline()
+        task = asyncio.ensure_future(pipeline.in_thread(deadline, pipeline.render_call(endless, deadline)))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
+    assert stopped.wait(2.0), "the worker thread kept running after the client left"
