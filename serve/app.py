@@ -134,7 +134,8 @@ class MattingIngress:
                                f"too many failed authentications from this address; retry in "
                                f"{failures.retry_after_s} s", retry_after_s=failures.retry_after_s)
             if not self.keys.check(key):
-                self.auth_failures.hit(address)
+                if key is not None:  # a wrong key is a guess; a missing one is not (the page's own calls, a typo)
+                    self.auth_failures.hit(address)
                 raise ApiError(403, "forbidden" if key is None else "invalid_api_key",
                                "missing API key: send it as X-Api-Key" if key is None else "the API key is not valid")
             identity = "key:" + fingerprint(key)

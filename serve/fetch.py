@@ -112,7 +112,8 @@ class GuardedResolver(AbstractResolver):
 
 def _check_url(url: URL, allow_networks: list[str]) -> None:
     if url.scheme not in ("http", "https"):
-        raise ApiError(400, "url_refused", f"image_url must be http or https, not {echo(url.scheme) if url.scheme else 'a relative URL'}")
+        scheme = echo(url.scheme) if url.scheme else "a relative URL"
+        raise ApiError(400, "url_refused", f"image_url must be http or https, not {scheme}")
     if not url.host:
         raise ApiError(400, "url_refused", "image_url has no host")
     try:

@@ -6,9 +6,9 @@ The numbers come from AppArgs (serve/config.yaml's `args:`); docs/operations.md 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
-import base64
 import re
 import threading
 import time

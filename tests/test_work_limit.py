@@ -37,7 +37,8 @@ def test_beyond_the_limit_the_cost_is_bounded_and_the_result_close():
     assert bounded.shape == exact.shape and bounded.dtype == np.uint8
     bx, by, bw, bh = bounding_box(bounded, 128)
     ex, ey, ew, eh = bounding_box(exact, 128)
-    assert abs(bw - ew) <= 2 / s and abs(bx - ex) <= 1 / s  # the edge moves by the same 64 px, give or take a working pixel
+    # The edge moves by the same 64 px, give or take a working pixel.
+    assert abs(bw - ew) <= 2 / s and abs(bx - ex) <= 1 / s
     fb, fe = feather(a, float(px), LIMIT).astype(int), feather(a, float(px)).astype(int)
     assert np.abs(fb - fe).max() <= 3  # a wide Gaussian loses nothing at the working size
 
