@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -17,7 +18,15 @@ from postproc import alpha as alpha_ops
 from postproc import geometry, refine
 from postproc.composite import cutout, over_color, over_image
 from postproc.encode import encode_jpeg, encode_png, encode_webp
+from postproc.alpha import WorkLimit
 from postproc.params import PostprocParams
+
+# Called between the expensive steps; a caller with a deadline raises from it to stop the work.
+Checkpoint = Callable[[], None]
+
+
+def _no_checkpoint() -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -32,12 +41,15 @@ def _max_pixels(params: PostprocParams) -> int:
 
 
 def refine_alpha(prob: np.ndarray, height: int, width: int, params: PostprocParams,
-                 input_alpha: np.ndarray | None = None, rgb: np.ndarray | None = None) -> np.ndarray:
+                 input_alpha: np.ndarray | None = None, rgb: np.ndarray | None = None, *,
+                 limit: WorkLimit | None = None, checkpoint: Checkpoint = _no_checkpoint) -> np.ndarray:
     """Model-resolution probabilities → the full-resolution matte the user asked for.
 
-    `rgb` (the full-resolution image) is needed when params.refine is not "none".
+    `rgb` (the full-resolution image) is needed when params.refine is not "none". `limit` bounds the
+    cost of erosion and feathering (postproc.alpha.WorkLimit; None: full resolution whatever the cost).
     """
     a = alpha_ops.to_full_resolution(prob, height, width)
+    checkpoint()
     if params.refine != "none":
         if rgb is None or rgb.shape[:2] != (height, width):
             raise ValueError(f"refine={params.refine!r} needs the ({height}, {width}, 3) image: pass rgb=")
@@ -47,16 +59,19 @@ def refine_alpha(prob: np.ndarray, height: int, width: int, params: PostprocPara
         else:
             a = refine.guided(rgb, a, radius=params.guided_radius, eps=params.guided_eps,
                               max_pixels=_max_pixels(params))
+        checkpoint()
     a = alpha_ops.threshold(a, params.alpha_threshold)
-    a = alpha_ops.erode(a, params.erode)
-    a = alpha_ops.feather(a, params.feather)
+    a = alpha_ops.erode(a, params.erode, limit)
+    checkpoint()
+    a = alpha_ops.feather(a, params.feather, limit)
+    checkpoint()
     if input_alpha is not None:  # what was transparent in the input stays transparent
         a = (a.astype(np.uint16) * input_alpha // 255).astype(np.uint8)
     return a
 
 
 def compose_and_encode(rgb: np.ndarray, alpha: np.ndarray, params: PostprocParams,
-                       background: np.ndarray | None = None) -> bytes:
+                       background: np.ndarray | None = None, *, checkpoint: Checkpoint = _no_checkpoint) -> bytes:
     """Image + final matte → the output file.
 
     `background` is the decoded background picture ((h, w, 3) uint8, any size: it is scaled to
@@ -73,8 +88,10 @@ def compose_and_encode(rgb: np.ndarray, alpha: np.ndarray, params: PostprocParam
             rgb, alpha = geometry.crop(rgb, box), geometry.crop(alpha, box)
     if params.decontaminate and params.format != "mask":
         rgb = refine.decontaminate(rgb, alpha, max_pixels=_max_pixels(params))
+        checkpoint()
     h, w = geometry.fit_size(*alpha.shape, params.max_size)
     rgb, alpha = geometry.resize(rgb, h, w), geometry.resize(alpha, h, w)
+    checkpoint()
 
     if params.format == "mask":
         return encode_png(alpha, params.png_compression if params.png_compression is not None else 1)
@@ -85,6 +102,7 @@ def compose_and_encode(rgb: np.ndarray, alpha: np.ndarray, params: PostprocParam
         img = over_color(rgb, alpha, color)
     else:
         img = cutout(rgb, alpha)
+    checkpoint()
     if params.format == "png":
         return encode_png(np.ascontiguousarray(img), params.png_compression)
     if params.format == "jpeg":
@@ -93,6 +111,9 @@ def compose_and_encode(rgb: np.ndarray, alpha: np.ndarray, params: PostprocParam
 
 
 def render(rgb: np.ndarray, prob: np.ndarray, params: PostprocParams,
-           input_alpha: np.ndarray | None = None, background: np.ndarray | None = None) -> Rendered:
-    a = refine_alpha(prob, rgb.shape[0], rgb.shape[1], params, input_alpha, rgb=rgb)
-    return Rendered(compose_and_encode(rgb, a, params, background), a, alpha_ops.bounding_box(a))
+           input_alpha: np.ndarray | None = None, background: np.ndarray | None = None, *,
+           limit: WorkLimit | None = None, checkpoint: Checkpoint = _no_checkpoint) -> Rendered:
+    a = refine_alpha(prob, rgb.shape[0], rgb.shape[1], params, input_alpha, rgb=rgb, limit=limit,
+                     checkpoint=checkpoint)
+    return Rendered(compose_and_encode(rgb, a, params, background, checkpoint=checkpoint), a,
+                    alpha_ops.bounding_box(a))

@@ -11,7 +11,7 @@ from starlette.requests import Request
 
 from model.specs import get_spec
 from postproc.render import render
-from serve.errors import ApiError
+from serve.errors import ApiError, echo
 from serve.params import KNOWN_PRESETS, openapi_parameters, parse_params, parse_preset
 from serve.pipeline import Pipeline, Timings
 from serve.uploads import read_image_body
@@ -70,17 +70,19 @@ async def matte(request: Request, pipeline: Pipeline, models: list[str]) -> Resp
     preset = parse_preset(raw.pop("preset", None))
     model = raw.pop("model", None) or models[0]
     if model not in models:
-        raise ApiError(422, "bad_parameter", f"model {model!r} is not served here; served: {', '.join(models)}")
+        raise ApiError(422, "bad_parameter", f"model {echo(model)} is not served here; served: {', '.join(models)}")
     params = parse_params(raw, preset)
     if not data:
         raise ApiError(400, "undecodable", "the image is empty (0 bytes)")
     t = timings.mark("read", timings.started)
 
-    image, small = await pipeline.decode(data, model)
+    deadline = pipeline.deadline()  # from here on: decode, inference and rendering
+    image, small = await pipeline.decode(data, model, deadline)
     t = timings.mark("decode", t)
-    prob = await pipeline.infer(model, small)
+    prob = await pipeline.infer(model, small, deadline)
     t = timings.mark("infer", t)
-    out = await pipeline.in_thread(render, image.rgb, prob, params, image.alpha)
+    out = await pipeline.in_thread(deadline, pipeline.render_call(render, deadline, image.rgb, prob, params,
+                                                                  image.alpha))
     timings.mark("render", t)
 
     bbox = ",".join(map(str, out.bbox)) if out.bbox else "none"

@@ -24,8 +24,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
 from postproc import PRESETS
+from postproc.alpha import WorkLimit
 from serve import api_v1, removebg
 from serve.errors import ApiError, error_response
+from serve.limits import HeaderLimitMiddleware, InFlight, SecurityHeadersMiddleware, csp, inline_script_hashes
 from serve.model_deployment import MattingModel
 from serve.pipeline import Pipeline
 from serve.security import ApiKeys, RateLimiter, fingerprint
@@ -50,7 +52,12 @@ fastapi_app = FastAPI(
     redoc_url=None,
 )
 fastapi_app.state.max_upload_bytes = AppArgs().max_upload_bytes
+fastapi_app.state.header_limits = (AppArgs().max_header_count, AppArgs().max_header_bytes)
 fastapi_app.add_middleware(BodyLimitMiddleware, limit=lambda: fastapi_app.state.max_upload_bytes)
+# Added last, so outermost: headers are counted before anything else runs, and every response
+# (errors from the inner middleware included) gets the security headers.
+fastapi_app.add_middleware(HeaderLimitMiddleware, limits=lambda: fastapi_app.state.header_limits)
+fastapi_app.add_middleware(SecurityHeadersMiddleware)
 fastapi_app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
 
@@ -84,10 +91,16 @@ class MattingIngress:
     def __init__(self, handles: dict, args: AppArgs):
         self.args = AppArgs.model_validate(args)
         self.models = self.args.model_names
-        self.pipeline = Pipeline(handles, self.args.max_pixels, self.args.cpu_threads, self.args.request_timeout_s)
+        self.pipeline = Pipeline(handles, self.args.max_pixels, self.args.cpu_threads, self.args.request_timeout_s,
+                                 self.args.deadline_s,
+                                 WorkLimit(int(self.args.work_max_megapixels * 1e6), self.args.work_max_radius_px))
         self.handles = handles
         self.limiter = RateLimiter(self.args.rate_limit_per_minute, self.args.rate_limit_burst)
+        # Failed authentications, per client address: guessing keys gets 429s, not more answers.
+        self.auth_failures = RateLimiter(self.args.auth_failures_per_minute, self.args.auth_failures_burst)
+        self.in_flight = InFlight(self.args.max_in_flight_per_key)
         fastapi_app.state.max_upload_bytes = self.args.max_upload_bytes
+        fastapi_app.state.header_limits = (self.args.max_header_count, self.args.max_header_bytes)
         if self.args.auth:
             keys = load_api_keys()
             if not keys:
@@ -106,19 +119,28 @@ class MattingIngress:
                         f"; also allowed: {self.args.image_url.allow_networks}" if self.args.image_url.allow_networks
                         else "")
 
-    def guard(self, request: Request) -> dict[str, str]:
-        """403 without a valid key, 429 over the key's rate; returns the rate-limit headers."""
+    def guard(self, request: Request) -> tuple[dict[str, str], str]:
+        """403 without a valid key, 429 over the key's rate (or the address's failed authentications);
+        returns the rate-limit headers and the caller's identity."""
+        address = request.client.host if request.client else "unknown"
         if self.keys is not None:
             key = request.headers.get("x-api-key")
             auth = request.headers.get("authorization", "")
             if key is None and auth.lower().startswith("bearer "):
                 key = auth[7:].strip()
+            failures = self.auth_failures.peek(address)
+            if not failures.allowed:  # even a right key is not checked: a guesser learns nothing more
+                raise ApiError(429, "too_many_auth_failures",
+                               f"too many failed authentications from this address; retry in "
+                               f"{failures.retry_after_s} s", retry_after_s=failures.retry_after_s)
             if not self.keys.check(key):
+                if key is not None:  # a wrong key is a guess; a missing one is not (the page's own calls, a typo)
+                    self.auth_failures.hit(address)
                 raise ApiError(403, "forbidden" if key is None else "invalid_api_key",
                                "missing API key: send it as X-Api-Key" if key is None else "the API key is not valid")
             identity = "key:" + fingerprint(key)
         else:
-            identity = "ip:" + (request.client.host if request.client else "unknown")
+            identity = "ip:" + address
         d = self.limiter.hit(identity)
         headers = {"X-RateLimit-Limit": str(d.limit), "X-RateLimit-Remaining": str(d.remaining),
                    "X-RateLimit-Reset": str(d.reset_s)}
@@ -126,7 +148,7 @@ class MattingIngress:
             raise ApiError(429, "rate_limited", f"rate limit of {self.args.rate_limit_per_minute:g}/min "
                                                 f"(burst {self.args.rate_limit_burst}) exceeded; retry in "
                                                 f"{d.retry_after_s} s", retry_after_s=d.retry_after_s, headers=headers)
-        return headers
+        return headers, identity
 
     @fastapi_app.get("/", include_in_schema=False)
     async def page(self):
@@ -137,11 +159,14 @@ class MattingIngress:
         # Swagger UI is vendored from npm's swagger-ui-dist 5.35.0 (Apache-2.0, serve/static/vendor/swagger-ui.*)
         # so that /docs works offline: no CDN, and an empty favicon instead of FastAPI's fastapi.tiangolo.com one.
         root = request.scope.get("root_path", "").rstrip("/")
-        return get_swagger_ui_html(
+        page = get_swagger_ui_html(
             openapi_url=root + fastapi_app.openapi_url, title=f"{fastapi_app.title} - Swagger UI",
             swagger_js_url=f"{root}/static/vendor/swagger-ui-bundle.js",
             swagger_css_url=f"{root}/static/vendor/swagger-ui.css", swagger_favicon_url="data:,",
             swagger_ui_parameters={"validatorUrl": None})  # no badge from validator.swagger.io
+        # The page's one inline script (Swagger UI's set-up) is allowed by its hash, nothing else inline.
+        page.headers["content-security-policy"] = csp(inline_script_hashes(page.body.decode()))
+        return page
 
     @fastapi_app.get("/healthz", summary="Liveness and readiness: every model replica set answers")
     async def healthz(self):
@@ -152,7 +177,8 @@ class MattingIngress:
             raise ApiError(503, "unavailable", "a model did not answer within 10 s") from None
         return {"status": "ok", "auth": self.keys is not None,
                 "image_url": self.args.image_url.enabled,
-                "limits": {"max_upload_mb": self.args.max_upload_mb, "max_megapixels": self.args.max_megapixels},
+                "limits": {"max_upload_mb": self.args.max_upload_mb, "max_megapixels": self.args.max_megapixels,
+                           "deadline_s": self.args.deadline_s},
                 "models": dict(zip(self.models, described))}
 
     @fastapi_app.get("/v1/presets", summary="The named parameter presets and their values (no key needed)")
@@ -161,23 +187,25 @@ class MattingIngress:
 
     @fastapi_app.get("/v1/models", summary="The served models, their versions and devices")
     async def list_models(self, request: Request):
-        headers = self.guard(request)
+        headers, _ = self.guard(request)
         described = await asyncio.gather(*(self.handles[m].describe.remote() for m in self.models))
         body = {"default": self.models[0], "models": [{"name": m, **d} for m, d in zip(self.models, described)]}
         return JSONResponse(body, headers=headers)
 
     @fastapi_app.post("/v1/matte", summary="Cut out the subject of one image", openapi_extra=api_v1.openapi_matte())
     async def matte(self, request: Request):
-        headers = self.guard(request)
-        response = await api_v1.matte(request, self.pipeline, self.models)
+        headers, identity = self.guard(request)
+        with self.in_flight.slot(identity, headers):
+            response = await api_v1.matte(request, self.pipeline, self.models)
         response.headers.update(headers)
         return response
 
     @fastapi_app.post("/v1.0/removebg", summary="remove.bg-compatible background removal",
                       description=removebg.__doc__)
     async def removebg_endpoint(self, request: Request):
-        headers = self.guard(request)
-        response = await removebg.removebg(request, self.pipeline, self.args)
+        headers, identity = self.guard(request)
+        with self.in_flight.slot(identity, headers):
+            response = await removebg.removebg(request, self.pipeline, self.args)
         response.headers.update(headers)
         return response
 

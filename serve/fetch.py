@@ -19,7 +19,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 from yarl import URL
 
-from serve.errors import ApiError
+from serve.errors import ApiError, echo
 from serve.settings import ImageUrlSettings
 
 log = logging.getLogger(__name__)
@@ -32,13 +32,39 @@ METADATA_ADDRESSES = {ipaddress.ip_address(a) for a in
 _REDIRECTS = (301, 302, 303, 307, 308)
 
 
+# IPv6 prefixes that carry an IPv4 address in their last 32 bits and reach it through a translator.
+NAT64_PREFIXES = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[tuple[ipaddress.IPv4Address, str]]:
+    """The IPv4 addresses an IPv6 address carries (and how): a v4 service can be reached through them."""
+    found = []
+    if ip.ipv4_mapped is not None:
+        found.append((ip.ipv4_mapped, "IPv4-mapped"))
+    if ip.sixtofour is not None:
+        found.append((ip.sixtofour, "6to4"))
+    if ip.teredo is not None:
+        found += [(ip.teredo[0], "Teredo server"), (ip.teredo[1], "Teredo client")]
+    if any(ip in net for net in NAT64_PREFIXES):
+        found.append((ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF), "NAT64"))
+    if int(ip) >> 32 == 0 and int(ip) > 1:  # deprecated IPv4-compatible ::a.b.c.d
+        found.append((ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF), "IPv4-compatible"))
+    return found
+
+
 def address_refusal(address: str, allow_networks: list[str] = ()) -> str | None:
     """Why `address` may not be fetched from, or None when it may."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone id
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
     if any(ip in ipaddress.ip_network(n, strict=False) for n in allow_networks):
         return None
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None and any(ip.ipv4_mapped in ipaddress.ip_network(n, strict=False)
+                                              for n in allow_networks):
+            return None  # ::ffff:10.0.0.5 is 10.0.0.5, which the operator trusts
+        for v4, how in embedded_ipv4(ip):
+            why = address_refusal(str(v4))  # the operator's networks name addresses, not embeddings
+            if why:
+                return f"{why} ({how}, embedded in {ip})"
     if ip in METADATA_ADDRESSES:
         return "a cloud metadata address"
     if ip.is_unspecified:
@@ -68,7 +94,11 @@ class GuardedResolver(AbstractResolver):
 
     async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
                       ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
+        try:
+            results = await self._inner.resolve(host, port, family)
+        except UnicodeError:  # _check_url refuses these first; a resolver must never raise past aiohttp
+            self.refusal = "its host is not a valid host name"
+            raise _Refused(self.refusal) from None
         for r in results:
             why = address_refusal(r["host"], self._allow)
             if why:
@@ -82,9 +112,14 @@ class GuardedResolver(AbstractResolver):
 
 def _check_url(url: URL, allow_networks: list[str]) -> None:
     if url.scheme not in ("http", "https"):
-        raise ApiError(400, "url_refused", f"image_url must be http or https, not {url.scheme or 'a relative URL'!r}")
+        scheme = echo(url.scheme) if url.scheme else "a relative URL"
+        raise ApiError(400, "url_refused", f"image_url must be http or https, not {scheme}")
     if not url.host:
         raise ApiError(400, "url_refused", "image_url has no host")
+    try:
+        url.host.encode("idna")  # what the resolver does; a label over 63 chars or empty fails here
+    except UnicodeError:
+        raise ApiError(400, "url_refused", "image_url's host is not a valid host name") from None
     try:
         ipaddress.ip_address(url.host.split("%", 1)[0])
     except ValueError:
@@ -125,7 +160,11 @@ async def _fetch_hops(url: URL, settings: ImageUrlSettings, resolver: GuardedRes
             _check_url(url, settings.allow_networks)
             async with session.get(url, allow_redirects=False) as resp:
                 if resp.status in _REDIRECTS and "Location" in resp.headers:
-                    url = url.join(URL(resp.headers["Location"]))
+                    try:
+                        url = url.join(URL(resp.headers["Location"]))
+                        url.port  # noqa: B018 (a port out of range raises only when read)
+                    except ValueError:  # a bad port, a broken IPv6 literal: yarl raises ValueError
+                        raise ApiError(400, "url_fetch_failed", "image_url redirected to an invalid URL") from None
                     continue
                 if resp.status != 200:
                     raise ApiError(400, "url_fetch_failed", f"image_url answered HTTP {resp.status}")

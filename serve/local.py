@@ -44,9 +44,18 @@ def local_config(path: Path, host: str, port: int, auth: bool) -> dict:
     config.setdefault("http_options", {}).update(host=host, port=port)
     for app in config.get("applications", []):
         app.setdefault("args", {})["auth"] = auth
-        AppArgs.model_validate(app["args"])  # a bad arg fails here, with pydantic's message
+        args = AppArgs.model_validate(app["args"])  # a bad arg fails here, with pydantic's message
+        check_proxy_timeout(config["http_options"], args)
     ServeDeploySchema.model_validate(config)
     return config
+
+
+def check_proxy_timeout(http_options: dict, args: AppArgs) -> None:
+    """The proxy's request_timeout_s must leave room for the app's deadline and its JSON answer."""
+    proxy = http_options.get("request_timeout_s")
+    if proxy is not None and proxy <= args.deadline_s:
+        raise ValueError(f"http_options.request_timeout_s ({proxy:g} s) must be above the app's deadline_s "
+                         f"({args.deadline_s:g} s), or the proxy answers a text/plain 408 before our JSON 503")
 
 
 def run(config_path: Path | None, host: str, port: int, auth: bool, address: str | None) -> int:
@@ -84,11 +93,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 @contextlib.contextmanager
 def running_app(args: AppArgs, overrides: dict | None = None, env: dict[str, str] | None = None,
-                num_cpus: int = 2):
+                num_cpus: int = 2, http_options: dict | None = None):
     """Start Ray (address="local"), Serve on 127.0.0.1:<free port> and the app; yield its base URL.
 
     `env` reaches every replica through the job's runtime_env (how a keys file is named to it).
     `overrides` maps deployment names to `.options(...)`, as a config file's `deployments:` would.
+    `http_options` adds to Serve's proxy options (keep_alive_timeout_s, request_timeout_s, ...).
     """
     import ray
     import requests
@@ -100,7 +110,7 @@ def running_app(args: AppArgs, overrides: dict | None = None, env: dict[str, str
              runtime_env={"env_vars": dict(env or {})}, log_to_driver=False)
     try:
         port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.start(http_options={**(http_options or {}), "host": "127.0.0.1", "port": port})
         serve.run(make_app(args, overrides), name="matting", route_prefix="/")
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60

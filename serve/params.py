@@ -13,8 +13,9 @@ from functools import lru_cache
 from pydantic import TypeAdapter, ValidationError
 
 from postproc import PRESETS, PostprocParams
-from serve.errors import ApiError
+from serve.errors import ApiError, echo, echo_names
 
+MAX_VALUE_CHARS = 200  # the longest value any parameter takes (a colour name, a format) is far shorter
 KNOWN_PRESETS = tuple(PRESETS)  # the values belong to postproc; PostprocParams.create applies them
 # Parameters a caller may not set over HTTP: a background image is a server-side path or URI (reading
 # it for a caller would expose the server's files), and the refinement size cap bounds CPU per request.
@@ -46,7 +47,7 @@ def parse_preset(value: str | None) -> str | None:
     if value in (None, ""):
         return None
     if value not in KNOWN_PRESETS:
-        raise ApiError(422, "bad_parameter", f"unknown preset {value!r}; known: {', '.join(KNOWN_PRESETS)}")
+        raise ApiError(422, "bad_parameter", f"unknown preset {echo(value)}; known: {', '.join(KNOWN_PRESETS)}")
     return value
 
 
@@ -62,16 +63,19 @@ def parse_params(raw: dict[str, str], preset: str | None = None) -> PostprocPara
                                                         for n in refused))
     unknown = sorted(set(raw) - set(types))
     if unknown:
-        raise ApiError(422, "bad_parameter", f"unknown parameter(s) {unknown}; known: {sorted(types)}")
+        raise ApiError(422, "bad_parameter", f"unknown parameter(s) {echo_names(unknown)}; known: {sorted(types)}")
     values = {}
     for name, text in raw.items():
         if text == "":
             continue
+        if len(text) > MAX_VALUE_CHARS:
+            raise ApiError(422, "bad_parameter", f"{name}: the value is {len(text)} characters long; no parameter "
+                                                 f"takes more than {MAX_VALUE_CHARS}")
         try:
             values[name] = TypeAdapter(types[name]).validate_python(text)
         except ValidationError as e:
             msg = e.errors()[0]["msg"]
-            raise ApiError(422, "bad_parameter", f"{name}: {msg} (got {text!r})") from None
+            raise ApiError(422, "bad_parameter", f"{name}: {msg} (got {echo(text)})") from None
     try:
         return PostprocParams.create(preset=preset, **values)
     except ValueError as e:

@@ -22,10 +22,10 @@ from fastapi.responses import JSONResponse, Response
 from starlette.requests import Request
 
 from postproc import PostprocParams
-from postproc.alpha import bounding_box
+from postproc.alpha import WorkLimit, bounding_box
 from postproc.encode import encode_jpeg, encode_webp
 from postproc.render import compose_and_encode, render
-from serve.errors import ApiError
+from serve.errors import ApiError, echo, echo_names
 from serve.fetch import fetch_image
 from serve.pipeline import Pipeline
 from serve.settings import AppArgs
@@ -51,7 +51,7 @@ def bad(message: str, code: str = "invalid_parameter") -> ApiError:
 def _choice(fields: dict, name: str, allowed: tuple, default: str) -> str:
     value = fields.get(name) or default
     if value not in allowed:
-        raise bad(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        raise bad(f"{name} must be one of {', '.join(allowed)}, got {echo(value)}")
     return value
 
 
@@ -61,22 +61,22 @@ def _flag(fields: dict, name: str) -> bool:
         return True
     if value in _FALSE:
         return False
-    raise bad(f"{name} must be true or false, got {value!r}")
+    raise bad(f"{name} must be true or false, got {echo(value)}")
 
 
 def parse_margin(text: str | None) -> list[tuple[float, str]]:
     """remove.bg's crop_margin: 1, 2 or 4 values (CSS order), each 'N', 'Npx' or 'N%' → [top, right, bottom, left]."""
     parts = (text or "0").split()
     if len(parts) not in (1, 2, 4):
-        raise bad(f"crop_margin takes 1, 2 or 4 values, got {text!r}")
+        raise bad(f"crop_margin takes 1, 2 or 4 values, got {echo(text)}")
     values = []
     for p in parts:
         m = re.fullmatch(r"(\d+(?:\.\d+)?)(px|%)?", p)
         if not m:
-            raise bad(f"crop_margin values look like 30px or 10%, got {p!r}")
+            raise bad(f"crop_margin values look like 30px or 10%, got {echo(p)}")
         n, unit = float(m.group(1)), m.group(2) or "px"
         if (unit == "px" and n > 500) or (unit == "%" and n > 50):
-            raise bad(f"crop_margin is at most 500px or 50% a side, got {p!r}")
+            raise bad(f"crop_margin is at most 500px or 50% a side, got {echo(p)}")
         values.append((n, unit))
     if len(values) == 1:
         values *= 4
@@ -101,10 +101,15 @@ async def read_fields(request: Request) -> tuple[dict[str, str], object]:
     if mt == "application/json":
         try:
             body = json.loads(await request.body() or b"{}")
+        except RecursionError:  # nesting deeper than the parser's stack
+            raise bad("the JSON body is nested too deeply", "invalid_json") from None
         except ValueError:
             raise bad("the JSON body does not parse", "invalid_json") from None
         if not isinstance(body, dict):
             raise bad("the JSON body must be an object", "invalid_json")
+        nested = sorted(k for k, v in body.items() if isinstance(v, (dict, list)))
+        if nested:  # every remove.bg parameter is a string, a number or a boolean
+            raise bad(f"parameter(s) {echo_names(nested)} must be a string, a number or a boolean", "invalid_json")
         return {k: (json.dumps(v) if isinstance(v, bool) else str(v)) for k, v in body.items() if v is not None}, None
     raise ApiError(415, "invalid_content_type", f"Content-Type {mt or '(none)'} is not accepted: use "
                                                 "multipart/form-data, application/x-www-form-urlencoded or JSON")
@@ -140,8 +145,12 @@ def _zip(rgb: np.ndarray, alpha: np.ndarray) -> bytes:
 
 
 def produce(rgb, prob, in_alpha, *, fmt: str, channels: str, bg_color: str | None, crop: bool,
-            margin) -> tuple[bytes, str, tuple[int, int], tuple[int, int, int, int] | None]:
-    """Runs in a worker thread: → (bytes, format, (width, height), subject box in the output)."""
+            margin, limit: WorkLimit | None = None, checkpoint=lambda: None
+            ) -> tuple[bytes, str, tuple[int, int], tuple[int, int, int, int] | None]:
+    """Runs in a worker thread: → (bytes, format, (width, height), subject box in the output).
+
+    `limit` and `checkpoint` as in postproc.render.render: the server's cost bound and deadline.
+    """
     transparent = bg_color is None or PostprocParams(background=bg_color).background_rgba[3] < 255
     if fmt == "auto":  # remove.bg: PNG where the result has transparency; a matte stays lossless too
         fmt = "png" if transparent or channels == "alpha" else "jpg"
@@ -149,7 +158,9 @@ def produce(rgb, prob, in_alpha, *, fmt: str, channels: str, bg_color: str | Non
     pp_format = {"png": "png", "jpg": "jpeg", "webp": "webp", "zip": "png"}[fmt]
     params = PostprocParams.create(format=pp_format, background=bg_color)
     simple = not crop and channels == "rgba" and fmt != "zip"
-    out = render(rgb, prob, params if simple else replace(params, format="mask"), in_alpha)
+    out = render(rgb, prob, params if simple else replace(params, format="mask"), in_alpha, limit=limit,
+                 checkpoint=checkpoint)
+    checkpoint()
     alpha, bbox = out.alpha, out.bbox
     if bbox is None:
         raise bad("could not identify a foreground in the image", "unknown_foreground")
@@ -178,7 +189,7 @@ async def removebg(request: Request, pipeline: Pipeline, args: AppArgs) -> Respo
     fields, upload = await read_fields(request)
     unknown = sorted(set(fields) - KNOWN)
     if unknown:
-        raise bad(f"unknown parameter(s) {unknown}")
+        raise bad(f"unknown parameter(s) {echo_names(unknown)}")
     unsupported = [n for n in UNSUPPORTED if fields.get(n)]
     if _flag(fields, "add_shadow"):
         unsupported.append("add_shadow")
@@ -199,11 +210,12 @@ async def removebg(request: Request, pipeline: Pipeline, args: AppArgs) -> Respo
 
     data = await read_source(fields, upload, args)
     model = args.model_names[0]
-    image, small = await pipeline.decode(data, model)
-    prob = await pipeline.infer(model, small)
-    body, fmt, (w, h), bbox = await pipeline.in_thread(
-        lambda: produce(image.rgb, prob, image.alpha, fmt=fmt, channels=channels, bg_color=bg_color,
-                        crop=crop, margin=margin))
+    deadline = pipeline.deadline()  # from here on: decode, inference and rendering
+    image, small = await pipeline.decode(data, model, deadline)
+    prob = await pipeline.infer(model, small, deadline)
+    body, fmt, (w, h), bbox = await pipeline.in_thread(deadline, pipeline.render_call(
+        produce, deadline, image.rgb, prob, image.alpha, fmt=fmt, channels=channels, bg_color=bg_color,
+        crop=crop, margin=margin))
     left, top, bw, bh = bbox or (0, 0, 0, 0)
     x_type = fg_type if fg_type != "auto" else "other"  # we do not classify the subject
     headers = {"X-Width": str(w), "X-Height": str(h), "X-Type": x_type, "X-Credits-Charged": "0",

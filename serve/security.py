@@ -62,11 +62,20 @@ class RateLimiter:
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
     def hit(self, identity: str) -> RateDecision:
+        return self._take(identity, consume=True)
+
+    def peek(self, identity: str) -> RateDecision:
+        """Whether `identity` has a token now, without taking one (an unseen identity adds no entry)."""
+        return self._take(identity, consume=False)
+
+    def _take(self, identity: str, consume: bool) -> RateDecision:
         now = self.clock()
+        if not consume and identity not in self._buckets:
+            return RateDecision(True, self.burst, self.burst, 0, 0)
         tokens, last = self._buckets.pop(identity, (float(self.burst), now))
         tokens = min(float(self.burst), tokens + (now - last) * self.rate)
         allowed = tokens >= 1.0
-        if allowed:
+        if allowed and consume:
             tokens -= 1.0
         self._buckets[identity] = (tokens, now)
         while len(self._buckets) > self.max_identities:

@@ -61,7 +61,19 @@ class AppArgs(BaseModel):
     max_upload_mb: float = Field(20.0, gt=0)
     max_megapixels: float = Field(25.0, gt=0)
     cpu_threads: int = Field(4, ge=1, description="decode/post-process threads per ingress replica")
-    request_timeout_s: float = Field(60.0, gt=0, description="longest wait for the model")
+    request_timeout_s: float = Field(60.0, gt=0, description="longest wait for the model (within deadline_s)")
+    # -- what one request and one caller may cost (docs/operations.md, "Server limits")
+    deadline_s: float = Field(30.0, gt=0, description="whole request after its body is read: decode, inference "
+                                                      "and rendering; past it: 503 deadline_exceeded, work stopped")
+    max_in_flight_per_key: int = Field(2, ge=1, description="requests of one key (one address without auth) "
+                                                            "in progress at once per ingress replica; more: 429")
+    work_max_megapixels: float = Field(4.0, gt=0, description="erosion/feathering cost budget: pixels ...")
+    work_max_radius_px: float = Field(32.0, gt=0, description="... times this radius; costlier ones run on a "
+                                                              "smaller working copy, scaled back")
+    auth_failures_per_minute: float = Field(10.0, gt=0, description="failed authentications per client address")
+    auth_failures_burst: int = Field(20, ge=1, description="failed authentications an address may make at once")
+    max_header_count: int = Field(64, ge=8, description="request headers; more: 431")
+    max_header_bytes: int = Field(16384, ge=1024, description="request headers plus the URL, in bytes; more: 431")
     image_url: ImageUrlSettings = Field(default_factory=ImageUrlSettings)
     _configs: dict[str, RuntimeConfig] = PrivateAttr(default_factory=dict)
 

@@ -53,6 +53,9 @@ def has_subject(alpha: np.ndarray) -> bool:
     return 0.01 < fg < 0.99 and alpha.max() >= 200
 
 
+BROKEN_REDIRECTS = {"/bad-port": "http://example.org:99999/a.jpg", "/bad-ipv6": "http://[::1/a.jpg"}
+
+
 class FileHost(BaseHTTPRequestHandler):
     """A tiny web server for image_url tests; counts the requests that reach it."""
 
@@ -78,6 +81,10 @@ class FileHost(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+        elif self.path in BROKEN_REDIRECTS:
+            self.send_response(302)
+            self.send_header("Location", BROKEN_REDIRECTS[self.path])
+            self.end_headers()
         elif self.path == "/slow.jpg":
             time.sleep(4)
             self.send_response(200)
@@ -121,8 +128,10 @@ def hosts():
 def server(tmp_path_factory):
     keys = tmp_path_factory.mktemp("keys") / "keys.txt"
     keys.write_text(f"# test keys\n{KEY}\n{RATE_KEY}\n\n{LOAD_KEY}\n{DOCS_KEY}\n")
+    # max_in_flight_per_key: test_overload_answers_503 sends 12 requests of one key at once, to reach the
+    # model's queue limit; the per-key cap has its own test (test_serve_limits.py).
     args = AppArgs(auth=True, rate_limit_per_minute=RATE_PER_MINUTE, rate_limit_burst=BURST,
-                   max_upload_mb=MAX_UPLOAD_MB, max_megapixels=2.0, cpu_threads=2,
+                   max_upload_mb=MAX_UPLOAD_MB, max_megapixels=2.0, cpu_threads=2, max_in_flight_per_key=64,
                    image_url=ImageUrlSettings(enabled=True, max_mb=1.0, timeout_s=2.0, allow_networks=["127.0.0.2/32"]))
     overrides = {
         # Small limits so that a dozen concurrent requests overload the model replica (503).
@@ -468,6 +477,8 @@ def test_image_url_fetches_from_an_allowed_host(server, hosts):
     "http://localhost:{loopback_port}/photo.jpg",
     "http://[::ffff:127.0.0.1]:{loopback_port}/photo.jpg",
     "http://2130706433:{loopback_port}/photo.jpg",
+    "http://[2002:7f00:1::]:{loopback_port}/photo.jpg",  # 6to4 of 127.0.0.1
+    "http://[64:ff9b::7f00:1]:{loopback_port}/photo.jpg",  # NAT64 of 127.0.0.1
     "{trusted}/redirect",  # allowed host, redirected to loopback: refused after the redirect
     "file:///etc/passwd",
     "ftp://127.0.0.2/photo.jpg",
@@ -502,3 +513,99 @@ def test_no_key_reaches_the_logs(server):
         leaked += [(p.name, s) for s in secrets[:3] if s in text]
     # ...is a 200 whose access-log line holds the path only, never the query string
     assert not leaked, leaked
+
+
+# --- issue 16: no 500s, bounded errors, header limits, failed authentications, security headers ---
+
+def test_removebg_deeply_nested_json_is_a_400(server):
+    deep = '{"size": ' + "[" * 1000 + "]" * 1000 + "}"
+    r = requests.post(f"{server}/v1.0/removebg", headers={**auth(), "Content-Type": "application/json"}, data=deep)
+    assert_removebg_error(r, 400, "invalid_json")
+    deeper = "[" * 100_000 + "]" * 100_000  # past the parser's recursion limit
+    r = requests.post(f"{server}/v1.0/removebg", headers={**auth(), "Content-Type": "application/json"}, data=deeper)
+    assert_removebg_error(r, 400, "invalid_json")
+
+
+@pytest.mark.parametrize("url", ["http://" + "a" * 70 + ".example/a.jpg", "http://a..b/a.jpg"])
+def test_image_url_hosts_that_fail_idna_are_a_400(server, url):
+    assert_removebg_error(removebg_url(server, url), 400, "url_refused")
+
+
+@pytest.mark.parametrize("path", sorted(BROKEN_REDIRECTS))
+def test_image_url_redirect_to_a_broken_url_is_a_400(server, hosts, path):
+    assert_removebg_error(removebg_url(server, f"{hosts['trusted']}{path}"), 400, "url_fetch_failed")
+
+
+def test_errors_do_not_echo_a_large_value(server):
+    big = "z" * 900_000  # under the 1 MB upload limit
+    r = requests.post(f"{server}/v1/matte", headers=auth(),
+                      files={"file": ("a.jpg", photo(), "image/jpeg"), "background": (None, big)})
+    assert_error(r, 422, "bad_parameter")
+    assert len(r.content) < 2000, len(r.content)
+    r = requests.post(f"{server}/v1/matte", headers=auth(),
+                      files={"file": ("a.jpg", photo(), "image/jpeg"), "preset": (None, big)})
+    assert_error(r, 422, "bad_parameter")
+    assert len(r.content) < 2000, len(r.content)
+    r = requests.post(f"{server}/v1.0/removebg", headers=auth(), files={"image_file": photo(), "format": (None, big)})
+    assert_removebg_error(r, 400, "invalid_parameter")
+    assert len(r.content) < 2000, len(r.content)
+
+
+def test_too_many_or_too_large_headers_are_431_before_auth(server):
+    many = {f"X-Filler-{i}": "1" for i in range(100)}
+    r = requests.get(f"{server}/v1/models", headers={**auth(), **many})
+    assert_error(r, 431, "headers_too_large")
+    r = requests.get(f"{server}/v1/models", headers={"X-Api-Key": "k" * 20_000})
+    assert_error(r, 431, "headers_too_large")
+    assert "k" * 100 not in r.text
+    r = requests.get(f"{server}/v1/models?" + "q=" + "x" * 20_000, headers=auth())  # the URL counts too
+    assert_error(r, 431, "headers_too_large")
+    assert requests.get(f"{server}/v1/models", headers=auth()).status_code == 200
+
+
+def _get_from(source: str, url: str, headers: dict) -> tuple[int, dict]:
+    """GET url from the loopback address `source` (Linux routes all of 127/8 to lo)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30, source_address=(source, 0))
+    try:
+        conn.request("GET", u.path, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read() or b"{}")
+    finally:
+        conn.close()
+
+
+def test_failed_authentications_are_limited_per_client_address(server):
+    limit = AppArgs().auth_failures_burst
+    statuses = [_get_from("127.0.0.3", f"{server}/v1/models", {"X-Api-Key": f"guess-{i}"})[0]
+                for i in range(limit + 5)]
+    assert statuses[:limit] == [403] * limit and statuses[limit:] == [429] * 5, statuses
+    status, body = _get_from("127.0.0.3", f"{server}/v1/models", auth())
+    assert status == 429 and body["error"]["code"] == "too_many_auth_failures"  # even the right key: no oracle
+    assert _get_from("127.0.0.4", f"{server}/v1/models", auth())[0] == 200  # another address is not limited
+    assert requests.get(f"{server}/v1/models", headers=auth()).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/", "/docs", "/openapi.json", "/healthz", "/static/app.js", "/v1/models",
+                                  "/v1/nothing-here"])
+def test_security_headers_on_the_page_and_the_api(server, path):
+    r = requests.get(f"{server}{path}")
+    h = r.headers
+    assert h["X-Content-Type-Options"] == "nosniff" and h["X-Frame-Options"] == "DENY", (path, dict(h))
+    assert h["Referrer-Policy"] == "no-referrer"
+    policy = h["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in policy and "default-src 'self'" in policy
+    script_src = policy.split("script-src")[1].split(";")[0]
+    assert "'unsafe-inline'" not in script_src and "'unsafe-eval'" not in script_src
+    if path == "/docs":  # Swagger UI's one inline set-up script is allowed by its hash
+        inline = re.findall(r"<script>(.*?)</script>", r.text, flags=re.S)
+        assert len(inline) == 1
+        import hashlib
+
+        digest = base64.b64encode(hashlib.sha256(inline[0].encode()).digest()).decode()
+        assert f"'sha256-{digest}'" in script_src
+    if path == "/":  # the page has no inline script at all
+        assert not re.findall(r"<script>(.*?)</script>", r.text, flags=re.S)

@@ -65,6 +65,31 @@ def shot(page, name: str, tmp_path: Path) -> None:
     page.screenshot(path=str(target / name), full_page=True)
 
 
+def watch_csp(page) -> list[str]:
+    """Content-Security-Policy violations the page reports (the server sends a strict CSP; issue 16)."""
+    violations: list[str] = []
+    page.add_init_script("window.__csp = []; document.addEventListener('securitypolicyviolation', "
+                         "e => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));")
+    page.on("console", lambda m: "Content Security Policy" in m.text and violations.append(m.text))
+    return violations
+
+
+def wait_until(page, expression: str, timeout: float = 60_000) -> None:
+    """page.wait_for_function, by polling page.evaluate: Playwright's wait_for_function compiles its
+    expression in the page (new Function), which the server's CSP rightly refuses ('unsafe-eval')."""
+    import time
+
+    end = time.monotonic() + timeout / 1000
+    while not page.evaluate(expression):
+        if time.monotonic() > end:
+            raise TimeoutError(f"not true within {timeout / 1000:g} s: {expression}")
+        page.wait_for_timeout(200)
+
+
+def csp_violations(page, console: list[str]) -> list[str]:
+    return list(page.evaluate("window.__csp || []")) + console
+
+
 def rgba(data: bytes) -> np.ndarray:
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     assert img is not None and img.ndim == 3 and img.shape[2] == 4
@@ -76,6 +101,7 @@ def rgba(data: bytes) -> np.ndarray:
 def test_single_photo_then_a_batch_zip(server, page, tmp_path):
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
+    csp = watch_csp(page)
     page.goto(server)
     page.wait_for_selector("#key-box:not([hidden])")  # the server said auth is on
     assert "u2netp" in page.inner_text("#server-status")
@@ -89,8 +115,8 @@ def test_single_photo_then_a_batch_zip(server, page, tmp_path):
     page.dispatch_event("#erode", "input")
     page.set_input_files("#file-input", str(photo))
     page.wait_for_selector("#single-result:not([hidden])", timeout=180_000)
-    page.wait_for_function("document.querySelector('#result-img').complete && "
-                           "document.querySelector('#result-img').naturalWidth > 0")
+    wait_until(page, "document.querySelector('#result-img').complete && "
+                     "document.querySelector('#result-img').naturalWidth > 0")
     assert page.eval_on_selector("#result-img", "i => [i.naturalWidth, i.naturalHeight]") == [w, h]
     assert f"{w}×{h}" in page.inner_text("#single-info")
     assert page.is_hidden("#single-error")
@@ -115,8 +141,8 @@ def test_single_photo_then_a_batch_zip(server, page, tmp_path):
     page.set_input_files("#batch-input", [str(p) for p in batch] + [str(broken)])
     assert page.locator("#batch-table tbody tr").count() == 4
     page.click("#batch-start")
-    page.wait_for_function("document.querySelectorAll('#batch-table tr[data-status=done], "
-                           "#batch-table tr[data-status=error]').length === 4", timeout=300_000)
+    wait_until(page, "document.querySelectorAll('#batch-table tr[data-status=done], "
+                     "#batch-table tr[data-status=error]').length === 4", timeout=300_000)
     assert page.locator("tr[data-status=done]").count() == 3
     assert "undecodable" in page.inner_text("tr[data-status=error] td.status")
     log = page.inner_text("#batch-log")
@@ -132,16 +158,21 @@ def test_single_photo_then_a_batch_zip(server, page, tmp_path):
             assert rgba(z.read(p.stem + ".png")).shape[:2] == cv2.imread(str(p)).shape[:2]
         assert "broken.jpg: FAILED" in z.read("matting-log.txt").decode()
     assert not errors, errors
+    assert not csp_violations(page, csp)  # the page works whole under the server's CSP
 
 
 def test_api_docs_render_from_vendored_swagger_ui(server, page, tmp_path):
     errors, external = [], []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("request", lambda r: r.url.startswith((server, "data:")) or external.append(r.url))
+    csp = watch_csp(page)
     page.goto(f"{server}/docs")
     page.wait_for_selector(".swagger-ui .info .title", timeout=60_000)
     assert "unet-matting" in page.inner_text(".swagger-ui .info .title")
     page.wait_for_selector(".opblock-summary-path[data-path='/v1/matte']")
     shot(page, "docs.png", tmp_path)
+    page.click(".opblock-summary-path[data-path='/v1/matte']")  # expand an operation: more of the UI runs
+    page.wait_for_selector(".opblock.is-open .parameters")
     assert not external, external  # Swagger UI is vendored: nothing from a CDN
     assert not errors, errors
+    assert not csp_violations(page, csp)  # Swagger UI works whole under the server's CSP

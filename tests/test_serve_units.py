@@ -212,3 +212,192 @@ def test_serve_takes_what_the_job_takes_validated_by_the_same_runtime_config(tmp
                          ({"models": ["u2netp", "u2netp"]}, "two entries")):
         with pytest.raises(ValueError, match=message):
             AppArgs(**bad)
+
+
+# --- issue 16: IPv6 embeddings, URLs that broke the fetcher, bounded errors, limits ---------------
+
+@pytest.mark.parametrize("address,how", [
+    ("2002:7f00:1::", "6to4"), ("2002:a00:1::1", "6to4"), ("2002:a9fe:a9fe::", "6to4"),
+    ("::ffff:7f00:1", "IPv4-mapped"), ("64:ff9b::7f00:1", "NAT64"), ("64:ff9b::a00:1", "NAT64"),
+    ("2001:0:4136:e378:8000:63bf:80ff:fffe", "Teredo"), ("::7f00:1", "IPv4-compatible"),
+])
+def test_ipv6_addresses_embedding_private_ipv4_are_refused(address, how):
+    reason = address_refusal(address)
+    assert reason and how in reason, reason
+
+
+def test_embedded_public_ipv4_is_not_refused_for_its_embedding():
+    assert address_refusal("2002:808:808::1") is None  # 6to4 of 8.8.8.8
+
+
+@pytest.mark.parametrize("url", ["http://" + "a" * 70 + ".example/", "http://a..b/", "http://[2002:7f00:1::]/"])
+def test_urls_that_used_to_escape_as_500_are_refused(url):
+    with pytest.raises(ApiError) as e:
+        asyncio.run(fetch_image(url, ImageUrlSettings(enabled=True, timeout_s=2)))
+    assert e.value.status == 400 and e.value.code == "url_refused", e.value.message
+
+
+@pytest.mark.parametrize("location", ["http://example.org:99999/a.jpg", "http://[::1/a.jpg", "http://[zz::1]/"])
+def test_redirect_to_a_broken_url_is_a_400(location):
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    import threading
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(302)
+            self.send_header("Location", location)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings = ImageUrlSettings(enabled=True, timeout_s=5, allow_networks=["127.0.0.1/32"])
+        with pytest.raises(ApiError) as e:
+            asyncio.run(fetch_image(f"http://127.0.0.1:{server.server_port}/r", settings))
+        assert e.value.status == 400 and e.value.code in ("url_fetch_failed", "url_refused"), e.value.message
+    finally:
+        server.shutdown()
+
+
+def test_error_messages_never_echo_a_value_whole():
+    from serve.errors import ECHO_CHARS, MESSAGE_CHARS, echo, error_response
+
+    big = "x" * 5_000_000
+    assert len(echo(big)) < ECHO_CHARS + 40 and "5000000 chars" in echo(big)
+    for raw in ({"format": big}, {"background": big}, {big: "1"}, {f"p{i}" * 50: "1" for i in range(500)}):
+        with pytest.raises(ApiError) as e:
+            parse_params(raw)
+        assert len(e.value.message) < 2 * MESSAGE_CHARS, len(e.value.message)
+    with pytest.raises(ApiError) as e:
+        parse_preset(big)
+    assert len(e.value.message) < 300
+    body = error_response(ApiError(422, "bad_parameter", big), "/v1/matte").body
+    assert len(body) < MESSAGE_CHARS + 200
+
+
+def test_auth_failure_limiter_peeks_without_taking():
+    now = [0.0]
+    rl = RateLimiter(per_minute=60, burst=2, clock=lambda: now[0])
+    assert rl.peek("a").allowed and "a" not in rl._buckets  # an unseen address adds nothing
+    rl.hit("a")
+    rl.hit("a")
+    assert not rl.peek("a").allowed and not rl.peek("a").allowed and rl.peek("a").retry_after_s == 1
+    now[0] += 1.0
+    assert rl.peek("a").allowed and rl.peek("a").allowed  # peeking never spends the refilled token
+
+
+def test_in_flight_cap_per_identity():
+    from serve.limits import InFlight
+
+    cap = InFlight(2)
+    with cap.slot("k"), cap.slot("k"):
+        with pytest.raises(ApiError) as e:
+            with cap.slot("k"):
+                pass
+        assert e.value.status == 429 and e.value.code == "too_many_in_flight"
+        with cap.slot("other"):
+            assert cap.count("other") == 1
+    assert cap.count("k") == 0 and cap._counts == {}
+
+
+def test_header_limits():
+    from serve.limits import header_refusal
+
+    assert header_refusal([(b"host", b"x")] * 10, 64, 16384) is None
+    assert "headers" in header_refusal([(b"x-a", b"1")] * 65, 64, 16384)
+    assert "bytes" in header_refusal([(b"x-api-key", b"k" * 20000)], 64, 16384)
+
+
+def test_deadline_stops_the_render_thread_and_answers_503():
+    """The deadline ends the request at once and the thread at its next checkpoint (CPU is freed)."""
+    import threading
+    import time
+
+    from serve.pipeline import Pipeline
+
+    pipeline = Pipeline({}, 10**6, cpu_threads=1, request_timeout_s=5, deadline_s=0.5)
+    stopped = threading.Event()
+    steps = []
+
+    def endless(*, checkpoint, limit):
+        try:
+            while True:
+                checkpoint()
+                steps.append(1)
+                time.sleep(0.01)  # one bounded step of work
+        finally:
+            stopped.set()
+
+    async def run():
+        deadline = pipeline.deadline()
+        t0 = time.monotonic()
+        with pytest.raises(ApiError) as e:
+            await pipeline.in_thread(deadline, pipeline.render_call(endless, deadline))
+        return e.value, time.monotonic() - t0
+
+    err, took = asyncio.run(run())
+    assert err.status == 503 and err.code == "deadline_exceeded" and err.headers["Retry-After"]
+    assert took < 1.5, took
+    assert stopped.wait(2.0), "the worker thread kept running after the deadline"
+    n = len(steps)
+    time.sleep(0.1)
+    assert len(steps) == n
+    # The one worker is free again: the next request's work runs.
+    ok = asyncio.run(pipeline.in_thread(pipeline.deadline(), lambda: "done"))
+    assert ok == "done"
+
+
+def test_config_proxy_timeout_must_exceed_the_deadline():
+    from serve.local import check_proxy_timeout
+
+    check_proxy_timeout({"request_timeout_s": 120}, AppArgs(deadline_s=30))
+    with pytest.raises(ValueError, match="deadline_s"):
+        check_proxy_timeout({"request_timeout_s": 20}, AppArgs(deadline_s=30))
+    for name in ("config.yaml", "config.gpu.yaml"):
+        raw = yaml.safe_load((REPO / "serve" / name).read_text())
+        check_proxy_timeout(raw["http_options"], AppArgs.model_validate(raw["applications"][0]["args"]))
+        assert raw["http_options"]["keep_alive_timeout_s"] <= 10
+
+
+def test_docs_csp_allows_exactly_its_inline_script():
+    from serve.limits import csp, inline_script_hashes
+
+    html = "<html><script src='/a.js'></script><script>const ui = 1;</script></html>"
+    hashes = inline_script_hashes(html)
+    assert len(hashes) == 1 and hashes[0].startswith("sha256-")
+    policy = csp(hashes)
+    assert f"'{hashes[0]}'" in policy and "frame-ancestors 'none'" in policy and "'unsafe-inline'" not in \
+        policy.split("script-src")[1].split(";")[0]
+
+
+def test_a_client_leaving_stops_the_render_thread():
+    """Serve cancels the handler when the client disconnects: the thread stops at its next step."""
+    import threading
+    import time
+
+    from serve.pipeline import Pipeline
+
+    pipeline = Pipeline({}, 10**6, cpu_threads=1, request_timeout_s=5, deadline_s=60)
+    stopped = threading.Event()
+
+    def endless(*, checkpoint, limit):
+        try:
+            while True:
+                checkpoint()
+                time.sleep(0.01)
+        finally:
+            stopped.set()
+
+    async def run():
+        deadline = pipeline.deadline()
+        task = asyncio.ensure_future(pipeline.in_thread(deadline, pipeline.render_call(endless, deadline)))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
+    assert stopped.wait(2.0), "the worker thread kept running after the client left"

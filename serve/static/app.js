@@ -4,7 +4,7 @@ import { downloadZip } from "./vendor/client-zip.js";
 
 const $ = (sel) => document.querySelector(sel);
 const KEY_STORE = "matting-api-key";
-const CONCURRENCY = 2;
+const CONCURRENCY = 2;  // at most the server's args.max_in_flight_per_key (2 by default), or the rest get 429
 const touched = new Set();
 let singleFile = null;
 let singleUrls = [];
