@@ -38,33 +38,75 @@ MATTING = ("sad", "mse", "mad", "grad", "conn")
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
 
+# Preprocessing a --model entry may override (MODEL:resize=pil_lanczos,preshrink=0), to compare
+# filters side by side on the same weights; the spec's own values are the default.
+PREPROCESS_OVERRIDES = {"resize": str, "preshrink": float}
+
+
 @dataclass(frozen=True)
 class ModelChoice:
     label: str
     name: str
     weights: str | None = None
+    preprocess: tuple[tuple[str, object], ...] = ()  # overrides of the spec's PreprocessSpec fields
+
+    def spec(self):
+        """The spec this entry runs: the model's own, with its preprocessing overrides applied."""
+        from model.specs import get_spec
+
+        spec = get_spec(self.name)
+        if not self.preprocess:
+            return spec
+        return replace(spec, preprocess=replace(spec.preprocess, **dict(self.preprocess)))  # re-validated
+
+
+def _split_overrides(arg: str) -> tuple[str, tuple[tuple[str, object], ...]]:
+    """'u2netp=w.onnx:resize=area,preshrink=0' → ('u2netp=w.onnx', (('resize', 'area'), ('preshrink', 0.0)))."""
+    head, sep, tail = arg.rpartition(":")
+    if not sep or tail.partition("=")[0].strip() not in PREPROCESS_OVERRIDES:
+        return arg, ()  # no overrides (an s3:// URI's colon is not followed by one of their keys)
+    out = {}
+    for part in filter(None, (p.strip() for p in tail.split(","))):
+        key, eq, value = (x.strip() for x in part.partition("="))
+        if not eq or key not in PREPROCESS_OVERRIDES:
+            raise ValueError(f"--model {arg!r}: {part!r} is not KEY=VALUE with KEY one of "
+                             f"{', '.join(PREPROCESS_OVERRIDES)}")
+        try:
+            out[key] = PREPROCESS_OVERRIDES[key](value)
+        except ValueError:
+            raise ValueError(f"--model {arg!r}: {key} must be a number, got {value!r}") from None
+    return head, tuple(out.items())
 
 
 def parse_model(arg: str) -> ModelChoice:
     """'u2netp' → the registry's weights; 'u2netp=path/w.onnx' → that architecture with those weights;
-    'path/w.safetensors' → the file's own spec (what `matting train` writes), as `matting run --model`."""
+    'path/w.safetensors' → the file's own spec (what `matting train` writes), as `matting run --model`.
+    Any of them may end in ':resize=FILTER,preshrink=K' to override the spec's preprocessing."""
     from model.specs import get_spec
 
-    name, sep, weights = arg.partition("=")
+    model, overrides = _split_overrides(arg)
+    name, sep, weights = model.partition("=")
     name = name.strip()
-    if not sep and (Path(arg).suffix or "/" in arg):
+    if not sep and (Path(model).suffix or "/" in model):
         try:
-            get_spec(arg)  # a missing file raises WeightsNotFoundError (a FileNotFoundError) from here
+            get_spec(model)  # a missing file raises WeightsNotFoundError (a FileNotFoundError) from here
         except ValueError as e:
             raise ValueError(f"--model {arg!r}: {e}; or say which registered model it is, "
-                             f"e.g. --model u2netp={arg}") from None
-        return ModelChoice(Path(arg).name, arg)
-    get_spec(name)  # unknown names fail with the valid list
-    if sep:
-        if not Path(weights).expanduser().is_file() and not weights.startswith("s3://"):
-            raise FileNotFoundError(f"--model {arg}: weights file {weights} does not exist")
-        return ModelChoice(f"{name}={Path(weights).name}", name, weights)
-    return ModelChoice(name, name)
+                             f"e.g. --model u2netp={model}") from None
+        choice = ModelChoice(Path(model).name, model, preprocess=overrides)
+    else:
+        get_spec(name)  # unknown names fail with the valid list
+        if sep:
+            if not Path(weights).expanduser().is_file() and not weights.startswith("s3://"):
+                raise FileNotFoundError(f"--model {arg}: weights file {weights} does not exist")
+            choice = ModelChoice(f"{name}={Path(weights).name}", name, weights, overrides)
+        else:
+            choice = ModelChoice(name, name, preprocess=overrides)
+    if overrides:
+        choice.spec()  # a bad filter name or value fails here, before any model loads
+        label = ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in overrides)
+        choice = replace(choice, label=f"{choice.label}:{label}")
+    return choice
 
 
 @dataclass(frozen=True)
@@ -200,7 +242,7 @@ def evaluate(eval_set: EvalSet, models: list[ModelChoice], settings: list[Settin
         raise ValueError(f"setting names must be distinct, got {names}")
     rows = []
     for choice in models:
-        rt = create_runtime(choice.name, runtime=runtime, device=device, weights=choice.weights,
+        rt = create_runtime(choice.spec(), runtime=runtime, device=device, weights=choice.weights,
                             threads=threads, providers=providers)
         log.info("eval %s: %s", choice.label, rt.describe())
         model_rows = [Row(choice.label, s.name) for s in settings]
@@ -219,7 +261,7 @@ def evaluate(eval_set: EvalSet, models: list[ModelChoice], settings: list[Settin
                     failed[s.stem] = f"image: {e}"
             good = [d for d in decoded if d is not None]
             t1 = time.perf_counter()
-            probs = rt.predict(np.stack([model_input(d, rt.input_size) for d in good])) if good else []
+            probs = rt.predict(np.stack([model_input(d, rt.spec.preprocess) for d in good])) if good else []
             t_shared = time.perf_counter() - t0  # decode + resize + inference, shared by all settings
             probs_iter = iter(probs)
             for s, d in zip(chunk, decoded):

@@ -56,13 +56,13 @@ class Pipeline:
     async def in_thread(self, fn, *args):
         return await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter)
 
-    def _decode(self, data: bytes, size: tuple[int, int]) -> tuple[DecodedImage, np.ndarray]:
+    def _decode(self, data: bytes, preprocess) -> tuple[DecodedImage, np.ndarray]:
         img = decode_image(data, max_pixels=self.max_pixels)
-        return img, model_input(img, size)
+        return img, model_input(img, preprocess)
 
     async def decode(self, data: bytes, model: str) -> tuple[DecodedImage, np.ndarray]:
         try:
-            return await self.in_thread(self._decode, data, get_spec(model).preprocess.input_size)
+            return await self.in_thread(self._decode, data, get_spec(model).preprocess)
         except DecodeError as e:
             status, code = _DECODE_STATUS.get(e.reason, (400, "undecodable"))
             raise ApiError(status, code, str(e)) from None
