@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from model.runtime import DEVICES, RUNTIMES, TORCH_GRAPHS
-from model.specs import MODEL_SPECS
+from model.specs import MODEL_SPECS, WEIGHTS_SUFFIXES, get_spec
 
 
 class ImageUrlSettings(BaseModel):
@@ -60,9 +60,16 @@ class AppArgs(BaseModel):
     @field_validator("models")
     @classmethod
     def _models(cls, v: list[str]) -> list[str]:
-        unknown = [m for m in v if m not in MODEL_SPECS]
+        unknown = [m for m in v if m not in MODEL_SPECS and not m.endswith(WEIGHTS_SUFFIXES)]
         if unknown:
-            raise ValueError(f"unknown model(s) {unknown}; registered: {sorted(MODEL_SPECS)}")
+            raise ValueError(f"unknown model(s) {unknown}; registered: {sorted(MODEL_SPECS)}, or a path to a "
+                             f"{'/'.join(WEIGHTS_SUFFIXES)} file that carries its spec (`matting export` writes one)")
+        for m in v:
+            if m not in MODEL_SPECS:
+                try:
+                    get_spec(m)  # reads the spec the file carries
+                except FileNotFoundError as e:  # pydantic reports ValueErrors only
+                    raise ValueError(str(e)) from None
         return v
 
     @field_validator("runtime", "device", "torch_graph")
