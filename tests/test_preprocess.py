@@ -132,3 +132,34 @@ def test_transparent_input_goes_over_white_before_any_filter():
     img = decode_image(buf.getvalue())
     for f in RESIZE_FILTERS:
         assert model_input(img, PreprocessSpec(input_size=(32, 32), resize=f)).min() == 255
+
+
+def test_training_makes_its_photos_with_the_teachers_filter(tmp_path):
+    from model.specs import get_spec
+    from pipelines.train import TrainConfig
+    from pipelines.train_data import cache_path, read_rgb
+
+    p = SAMPLES / "coffee.jpg"
+    pre = replace(get_spec("u2netp").preprocess, resize="pil_bicubic")
+    assert np.array_equal(read_rgb(p, 64, pre), resize_rgb(decode_image(p.read_bytes()).rgb, (64, 64), "pil_bicubic",
+                                                           pre.preshrink))
+    # Another filter makes other photos and teacher alphas: its own cache folder; "area" keeps the old name.
+    assert cache_path(tmp_path, p, "v", 64, "area").parent.name == "v-64"
+    assert cache_path(tmp_path, p, "v", 64, "pil_lanczos").parent.name == "v-pil_lanczos-64"
+    student = TrainConfig(images=("photos",), out="o.safetensors").student_spec(0)
+    assert student.preprocess.resize == get_spec("u2netp").preprocess.resize
+
+
+def test_eval_overrides_the_filter_per_model_entry():
+    from pipelines.evaluate import parse_model
+
+    c = parse_model("u2netp:resize=pil_lanczos,preshrink=0")
+    assert c.label == "u2netp:resize=pil_lanczos,preshrink=0" and c.name == "u2netp"
+    assert c.spec().preprocess.resize == "pil_lanczos" and c.spec().preprocess.preshrink == 0
+    assert parse_model("unet-small").spec() == MODEL_SPECS["unet-small"]
+    with pytest.raises(ValueError, match="resize must be one of"):
+        parse_model("u2netp:resize=lanczos")
+    with pytest.raises(ValueError, match="preshrink must be a number"):
+        parse_model("u2netp:preshrink=two")
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_model("u2netp:resize=area,mean=0")
