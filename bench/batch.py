@@ -153,7 +153,7 @@ def plain_loop(src: Path, keys: list[str], out: Path, cfg: JobConfig, threads: i
             hashlib.sha256(data).hexdigest()  # the job's read stage hashes every input
             t1 = pc()
             img = decode_image(data, max_pixels=cfg.max_pixels)
-            smalls.append(model_input(img, rt.input_size))
+            smalls.append(model_input(img, rt.spec.preprocess))
             images.append(img)
             t["read"] += t1 - t0
             t["decode"] += pc() - t1

@@ -39,9 +39,10 @@ from postproc import decode_image, model_input  # noqa: E402
 from postproc.alpha import to_full_resolution  # noqa: E402
 
 
-def sample_batch(size: tuple[int, int], n: int) -> np.ndarray:
+def sample_batch(preprocess, size: tuple[int, int], n: int) -> np.ndarray:
     photos = sorted((ROOT / "pipelines" / "samples").glob("*.jpg"))
-    return np.stack([model_input(decode_image(photos[i % len(photos)].read_bytes()), size) for i in range(n)])
+    return np.stack([model_input(decode_image(photos[i % len(photos)].read_bytes()), preprocess, size)
+                     for i in range(n)])
 
 
 def runtimes_for(models: list[str], threads: int | None):
@@ -58,7 +59,7 @@ def speed(runtimes, batch_size: int, rounds: int) -> list[dict]:
         sizes = [rt.input_size] + ([(320, 320)] if rt.input_size != (320, 320) else [])
         for size in sizes:
             cases.append({"model": model, "runtime": kind, "size": size, "rt": rt,
-                          "batch": sample_batch(size, batch_size), "times": []})
+                          "batch": sample_batch(rt.spec.preprocess, size, batch_size), "times": []})
     for case in cases:  # warm-up: first-call allocations and kernel selection
         case["rt"].predict(case["batch"])
     for _ in range(rounds):
@@ -87,7 +88,7 @@ def quality(runtimes, data_dir: Path) -> list[dict]:
         for p in images:
             img = decode_image(p.read_bytes())
             gt = cv2.imread(str(alphas[p.stem]), cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0
-            prob = rt.predict(model_input(img, rt.input_size)[None])[0]
+            prob = rt.predict(model_input(img, rt.spec.preprocess)[None])[0]
             pred = to_full_resolution(prob, img.height, img.width).astype(np.float32) / 255.0
             diff = np.abs(pred - gt)
             mae.append(float(diff.mean()))

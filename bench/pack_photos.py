@@ -1,7 +1,7 @@
 """Pack training photos small enough to travel to a lent GPU machine (64 MiB per call, our tree included).
 
 Each photo is squashed to --size² exactly as `matting train` squashes it for its teacher cache
-(postproc.model_input), then re-encoded as WebP; masks (a `mask/` or `alpha/` folder beside `image/`)
+(postproc.model_input with the teacher u2netp's resize filter), then re-encoded as WebP; masks (a `mask/` or `alpha/` folder beside `image/`)
 are squashed the same way and kept lossless as PNG. The teacher then mats the packed photos on the GPU
 machine, so what trains there is these photos, not the originals: WebP at quality 75 is about 11 KB
 per 320² photo (../shared/train's 3,750 photos and 1,003 masks: 42 MiB) and adds compression noise of
@@ -24,14 +24,17 @@ import cv2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipelines.train_data import list_images, read_alpha  # noqa: E402
-from postproc import DecodeError, decode_image, model_input  # noqa: E402
+from model.specs import get_spec  # noqa: E402
+from pipelines.train_data import list_images, read_alpha, read_rgb  # noqa: E402
+from postproc import DecodeError  # noqa: E402
+
+TEACHER = "u2netp"  # matting train's default teacher: its resize filter makes the cached photos
 
 
 def pack_photo(job: tuple[Path, Path, int, int]) -> int:
     src, dst, size, quality = job
     try:
-        rgb = model_input(decode_image(src.read_bytes()), (size, size))
+        rgb = read_rgb(src, size, get_spec(TEACHER).preprocess)
     except DecodeError as e:  # an unreadable photo is skipped here as the trainer would skip it
         print(f"skipping {src}: {e}", file=sys.stderr)
         return 0

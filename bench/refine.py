@@ -116,7 +116,7 @@ def predict(items, runtime) -> list[np.ndarray]:
 
     probs = []
     for _, rgb, _, _ in items:
-        small = model_input(DecodedImage(rgb, None, "PNG"), runtime.input_size)
+        small = model_input(DecodedImage(rgb, None, "PNG"), runtime.spec.preprocess)
         probs.append(runtime.predict(small[None])[0])
     return probs
 

@@ -81,13 +81,17 @@ class RuntimeConfig:
     providers: tuple[str, ...] | None = None  # ONNX Runtime providers in order; each one named must start
     trt_cache_dir: str | None = None  # where TensorRT keeps its engines (default beside the weights cache)
     torch_graph: str = "auto"  # torch on CUDA: auto = CUDA graphs, eager, or compile
+    # Overrides of the spec's PreprocessSpec fields, e.g. (("resize", "area"),): `matting eval` compares
+    # input filters side by side with them (--model u2netp:resize=area); the job and Serve use the spec's own.
+    preprocess: tuple[tuple[str, object], ...] = ()
 
     def __post_init__(self) -> None:
         model = str(self.model)
         if model.endswith(WEIGHTS_SUFFIXES):  # a checkpoint named by its path: other processes need it absolute
             model = str(Path(model).expanduser().resolve())
         object.__setattr__(self, "model", model)
-        get_spec(model)  # unknown names fail here with the valid list; a path must carry its spec
+        object.__setattr__(self, "preprocess", tuple((str(k), v) for k, v in dict(self.preprocess).items()))
+        self.spec  # unknown names fail here with the valid list; a path must carry its spec; bad overrides too
         if self.weights is not None:
             weights = str(self.weights)
             if not is_remote(weights):
@@ -129,7 +133,10 @@ class RuntimeConfig:
 
     @property
     def spec(self) -> ModelSpec:
-        return get_spec(self.model)
+        spec = get_spec(self.model)
+        if not self.preprocess:
+            return spec
+        return dataclasses.replace(spec, preprocess=dataclasses.replace(spec.preprocess, **dict(self.preprocess)))
 
     @property
     def remote_weights(self) -> bool:

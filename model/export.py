@@ -145,13 +145,29 @@ def to_fp16(model, keep_fp32_above: float | None = 16.0):
     return converted, keep
 
 
+def exported_spec(spec, fp16: bool):
+    """The spec an exported file carries: the model's, its version marked when FP16 changed the numbers.
+
+    FP32 reproduces the torch model to ~1e-4 and keeps the version; an FP16 graph's alphas differ
+    (up to ~0.06 for U²-Netp), so its outputs must not pass for the FP32 model's in incremental runs.
+    """
+    from dataclasses import replace
+
+    return replace(spec, version=f"{spec.version}-fp16") if fp16 else spec
+
+
 def add_metadata(model, spec, fp16: bool) -> None:
-    """The spec's identity and preprocessing travel inside the file (ONNX metadata_props)."""
-    pre = spec.preprocess
-    meta = {"model": spec.name, "version": spec.version, "architecture": spec.architecture,
-            "input_size": f"{pre.input_size[0]}x{pre.input_size[1]}", "mean": ",".join(map(str, pre.mean)),
-            "std": ",".join(map(str, pre.std)), "input_scale": pre.input_scale,
-            "output_activation": pre.output_activation, "output_normalization": pre.output_normalization,
+    """The spec travels inside the file (ONNX metadata_props), under the key model/weights.py reads.
+
+    `spec` is the whole ModelSpec as JSON (preprocessing included: input size, resize filter,
+    mean/std, activation), so the file can be named by its path in `matting run`, `matting eval`
+    and Serve; `precision` says whether the graph is FP16 (OnnxRuntime reports it).
+    """
+    import json
+
+    from model.weights import SPEC_METADATA_KEY
+
+    meta = {SPEC_METADATA_KEY: json.dumps(exported_spec(spec, fp16).to_json_dict()),
             "precision": "fp16" if fp16 else "fp32"}
     del model.metadata_props[:]
     for k, v in meta.items():

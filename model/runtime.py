@@ -19,36 +19,11 @@ import numpy as np
 from model import weights as weights_mod
 from model.config import (DEVICES, GPU_PROVIDERS, PROVIDERS, RUNTIMES, TORCH_GRAPHS, RuntimeConfig,  # noqa: F401
                           int8_available, parse_providers)
-from model.specs import ModelSpec, PreprocessSpec
+# The preprocessing contract lives in model/preprocess.py as numpy/torch twins; re-exported here.
+from model.preprocess import finish_output, finish_output_torch, normalize_batch, normalize_batch_torch
+from model.specs import ModelSpec
 
 log = logging.getLogger(__name__)
-
-
-def normalize_batch(images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """(N, H, W, 3) uint8 → (N, 3, H, W) float32, scaled and standardised as the spec says."""
-    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-        raise ValueError(f"expected (N, H, W, 3) uint8 images, got {images.shape} {images.dtype}")
-    x = images.astype(np.float32)
-    if spec.input_scale == "max":
-        peak = x.reshape(len(x), -1).max(axis=1).reshape(-1, 1, 1, 1)
-        x /= np.maximum(peak, 1.0)  # an all-black image stays black instead of dividing by zero
-    else:
-        x /= 255.0
-    x -= np.asarray(spec.mean, np.float32)
-    x /= np.asarray(spec.std, np.float32)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-
-
-def finish_output(pred: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """(N, 1, H, W) raw output → (N, H, W) float32 alpha in [0, 1]."""
-    pred = pred[:, 0].astype(np.float32)
-    if spec.output_activation == "none":
-        pred = 1.0 / (1.0 + np.exp(-pred))
-    if spec.output_normalization == "minmax":
-        lo = pred.reshape(len(pred), -1).min(axis=1).reshape(-1, 1, 1)
-        hi = pred.reshape(len(pred), -1).max(axis=1).reshape(-1, 1, 1)
-        pred = (pred - lo) / np.maximum(hi - lo, 1e-6)
-    return np.clip(pred, 0.0, 1.0)
 
 
 def cuda_usable() -> tuple[bool, str]:
@@ -193,22 +168,10 @@ class TorchRuntime(Runtime):
         torch = self._torch
         pre = self.spec.preprocess
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(images)).to("cuda", non_blocking=True).float()
-            if pre.input_scale == "max":
-                x /= x.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1.0)
-            else:
-                x /= 255.0
-            x = (x - torch.tensor(pre.mean, device="cuda")) / torch.tensor(pre.std, device="cuda")
-            # NHWC in memory is channels_last NCHW: a permute, no copy.
-            x = x.permute(0, 3, 1, 2).to(self.dtype).contiguous(memory_format=torch.channels_last)
-            pred = self._forward(x)[:, 0].float()
-            if pre.output_activation == "none":
-                pred = torch.sigmoid(pred)
-            if pre.output_normalization == "minmax":
-                lo = pred.amin(dim=(1, 2), keepdim=True)
-                hi = pred.amax(dim=(1, 2), keepdim=True)
-                pred = (pred - lo) / (hi - lo).clamp_min(1e-6)
-            return pred.clamp_(0.0, 1.0).cpu().numpy()
+            # The twins of normalize_batch/finish_output (model/preprocess.py), run on the GPU.
+            x = torch.from_numpy(np.ascontiguousarray(images)).to("cuda", non_blocking=True)
+            pred = self._forward(normalize_batch_torch(x, pre, self.dtype))
+            return finish_output_torch(pred, pre).cpu().numpy()
 
 
 def dynamic_onnx(path: Path) -> bytes:

@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from model.preprocess import LEGACY_RESIZE, check_resize
+
 # A model may be named by a path to a weights file that carries its own spec (see model/weights.py).
 WEIGHTS_SUFFIXES = (".safetensors", ".onnx")
 
@@ -17,6 +19,12 @@ WEIGHTS_SUFFIXES = (".safetensors", ".onnx")
 @dataclass(frozen=True)
 class PreprocessSpec:
     input_size: tuple[int, int] = (320, 320)  # (height, width) the model sees
+    # The filter that shrinks a photo to input_size (model/preprocess.py RESIZE_FILTERS). A spec
+    # without it (files written before it existed) means "area", the filter those were made with.
+    resize: str = LEGACY_RESIZE
+    # Pillow filters only: an axis longer than preshrink × input_size is first averaged down to it
+    # with INTER_AREA (cheap), so a 24 MP photo does not make the resize the slowest stage; 0: never.
+    preshrink: float = 2.0
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     # "max": divide by the image's own maximum (U²-Net's reference code); "unit": divide by 255.
@@ -27,6 +35,9 @@ class PreprocessSpec:
     output_normalization: str = "minmax"
 
     def __post_init__(self) -> None:
+        check_resize(self.resize)
+        if not self.preshrink == 0 and not self.preshrink >= 1:
+            raise ValueError(f"preshrink must be 0 (off) or at least 1, got {self.preshrink!r}")
         if self.input_scale not in ("max", "unit"):
             raise ValueError(f"input_scale must be 'max' or 'unit', got {self.input_scale!r}")
         if self.output_activation not in ("sigmoid", "none"):

@@ -8,6 +8,7 @@ cache (or a path / S3 URI the user names); nothing is downloaded while they run.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -57,10 +58,22 @@ def sidecar_path(path: Path) -> Path:
 
 
 def spec_from_file(path: str | os.PathLike) -> ModelSpec:
-    """The spec that travels with a weights file: `<stem>.spec.json` beside it, else its own metadata."""
+    """The spec that travels with a weights file: `<stem>.spec.json` beside it, else its own metadata.
+
+    Read once per file version: Serve's ingress asks for the spec on every request, and reading an
+    ONNX file's metadata parses the whole graph.
+    """
     p = Path(path).expanduser().resolve()
     if not p.is_file():
         raise WeightsNotFoundError(f"weights file {p} does not exist")
+    side = sidecar_path(p)
+    stamp = tuple((s.st_mtime_ns, s.st_size) for s in (p.stat(), *([side.stat()] if side.is_file() else [])))
+    return _read_spec(p, stamp)
+
+
+@functools.lru_cache(maxsize=64)
+def _read_spec(p: Path, stamp: tuple) -> ModelSpec:
+    """spec_from_file's reading, cached by path and the files' modification times and sizes (`stamp`)."""
     side = sidecar_path(p)
     if side.is_file():
         text, where = side.read_text(), str(side)

@@ -39,6 +39,11 @@ MATTING = ("sad", "mse", "mad", "grad", "conn")
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
 
+# Preprocessing a --model entry may override (MODEL:resize=pil_lanczos,preshrink=0), to compare
+# filters side by side on the same weights; the spec's own values are the default.
+PREPROCESS_OVERRIDES = {"resize": str, "preshrink": float}
+
+
 @dataclass(frozen=True)
 class ModelChoice:
     label: str
@@ -52,22 +57,49 @@ class ModelChoice:
     def weights(self) -> str | None:
         return self.config.weights
 
+    def spec(self):
+        """The spec this entry runs: the model's own, with its preprocessing overrides applied."""
+        return self.config.spec
+
+
+def _split_overrides(arg: str) -> tuple[str, tuple[tuple[str, object], ...]]:
+    """'u2netp=w.onnx:resize=area,preshrink=0' → ('u2netp=w.onnx', (('resize', 'area'), ('preshrink', 0.0)))."""
+    head, sep, tail = arg.rpartition(":")
+    if not sep or tail.partition("=")[0].strip() not in PREPROCESS_OVERRIDES:
+        return arg, ()  # no overrides (an s3:// URI's colon is not followed by one of their keys)
+    out = {}
+    for part in filter(None, (p.strip() for p in tail.split(","))):
+        key, eq, value = (x.strip() for x in part.partition("="))
+        if not eq or key not in PREPROCESS_OVERRIDES:
+            raise ValueError(f"--model {arg!r}: {part!r} is not KEY=VALUE with KEY one of "
+                             f"{', '.join(PREPROCESS_OVERRIDES)}")
+        try:
+            out[key] = PREPROCESS_OVERRIDES[key](value)
+        except ValueError:
+            raise ValueError(f"--model {arg!r}: {key} must be a number, got {value!r}") from None
+    return head, tuple(out.items())
+
 
 def parse_model(arg: str, base: RuntimeConfig | None = None) -> ModelChoice:
     """'u2netp' → the registry's weights; 'u2netp=path/w.onnx' → that architecture with those weights;
     'path/w.safetensors' → the file's own spec (what `matting train` writes), as `matting run --model`.
-    `base` carries the runtime flags (runtime, device, precision, …) every model runs with."""
+    `base` carries the runtime flags (runtime, device, precision, …) every model runs with.
+    Any of them may end in ':resize=FILTER,preshrink=K' to override the spec's preprocessing."""
     base = base or RuntimeConfig()
-    name, sep, weights = arg.partition("=")
-    if not sep and (Path(arg).suffix or "/" in arg):
+    model, overrides = _split_overrides(arg)
+    name, sep, weights = model.partition("=")
+    if not sep and (Path(model).suffix or "/" in model):
         try:
-            config = base.replace(model=arg, weights=None)
+            config = base.replace(model=model, weights=None, preprocess=overrides)
         except ValueError as e:  # a missing file raises WeightsNotFoundError (a FileNotFoundError) instead
             raise ValueError(f"--model {arg!r}: {e}; or say which registered model it is, "
-                             f"e.g. --model u2netp={arg}") from None
-        return ModelChoice(Path(arg).name, config)
-    config = base.replace(model=name.strip(), weights=weights.strip() if sep else None)
-    label = f"{name.strip()}={Path(weights).name}" if sep else name.strip()
+                             f"e.g. --model u2netp={model}") from None
+        label = Path(model).name
+    else:
+        config = base.replace(model=name.strip(), weights=weights.strip() if sep else None, preprocess=overrides)
+        label = f"{name.strip()}={Path(weights).name}" if sep else name.strip()
+    if overrides:
+        label += ":" + ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in overrides)
     return ModelChoice(label, config)
 
 
@@ -223,7 +255,7 @@ def evaluate(eval_set: EvalSet, models: list[ModelChoice], settings: list[Settin
                     failed[s.stem] = f"image: {e}"
             good = [d for d in decoded if d is not None]
             t1 = time.perf_counter()
-            probs = rt.predict(np.stack([model_input(d, rt.input_size) for d in good])) if good else []
+            probs = rt.predict(np.stack([model_input(d, rt.spec.preprocess) for d in good])) if good else []
             t_shared = time.perf_counter() - t0  # decode + resize + inference, shared by all settings
             probs_iter = iter(probs)
             for s, d in zip(chunk, decoded):

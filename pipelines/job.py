@@ -230,7 +230,7 @@ def build_dataset(cfg: JobConfig, source: Location, dest: Location, plan: Plan) 
     ds = ds.map(read_input, fn_kwargs={"source": source, "max_bytes": cfg.max_bytes, "dest": dest,
                                        "naming": plan.naming},
                 num_cpus=cfg.decode_cpus)
-    ds = ds.map(decode_input, fn_kwargs={"input_size": spec.preprocess.input_size, "max_pixels": cfg.max_pixels},
+    ds = ds.map(decode_input, fn_kwargs={"preprocess": spec.preprocess, "max_pixels": cfg.max_pixels},
                 num_cpus=cfg.decode_cpus)
     ds = ds.map_batches(
         Predictor,

@@ -82,16 +82,19 @@ def _skip(row: dict) -> bool:
     return bool(row["error"] or row["reused_output_key"])
 
 
-def decode_input(row: dict, *, input_size: tuple[int, int], max_pixels: int) -> dict:
-    """Stage 2: bytes → full-resolution pixels (RGB, or RGBA when the input is transparent) + model input."""
+def decode_input(row: dict, *, preprocess, max_pixels: int) -> dict:
+    """Stage 2: bytes → full-resolution pixels (RGB, or RGBA when the input is transparent) + model input.
+
+    `preprocess` is the model's PreprocessSpec: its input size and resize filter make the model input.
+    """
     t0 = time.perf_counter()
     out = {k: v for k, v in row.items() if k != "data"}
-    pixels, small, width, height = _NO_PIXELS, np.zeros((*input_size, 3), np.uint8), 0, 0
+    pixels, small, width, height = _NO_PIXELS, np.zeros((*preprocess.input_size, 3), np.uint8), 0, 0
     if not _skip(row):
         try:
             img = decode_image(row["data"], max_pixels=max_pixels)
             pixels = img.rgb if img.alpha is None else np.dstack([img.rgb, img.alpha])
-            small = model_input(img, input_size)
+            small = model_input(img, preprocess)
             width, height = img.width, img.height
         except DecodeError as e:
             out.update(error=str(e), error_reason=e.reason)

@@ -26,7 +26,8 @@ import numpy as np
 
 from model.config import RuntimeConfig
 from model.runtime import normalize_batch, resolve_device
-from model.specs import ModelSpec, PreprocessSpec
+from model.preprocess import resize_rgb
+from model.specs import ModelSpec, PreprocessSpec, get_spec
 from pipelines import synth
 from postproc import DecodeError
 from pipelines.train_data import (CachedPhotos, Pair, PackedPhotos, find_pairs, list_images, pack_cache,
@@ -106,7 +107,9 @@ class TrainConfig:
             version=f"{self.name}-w{self.base_width}d{self.depth}-{self.input_size}-{stamp}-s{step}",
             architecture="unet",
             arch_kwargs={"base_width": self.base_width, "depth": self.depth},
+            # The teacher's resize filter: the cached photos the student learns from were made with it.
             preprocess=PreprocessSpec(input_size=(self.input_size, self.input_size), input_scale="unit",
+                                      resize=get_spec(self.teacher).preprocess.resize,
                                       output_activation="sigmoid", output_normalization="none"),
             license="trained by `matting train`; credit the training data's sources",
             description=f"U-Net {self.base_width}·2^i × {self.depth} levels distilled from {self.teacher} "
@@ -148,7 +151,7 @@ class DistillDataset:
         if self.pairs and rng.random() < self.pair_share:
             pair = self.pairs[rng.integers(len(self.pairs))]
             try:
-                rgb, alpha = read_rgb(pair.image, self.cache_size), read_alpha(pair.alpha, self.cache_size)
+                rgb, alpha = read_rgb(pair.image, self.cache_size, self.preprocess), read_alpha(pair.alpha, self.cache_size)
             except (DecodeError, OSError) as e:  # a bad pair costs its sample, not the run
                 log.warning("skipping pair %s: %s", pair.image, e)
                 if not self.cached:
@@ -178,7 +181,7 @@ def validation_batch(files: list[Path], out: int, preprocess: PreprocessSpec) ->
     rgbs, alphas = [], []
     for f in files:
         rgb, alpha = read_rgba(f)
-        rgbs.append(cv2.resize(rgb, (out, out), interpolation=cv2.INTER_AREA))
+        rgbs.append(resize_rgb(rgb, (out, out), preprocess.resize, preprocess.preshrink))
         alphas.append(cv2.resize(alpha, (out, out), interpolation=cv2.INTER_AREA))
     return normalize_batch(np.stack(rgbs), preprocess), (np.stack(alphas).astype(np.float32) / 255.0)[:, None]
 

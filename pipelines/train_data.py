@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from model.atomic import atomic_path, write_bytes_atomic
+from model.preprocess import LEGACY_RESIZE, resize_rgb
 from postproc import DecodeError, decode_image, model_input
 
 log = logging.getLogger(__name__)
@@ -77,9 +78,11 @@ def find_pairs(pairs_dir: str | os.PathLike) -> list[Pair]:
     return pairs
 
 
-def read_rgb(path: Path, size: int) -> np.ndarray:
-    """(size, size, 3) uint8, squashed like the job's model input; raises DecodeError for bad files."""
-    return model_input(decode_image(path.read_bytes()), (size, size))
+def read_rgb(path: Path, size: int, preprocess) -> np.ndarray:
+    """(size, size, 3) uint8, squashed like the job's model input, with `preprocess`'s resize filter
+    (a PreprocessSpec: the teacher's, so the teacher sees its photos as it does in a job); raises
+    DecodeError for bad files."""
+    return model_input(decode_image(path.read_bytes()), preprocess, (size, size))
 
 
 def read_alpha(path: Path, size: int) -> np.ndarray:
@@ -93,11 +96,13 @@ def read_alpha(path: Path, size: int) -> np.ndarray:
     return cv2.resize(a, (size, size), interpolation=cv2.INTER_AREA)
 
 
-def cache_path(cache_dir: Path, image: Path, teacher_version: str, size: int) -> Path:
+def cache_path(cache_dir: Path, image: Path, teacher_version: str, size: int, resize: str = LEGACY_RESIZE) -> Path:
     # Hashing the bytes reads every photo once per run (126 MB for ../shared/train: well under a
-    # second); the teacher costs 0.4 s per photo on a CPU.
+    # second); the teacher costs 0.4 s per photo on a CPU. The resize filter makes other photos
+    # and other teacher alphas, so it names its own folder (the legacy one keeps its old name).
     key = hashlib.blake2b(image.read_bytes(), digest_size=10).hexdigest()
-    return cache_dir / f"{teacher_version}-{size}" / f"{key}.png"
+    folder = f"{teacher_version}-{size}" if resize == LEGACY_RESIZE else f"{teacher_version}-{resize}-{size}"
+    return cache_dir / folder / f"{key}.png"
 
 
 def write_rgba(path: Path, rgb: np.ndarray, alpha: np.ndarray) -> None:
@@ -126,8 +131,9 @@ def precompute_teacher(images: list[Path], *, teacher, cache_dir: str | os.PathL
     if not isinstance(teacher, RuntimeConfig):
         teacher = RuntimeConfig(model=str(teacher))
     cache_dir = Path(cache_dir)
-    version = teacher.spec.version
-    target = {p: cache_path(cache_dir, p, version, size) for p in images}  # hashes each photo once
+    spec = teacher.spec
+    pre = spec.preprocess
+    target = {p: cache_path(cache_dir, p, spec.version, size, pre.resize) for p in images}  # hashes each photo once
     todo = [p for p in images if not target[p].is_file()]
     log.info("teacher %s: %d of %d images cached in %s, %d to do", teacher.model, len(images) - len(todo), len(images),
              cache_dir, len(todo))
@@ -139,15 +145,14 @@ def precompute_teacher(images: list[Path], *, teacher, cache_dir: str | os.PathL
             chunk, rgbs = [], []
             for p in todo[start:start + batch_size]:
                 try:
-                    rgbs.append(read_rgb(p, size))
+                    rgbs.append(read_rgb(p, size, pre))
                     chunk.append(p)
                 except (DecodeError, OSError) as e:
                     bad += 1
                     log.warning("skipping %s: %s", p, e)
             if not chunk:
                 continue
-            teacher_in = np.stack([cv2.resize(im, rt.input_size[::-1], interpolation=cv2.INTER_AREA)
-                                   if im.shape[:2] != rt.input_size else im for im in rgbs])
+            teacher_in = np.stack([resize_rgb(im, rt.input_size, pre.resize, pre.preshrink) for im in rgbs])
             alphas = rt.predict(teacher_in)
             for p, rgb, a in zip(chunk, rgbs, alphas):
                 a8 = (cv2.resize(a, (size, size), interpolation=cv2.INTER_LINEAR) * 255).round().astype(np.uint8)

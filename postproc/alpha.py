@@ -10,7 +10,6 @@ batch job passes no limit; the server passes its configured one, so one request'
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import cv2

@@ -11,10 +11,10 @@ import io
 import warnings
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from model.preprocess import resize_rgb
 from postproc.reasons import reason as known_reason
 
 DEFAULT_MAX_PIXELS = 50_000_000  # 50 MP: larger than any camera JPEG a catalog holds, far below a bomb
@@ -92,16 +92,15 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
     return DecodedImage(np.asarray(im.convert("RGB")), None, fmt)
 
 
-def model_input(image: DecodedImage, size: tuple[int, int]) -> np.ndarray:
-    """The (H, W, 3) uint8 the model sees: transparent areas over white, resized to `size` (h, w).
+def model_input(image: DecodedImage, preprocess, size: tuple[int, int] | None = None) -> np.ndarray:
+    """The (H, W, 3) uint8 the model sees: transparent areas over white, resized as `preprocess` says.
 
+    `preprocess` is the model's PreprocessSpec (its input size, resize filter and pre-shrink);
+    `size` (h, w) overrides its input size (the training cache keeps photos at its own size).
     Garbage colour under alpha 0 would otherwise be segmented as if it were visible.
     """
     rgb = image.rgb
     if image.alpha is not None:
         a = image.alpha[..., None].astype(np.float32) / 255.0
         rgb = (rgb * a + 255.0 * (1.0 - a)).round().astype(np.uint8)
-    h, w = size
-    # INTER_AREA averages when shrinking (no aliasing); linear when enlarging small inputs.
-    interp = cv2.INTER_AREA if rgb.shape[0] >= h and rgb.shape[1] >= w else cv2.INTER_LINEAR
-    return cv2.resize(rgb, (w, h), interpolation=interp)
+    return resize_rgb(rgb, size or preprocess.input_size, preprocess.resize, preprocess.preshrink)

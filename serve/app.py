@@ -10,7 +10,9 @@ the config file's `deployments:` section, not here.
 
 # No `from __future__ import annotations` here: FastAPI reads the route methods' annotations at run time.
 import asyncio
+import hashlib
 import logging
+import re
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -40,7 +42,11 @@ INGRESS_NAME = "MattingIngress"
 
 
 def model_deployment_name(model: str) -> str:
-    return f"Model_{model}"
+    """Model_u2netp; a model named by a file path: Model_<file stem>_<hash of the path> (no '/' in names)."""
+    if "/" not in model and "." not in model:
+        return f"Model_{model}"
+    digest = hashlib.blake2b(model.encode(), digest_size=4).hexdigest()
+    return f"Model_{re.sub(r'[^A-Za-z0-9_-]', '_', Path(model).stem)}_{digest}"
 
 
 fastapi_app = FastAPI(

@@ -100,13 +100,13 @@ class Pipeline:
         """fn with this server's work limit and the request's checkpoint: for in_thread."""
         return functools.partial(fn, *args, limit=self.work_limit, checkpoint=deadline.check, **kwargs)
 
-    def _decode(self, data: bytes, size: tuple[int, int]) -> tuple[DecodedImage, np.ndarray]:
+    def _decode(self, data: bytes, preprocess) -> tuple[DecodedImage, np.ndarray]:
         img = decode_image(data, max_pixels=self.max_pixels)
-        return img, model_input(img, size)
+        return img, model_input(img, preprocess)
 
     async def decode(self, data: bytes, model: str, deadline: Deadline) -> tuple[DecodedImage, np.ndarray]:
         try:
-            return await self.in_thread(deadline, self._decode, data, get_spec(model).preprocess.input_size)
+            return await self.in_thread(deadline, self._decode, data, get_spec(model).preprocess)
         except DecodeError as e:
             status, code = _DECODE_STATUS.get(e.reason, (400, "undecodable"))
             raise ApiError(status, code, str(e)) from None

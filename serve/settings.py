@@ -83,8 +83,9 @@ class AppArgs(BaseModel):
         names = [m.partition("=")[0].strip() for m in v]
         unknown = [n for n in names if not n.endswith(WEIGHTS_SUFFIXES) and n not in MODEL_SPECS]
         if unknown:
-            raise ValueError(f"unknown model(s) {unknown}; registered: {sorted(MODEL_SPECS)}")
-        return v
+            raise ValueError(f"unknown model(s) {unknown}; registered: {sorted(MODEL_SPECS)}, or a path to a "
+                             f"{'/'.join(WEIGHTS_SUFFIXES)} file that carries its spec (`matting export` writes one)")
+        return v  # paths are read (their spec) by RuntimeConfig below
 
     @model_validator(mode="after")
     def _runtime_configs(self) -> "AppArgs":

@@ -68,7 +68,7 @@ def test_eval_compares_settings_with_trimaps_and_writes_csv(tmp_path, capsys):
     # Eval scores what the job produces: the same runtime, model_input, refine_alpha and metrics by hand.
     rt = create_runtime("u2netp", runtime="onnxruntime", device="cpu")
     img = decode_image((data / "image" / "s1.jpg").read_bytes())
-    prob = rt.predict(model_input(img, rt.input_size)[None])[0]
+    prob = rt.predict(model_input(img, rt.spec.preprocess)[None])[0]
     matte = refine_alpha(prob, img.height, img.width, PostprocParams(alpha_threshold=200, erode=4))
     gt = cv2.imread(str(data / "alpha" / "s1.png"), cv2.IMREAD_GRAYSCALE)
     tri = cv2.imread(str(data / "trimap1" / "s1.png"), cv2.IMREAD_GRAYSCALE)

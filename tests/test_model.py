@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from catalog import real_photos
-from model import create_model, get_spec, list_models
+from model import PreprocessSpec, create_model, get_spec, list_models
 from model.export import FP32_TOLERANCE, export_onnx
 from model.runtime import TorchRuntime, create_runtime, finish_output, normalize_batch, parse_providers
 from model.weights import save_safetensors
@@ -18,7 +18,7 @@ from postproc import decode_image, model_input
 
 
 def photos_at(size: tuple[int, int], n: int = 4) -> np.ndarray:
-    return np.stack([model_input(decode_image(data), size) for _, data in real_photos(n)])
+    return np.stack([model_input(decode_image(data), PreprocessSpec(), size) for _, data in real_photos(n)])
 
 
 def test_unknown_model_lists_the_valid_names():

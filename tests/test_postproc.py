@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from model.specs import PreprocessSpec
 from postproc import DecodeError, PostprocParams, decode_image, model_input, render
 from postproc.alpha import bounding_box, erode, feather, threshold, to_full_resolution
 from postproc.colors import NAMED_COLORS, parse_color, to_hex
@@ -102,7 +103,7 @@ def test_pixel_limit_refuses_before_decoding():
 def test_model_input_puts_transparency_over_white_and_resizes():
     rgba = np.zeros((40, 40, 4), np.uint8)  # black, fully transparent
     img = decode_image(pil_bytes(Image.fromarray(rgba, "RGBA"), "PNG"))
-    small = model_input(img, (16, 20))
+    small = model_input(img, PreprocessSpec(), (16, 20))
     assert small.shape == (16, 20, 3) and small.min() == 255
 
 

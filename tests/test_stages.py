@@ -10,6 +10,7 @@ import pytest
 
 from catalog import corrupt_files, real_photos
 from model.config import RuntimeConfig
+from model.specs import get_spec
 from pipelines.stages import Predictor, decode_input, read_input, render_output
 from pipelines.storage import list_inputs, open_location, output_key
 from postproc import PostprocParams
@@ -37,8 +38,8 @@ def test_listing_marks_hidden_files_and_leaves_out_only_our_manifests(tree):
 def test_stages_chain_without_a_cluster(tree):
     tmp, files = tree
     src, dst = open_location(str(tmp / "src")), open_location(str(tmp / "dst"), create=True)
-    rows = [decode_input(read_input({"key": k, "size": -1}, source=src, max_bytes=10**8), input_size=(320, 320),
-                         max_pixels=10**8)
+    rows = [decode_input(read_input({"key": k, "size": -1}, source=src, max_bytes=10**8),
+                         preprocess=get_spec("u2netp").preprocess, max_pixels=10**8)
             for k in sorted(files)]
     batch = {k: np.array([r[k] for r in rows], dtype=object) if k == "pixels" else np.array([r[k] for r in rows])
              for k in rows[0]}
