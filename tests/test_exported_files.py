@@ -71,25 +71,27 @@ def test_eval_takes_an_exported_file_by_its_path(exported, tmp_path, capsys):
 
 def test_the_job_runs_an_exported_file_by_its_path(exported, tmp_path, monkeypatch):
     """What `matting run --model FILE.onnx` does, stage by stage in this process (the Ray job runs these)."""
+    from model.config import RuntimeConfig
     from pipelines.job import JobConfig
     from pipelines.stages import Predictor, decode_input, read_input, render_output
     from pipelines.storage import open_location
 
     monkeypatch.chdir(exported[True].parent)
-    cfg = JobConfig(source="in", dest="out", model=exported[True].name)
-    assert cfg.model == str(exported[True]) and cfg.fingerprint().model_version == "u2netp-rembg-0.1.3-fp16"
+    cfg = JobConfig(source="in", dest="out", inference=RuntimeConfig(model=exported[True].name))
+    assert cfg.inference.model == str(exported[True])
+    assert cfg.fingerprint().model_version == "u2netp-rembg-0.1.3-fp16"
     src = tmp_path / "src"
     src.mkdir()
     for key, data in real_photos(2):
         (src / key.rsplit("/", 1)[-1]).write_bytes(data)
     keys = sorted(p.name for p in src.iterdir())
     source, dest = open_location(str(src)), open_location(str(tmp_path / "dst"), create=True)
-    spec = get_spec(cfg.model)
+    spec = cfg.inference.spec
     rows = [decode_input(read_input({"key": k, "size": -1}, source=source, max_bytes=10**8),
                          preprocess=spec.preprocess, max_pixels=10**8) for k in keys]
     batch = {k: np.array([r[k] for r in rows], dtype=object) if k == "pixels" else np.array([r[k] for r in rows])
              for k in rows[0]}
-    out = Predictor(cfg.model, runtime="onnxruntime", device="cpu")(batch)
+    out = Predictor(cfg.inference.replace(runtime="onnxruntime", device="cpu"))(batch)
     assert set(out["precision"]) == {"fp16"}
     done = [render_output({k: out[k][i] for k in out}, dest=dest, params=PostprocParams.create(),
                           model_name=spec.name, model_version=spec.version) for i in range(len(keys))]
@@ -104,10 +106,14 @@ def test_serve_builds_a_model_deployment_from_a_path(exported, tmp_path):
     from serve.settings import AppArgs
 
     path = str(exported[True])
-    args = AppArgs(models=[path, "u2netp"])
+    args = AppArgs(models=[path, "unet-small"])
+    assert args.model_names == ["u2netp", "unet-small"]  # served under its spec's name, from its own file
+    assert args.runtime_configs["u2netp"].model == path
     name = model_deployment_name(path)
     assert name.startswith("Model_u2netp-fp16_") and "/" not in name and name != model_deployment_name("u2netp")
-    replica = MattingModel.func_or_class(args.models[0], runtime="onnxruntime", device="cpu")
+    with pytest.raises(ValidationError, match="two entries serve the model name 'u2netp'"):
+        AppArgs(models=[path, "u2netp"])
+    replica = MattingModel.func_or_class(args.runtime_configs["u2netp"], runtime="onnxruntime", device="cpu")
     asyncio.run(replica.check_health())
     assert replica.describe()["version"] == "u2netp-rembg-0.1.3-fp16" and replica.describe()["precision"] == "fp16"
     with pytest.raises(ValidationError, match="does not exist"):
