@@ -54,10 +54,30 @@ def first_output_watch(dest: Path, t0: float, out: dict) -> threading.Thread:
     return t
 
 
+# Log lines that mark a phase of the command, found by their text; their timestamps say when.
+PHASES = (("Ray ready", "Started a local Ray instance"), ("inputs planned", " inputs listed, "),
+          ("Ray Data started", "Starting execution of Dataset"))
+
+
+def phase_times(log: str, launched: float) -> dict:
+    """Seconds from the launch to each PHASES line (its asctime stamp, millisecond resolution)."""
+    from datetime import datetime
+
+    out = {}
+    for name, text in PHASES:
+        for line in log.splitlines():
+            m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})", line)
+            if m and text in line:
+                out[name] = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp() - launched
+                break
+    return out
+
+
 def wall_once(tree: Path, dest: Path, extra: list[str]) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree)}
     env.pop("RAY_ADDRESS", None)
     out: dict = {}
+    launched = time.time()
     t0 = time.perf_counter()
     watcher = first_output_watch(dest, t0, out)
     proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", str(SAMPLES), str(dest), *extra],
@@ -68,6 +88,7 @@ def wall_once(tree: Path, dest: Path, extra: list[str]) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"{tree}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
     out["log"] = proc.stdout + proc.stderr
+    out.update(phase_times(out["log"], launched))
     return out
 
 
@@ -83,17 +104,18 @@ def run_wall(trees: list[Path], repeats: int, extra: list[str]) -> None:
                     print(f"run {r + 1} {tree}: FAILED (load {os.getloadavg()[0]:.1f}): {str(e)[-300:]}", flush=True)
                     continue
                 results[tree].append(res)
-                print(f"run {r + 1} {tree}: first output {res.get('first_output', float('nan')):.1f} s, "
+                phases = ", ".join(f"{k} {res[k]:.1f} s" for k, _ in PHASES if k in res)
+                print(f"run {r + 1} {tree}: {phases}, first output {res.get('first_output', float('nan')):.1f} s, "
                       f"exit {res['exit']:.1f} s (load {os.getloadavg()[0]:.1f})", flush=True)
     print("\nmedians over", repeats, "runs each (load average now", " ".join(f"{x:.1f}" for x in os.getloadavg()), ")")
-    print(f"{'tree':60s} {'first output s':>15s} {'exit s':>8s}")
+    keys = [k for k, _ in PHASES] + ["first_output", "exit"]
+    print(f"{'tree':40s} " + " ".join(f"{k:>16s}" for k in keys))
     for tree, rs in results.items():
         if not rs:
-            print(f"{str(tree):60s} no successful run")
+            print(f"{str(tree):40s} no successful run")
             continue
-        fo = statistics.median(r.get("first_output", float("nan")) for r in rs)
-        ex = statistics.median(r["exit"] for r in rs)
-        print(f"{str(tree):60s} {fo:15.1f} {ex:8.1f}")
+        meds = [statistics.median(r.get(k, float("nan")) for r in rs) for k in keys]
+        print(f"{str(tree):40s} " + " ".join(f"{m:16.1f}" for m in meds) + f"   ({len(rs)} runs)")
 
 
 # --- the breakdown: one job in a fresh process, timed from that process's start ---------------------
@@ -170,16 +192,15 @@ def child_marks(code: str, *argv: str, tree: Path = REPO) -> tuple[dict, str]:
     return json.loads(line[6:]), text
 
 
-def top_imports(n: int = 8, tree: Path = REPO) -> list[tuple[str, float]]:
+def top_imports(n: int = 12, tree: Path = REPO) -> list[tuple[str, float]]:
     """-X importtime's cumulative seconds of the largest top-level packages the driver imports."""
     proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import pipelines.cli, pipelines.job"],
                           cwd=tree, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(tree)})
     totals: dict[str, float] = {}
     for line in proc.stderr.splitlines():
-        m = re.match(r"import time:\s+\d+ \|\s+(\d+) \|( *)(\S+)", line)
-        if m and len(m.group(2)) == 1:  # a top-level import: its cumulative time
-            pkg = m.group(3).split(".")[0]
-            totals[pkg] = totals.get(pkg, 0.0) + int(m.group(1)) / 1e6
+        m = re.match(r"import time:\s+\d+ \|\s+(\d+) \|\s*(\S+)", line)
+        if m and m.group(2).count(".") <= 1:  # packages and their first level (ray, ray.data, pyarrow, ...)
+            totals[m.group(2)] = max(totals.get(m.group(2), 0.0), int(m.group(1)) / 1e6)  # cumulative
     return sorted(totals.items(), key=lambda kv: -kv[1])[:n]
 
 

@@ -399,12 +399,13 @@ def create_runtime(config: RuntimeConfig | str = "u2netp", **fields) -> Runtime:
         rt: Runtime = OnnxRuntime(spec, device, weights=cfg.weights, threads=cfg.threads, providers=cfg.providers,
                                   trt_cache_dir=cfg.trt_cache_dir, precision=precision)
     else:
-        device = resolve_device(cfg.device)
+        # INT8 runs on CPU only (RuntimeConfig refuses it with cuda): no CUDA probe for it.
+        device = "cpu" if cfg.precision == "int8" else resolve_device(cfg.device)
         runtime = cfg.runtime
         if runtime == "auto":
             # On CPU ONNX Runtime, for torch checkpoints too (exported in memory once per process):
             # it measured 2.4× torch's speed for unet-small and 2.4× for u2netp (docs/models.md).
-            runtime = "torch" if device == "cuda" and cfg.precision != "int8" else "onnxruntime"
+            runtime = "torch" if device == "cuda" else "onnxruntime"
         precision = resolve_precision(cfg, device, runtime)
         if runtime == "torch":
             rt = TorchRuntime(spec, device, weights=cfg.weights, threads=cfg.threads, precision=precision,
