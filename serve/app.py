@@ -11,6 +11,7 @@ the config file's `deployments:` section, not here.
 # No `from __future__ import annotations` here: FastAPI reads the route methods' annotations at run time.
 import asyncio
 import logging
+import time
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -25,7 +26,7 @@ from starlette.requests import Request
 
 from postproc import PRESETS
 from serve import api_v1, removebg
-from serve.errors import ApiError, error_response
+from serve.errors import ApiError, error_response, is_removebg_path
 from serve.model_deployment import MattingModel
 from serve.pipeline import Pipeline
 from serve.security import ApiKeys, RateLimiter, fingerprint
@@ -120,8 +121,10 @@ class MattingIngress:
         else:
             identity = "ip:" + (request.client.host if request.client else "unknown")
         d = self.limiter.hit(identity)
+        # remove.bg's X-RateLimit-Reset is a Unix time; our API's is seconds from now.
+        reset = int(time.time()) + d.reset_s if is_removebg_path(request.url.path) else d.reset_s
         headers = {"X-RateLimit-Limit": str(d.limit), "X-RateLimit-Remaining": str(d.remaining),
-                   "X-RateLimit-Reset": str(d.reset_s)}
+                   "X-RateLimit-Reset": str(reset)}
         if not d.allowed:
             raise ApiError(429, "rate_limited", f"rate limit of {self.args.rate_limit_per_minute:g}/min "
                                                 f"(burst {self.args.rate_limit_burst}) exceeded; retry in "
@@ -177,9 +180,19 @@ class MattingIngress:
                       description=removebg.__doc__)
     async def removebg_endpoint(self, request: Request):
         headers = self.guard(request)
-        response = await removebg.removebg(request, self.pipeline, self.args)
+        try:
+            response = await removebg.removebg(request, self.pipeline, self.args)
+        except ApiError as e:  # remove.bg sends the rate-limit headers on its errors too
+            e.headers = {**headers, **e.headers}
+            raise
         response.headers.update(headers)
         return response
+
+    @fastapi_app.get("/v1.0/account", summary="remove.bg-compatible account: credits, free calls, sizes",
+                     description=removebg.account.__doc__)
+    async def account(self, request: Request):
+        headers = self.guard(request)
+        return JSONResponse(removebg.account(self.args, int(headers["X-RateLimit-Remaining"])), headers=headers)
 
 
 def make_app(args: AppArgs, overrides: dict[str, dict] | None = None) -> Application:
