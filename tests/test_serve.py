@@ -561,6 +561,90 @@ def test_removebg_account(server):
     assert attributes["api"] == {"free_calls": int(r.headers["X-RateLimit-Remaining"]), "sizes": "all"}
 
 
+# --- remove.bg's stock clients, unchanged but for their endpoint ---------------------------------------
+
+NPM_CLIENT = "remove.bg@1.3.0"  # npm's remove.bg client; its endpoint is a constant inside the module
+
+
+def test_stock_python_client_remove_bg_api(server, tmp_path, monkeypatch):
+    """PyPI's remove-bg-api (the `test` extra): its constructor calls GET /v1.0/account."""
+    import remove_bg_api
+
+    monkeypatch.setattr(remove_bg_api, "API_URL", f"{server}/v1.0")
+    client = remove_bg_api.RemoveBg(KEY)
+    assert client.account.balance() == RATE_PER_MINUTE * 60 * 24
+    assert 1 <= client.account.free_api_calls() <= BURST
+    src = SAMPLES / "chelsea.jpg"
+    expected = decode(src.read_bytes()).shape[:2]
+    from_file = decode(client.remove_bg_file(str(src), size="preview"))
+    assert from_file.shape == (*expected, 4) and has_subject(from_file[..., 3])
+    written = client.remove_bg_base64(base64.b64encode(src.read_bytes()).decode(), out_path=str(tmp_path / "b.png"),
+                                      raw=False, data={"size": "auto", "bg_color": "white", "format": "jpg"})
+    from_b64 = decode((tmp_path / "b.png").read_bytes())
+    assert written == str(tmp_path / "b.png") and from_b64.shape == (*expected, 3)
+    assert client.account.balance() == RATE_PER_MINUTE * 60 * 24  # X-Credits-Charged is 0
+    with pytest.raises(remove_bg_api.Errors.ApiErrorCode400):
+        client.remove_bg_bytes(b"not an image")
+
+
+def test_stock_python_client_removebg(server, tmp_path, monkeypatch):
+    """PyPI's removebg (the `test` extra): file upload and base64, sent as a form."""
+    from removebg import removebg as removebg_client
+
+    monkeypatch.setattr(removebg_client, "API_ENDPOINT", f"{server}/v1.0/removebg")
+    client = removebg_client.RemoveBg(KEY, str(tmp_path / "errors.log"))
+    src = tmp_path / "coffee.jpg"
+    src.write_bytes((SAMPLES / "coffee.jpg").read_bytes())
+    client.remove_background_from_img_file(str(src), size="regular")
+    out = decode((tmp_path / "coffee.jpg_no_bg.png").read_bytes())
+    assert out.shape == (400, 600, 4) and has_subject(out[..., 3])
+    client.remove_background_from_base64_img(base64.b64encode(src.read_bytes()).decode(), size="hd",
+                                             new_file_name=str(tmp_path / "b64.png"), bg_color="green")
+    out = decode((tmp_path / "b64.png").read_bytes())
+    assert out.shape == (400, 600, 3)  # opaque: a JPG
+    assert np.abs(out[:4, :4].reshape(-1, 3).astype(int) - (0, 128, 0)).max() <= 4  # BGR: CSS green
+
+
+@pytest.fixture(scope="module")
+def npm_client(tmp_path_factory):
+    """npm's stock remove.bg client, installed from the npm registry into a temporary folder."""
+    import os
+    import shutil
+
+    if shutil.which("npm") is None or shutil.which("node") is None:
+        if os.environ.get("CI"):
+            pytest.fail("node and npm are needed for the npm client's test (apt-get install nodejs npm)")
+        pytest.skip("node/npm not installed")
+    prefix = tmp_path_factory.mktemp("npm")
+    done = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--no-package-lock", "--prefix", str(prefix),
+                           NPM_CLIENT], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return prefix / "node_modules"
+
+
+def test_stock_npm_client_remove_bg(server, npm_client, tmp_path):
+    import os
+    from pathlib import Path
+
+    script = Path(__file__).parent / "removebg_node_client.js"
+    src = SAMPLES / "rocket.jpg"  # 640×427 = 0.27 MP: size=regular scales it to 0.25 MP
+    env = {**os.environ, "NODE_PATH": str(npm_client), "REMOVEBG_BASE": server}
+    done = subprocess.run(["node", str(script), KEY, str(src), str(tmp_path)], capture_output=True, text=True,
+                          env=env, timeout=240)
+    assert done.returncode == 0, (done.stdout[-1000:], done.stderr[-2000:])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    h, w = 408, 612  # ⌊640·s⌋ × ⌊427·s⌋ with s = √(250 000 / (640·427))
+    from_file = decode((tmp_path / "from-file.png").read_bytes())
+    assert from_file.shape == (h, w, 4) and has_subject(from_file[..., 3])
+    assert (result["file"]["width"], result["file"]["height"], result["file"]["type"]) == (w, h, "other")
+    assert result["file"]["credits"] == 0 and result["file"]["rateLimit"] == BURST
+    assert result["file"]["rateLimitReset"] > time.time() - 5  # a Unix time, as the client documents
+    cropped = decode((tmp_path / "from-base64.png").read_bytes())  # crop + bg_color: an opaque JPG
+    assert cropped.ndim == 3 and cropped.shape[2] == 3 and cropped.shape[:2] != (h, w)
+    assert (result["base64"]["width"], result["base64"]["height"]) == (cropped.shape[1], cropped.shape[0])
+    assert [e["code"] for e in result["refused"]] == ["invalid_api_key"]
+
+
 # --- image_url --------------------------------------------------------------------------------------
 
 def removebg_url(server, url):
