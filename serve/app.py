@@ -135,6 +135,10 @@ class MattingIngress:
     async def page(self):
         return FileResponse(STATIC / "index.html")
 
+    @fastapi_app.get("/favicon.ico", include_in_schema=False)
+    async def favicon(self):
+        return FileResponse(STATIC / "favicon.ico", media_type="image/x-icon")
+
     @fastapi_app.get("/docs", include_in_schema=False)
     async def docs(self, request: Request):
         # Swagger UI is vendored from npm's swagger-ui-dist 5.35.0 (Apache-2.0, serve/static/vendor/swagger-ui.*)
