@@ -160,9 +160,11 @@ function loadImage(url) {
   });
 }
 
-// The cut-out over the chosen background, as a file of the chosen format.
+// The cut-out over the chosen background, as a file of the chosen format. The server's file is
+// kept as it is where nothing is to be composed (transparent PNG, or a mask).
 async function composed(entry) {
-  if (!entry.composite) return { blob: entry.blob, name: entry.name };
+  const format = $("#format").value in MIME ? $("#format").value : "png";
+  if (!entry.transparent || (bg.mode === "transparent" && format === "png")) return { blob: entry.blob, name: entry.name };
   const url = entry.resultUrl || URL.createObjectURL(entry.blob);
   const fg = await loadImage(url);
   if (!entry.resultUrl) URL.revokeObjectURL(url);
@@ -170,8 +172,8 @@ async function composed(entry) {
   canvas.width = fg.naturalWidth;
   canvas.height = fg.naturalHeight;
   const ctx = canvas.getContext("2d");
-  if (bg.mode === "color") {
-    ctx.fillStyle = $("#background").value;
+  if (bg.mode === "color" || (bg.mode === "transparent" && format === "jpeg")) { // JPEG has no alpha: white
+    ctx.fillStyle = bg.mode === "color" ? $("#background").value : "#ffffff";
     ctx.fillRect(0, 0, canvas.width, canvas.height);
   } else if (bg.mode === "image") {
     const img = await loadImage(bg.imageUrl);
@@ -180,24 +182,24 @@ async function composed(entry) {
     ctx.drawImage(img, (canvas.width - w) / 2, (canvas.height - h) / 2, w, h);
   }
   ctx.drawImage(fg, 0, 0);
-  const format = $("#format").value in MIME ? $("#format").value : "png";
   const blob = await new Promise((resolve) => canvas.toBlob(resolve, MIME[format], 0.92));
   return { blob, name: entry.name.replace(/\.[^.]*$/, format === "jpeg" ? ".jpg" : `.${format}`) };
 }
 
+// The server is asked for a transparent PNG (or a mask): backgrounds and the file format are the
+// page's, so a change of background shows at once and costs no request.
 function requestFields() {
   const fields = [];
   if ($("#preset").value) fields.push(["preset", $("#preset").value]);
   if (!$("#model-box").hidden && $("#model").value) fields.push(["model", $("#model").value]);
-  const composite = composing();
+  const mask = $("#format").value === "mask";
   for (const name of touched) {
-    if (name === "background" || (composite && name === "format")) continue;
+    if (name === "background" || name === "format") continue;
     const el = document.getElementById(name);
     fields.push([name, el.type === "checkbox" ? String(el.checked) : el.value]);
   }
-  if (composite) fields.push(["background", "transparent"], ["format", "png"]);
-  else if (touched.has("background") && bg.mode === "transparent") fields.push(["background", "transparent"]);
-  return { fields, composite };
+  fields.push(...(mask ? [["format", "mask"]] : [["background", "transparent"], ["format", "png"]]));
+  return { fields, transparent: !mask };
 }
 
 // --- one request: XHR, because fetch cannot report upload progress ------------------------------
@@ -218,11 +220,9 @@ function send(src, fields, onProgress) {
       xhr.open("POST", "/v1.0/removebg");
       xhr.setRequestHeader("Content-Type", "application/json");
       const p = Object.fromEntries(fields);
-      const fmt = { jpeg: "jpg", png: "png", webp: "webp", mask: "png" }[p.format || "png"];
       body = JSON.stringify({
-        image_url: src.url, size: "full", format: fmt, channels: p.format === "mask" ? "alpha" : "rgba",
+        image_url: src.url, size: "full", format: "png", channels: p.format === "mask" ? "alpha" : "rgba",
         crop: p.crop === "true", crop_margin: p.crop_margin ? `${p.crop_margin}px` : undefined,
-        bg_color: p.background && p.background !== "transparent" ? p.background.replace(/^#/, "") : undefined,
       });
     }
     xhr.responseType = "blob";
@@ -252,10 +252,10 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 // A 429 is answered by waiting as long as the server's Retry-After says, then sending again.
 async function matte(src, onProgress = () => {}, onWait = () => {}) {
-  const { fields, composite } = requestFields();
+  const { fields, transparent } = requestFields();
   for (let attempt = 0; ; attempt++) {
     try {
-      return { ...(await send(src, fields, onProgress)), composite };
+      return { ...(await send(src, fields, onProgress)), transparent };
     } catch (e) {
       if (e.status !== 429 || attempt >= MAX_RETRIES_429) throw e;
       const secs = Math.max(1, e.retryAfter || 1);
@@ -297,7 +297,7 @@ async function runSingle(src) {
     const result = await matte(src, () => {}, (s) => { $("#single-info").textContent = t("waiting", { s }); });
     const name = sourceName(src);
     const entry = {
-      name: downloadName(result, name), source: src, blob: result.blob, composite: result.composite,
+      name: downloadName(result, name), source: src, blob: result.blob, transparent: result.transparent,
       beforeUrl: src.file ? URL.createObjectURL(src.file) : src.url, resultUrl: URL.createObjectURL(result.blob),
       info: infoText(result, performance.now() - t0),
     };
@@ -359,7 +359,7 @@ function addHistory(entry) {
 }
 
 $("#download-link").addEventListener("click", async (e) => {
-  if (!single || !single.composite) return; // the server's file as it is
+  if (!single) return;
   e.preventDefault();
   const { blob, name } = await composed(single);
   saveBlob(blob, name);
@@ -400,7 +400,7 @@ function addFiles(items) {
     tr.querySelector(".name").textContent = dir ? `${dir}/${file.name}` : file.name;
     tr.querySelector(".size").textContent = kb(file.size);
     $("#batch-table tbody").append(tr);
-    const row = { file, dir, tr, status: "queued", blob: null, name: null, composite: false };
+    const row = { file, dir, tr, status: "queued", blob: null, name: null, transparent: false };
     rows.push(row);
     setRow(row, "queued", 0, t("queued"));
   }
@@ -454,7 +454,7 @@ async function processRow(row) {
       log(`${label}: HTTP 429, waiting ${s} s (Retry-After) and retrying`);
     });
     row.blob = result.blob;
-    row.composite = result.composite;
+    row.transparent = result.transparent;
     row.name = downloadName(result, row.file.name);
     const secs = ((performance.now() - t0) / 1000).toFixed(1);
     setRow(row, "done", 1, t("done", { s: secs }));
