@@ -220,7 +220,7 @@ async def removebg(request: Request, pipeline: Pipeline, args: AppArgs) -> Respo
         raise bad(f"{misplaced} must be text fields, not files")
     for name in ("semitransparency", "add_shadow"):
         _flag(fields, name)  # validated, then ignored (see IGNORED)
-    size = _choice(fields, "size", SIZES, "auto")
+    size = _choice(fields, "size", SIZES, "preview")  # remove.bg's default
     fg_type = _choice(fields, "type", TYPES, "auto")
     _choice(fields, "type_level", TYPE_LEVELS, "1")
     fmt = _choice(fields, "format", FORMATS, "auto")
