@@ -357,12 +357,16 @@ def test_batch_folder_retry_and_429_waits_for_retry_after(server, page, tmp_path
     assert max(seen[1:]) - seen[0] >= 1.0
     page.click("tr[data-status=error] button.retry")  # the 503'd file, on its own
     page.wait_for_function("document.querySelectorAll('tr[data-status=done]').length === 4", timeout=180_000)
+    page.click(".swatch.sw-green")  # a background chosen after processing still reaches every file in the ZIP
     with page.expect_download() as download:
         page.click("#batch-zip")
     assert re.fullmatch(r"matting-\d{8}-\d{6}\.zip", download.value.suggested_filename)
     with zipfile.ZipFile(io.BytesIO(Path(download.value.path()).read_bytes())) as z:
         assert sorted(z.namelist()) == ["dropped/c.png", "dropped/inner/d.png", "matting-log.txt", "shoot/a.png",
                                         "shoot/day2/b.png"]
+        a = decoded(z.read("shoot/a.png"))
+        assert a.shape[:2] == (512, 512) and (a.shape[2] == 3 or a[..., 3].min() == 255)
+        assert np.abs(a[:4, :4, :3].reshape(-1, 3).astype(int) - (0x47, 0xa0, 0x43)).max() <= 3  # BGR #43a047
     assert not errors, errors
 
 
