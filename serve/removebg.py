@@ -111,15 +111,21 @@ def _b64(text: str, name: str, args: AppArgs) -> bytes:
         raise bad(f"{name} is not valid base64", "invalid_base64") from None
 
 
-async def read_source(fields: dict[str, str], files: dict, args: AppArgs) -> bytes:
+def source_param(fields: dict[str, str], files: dict) -> str:
+    """The one image source given (checked before anything is fetched or decoded)."""
     given = [n for n in SOURCES if (files.get(n) if n == "image_file" else fields.get(n))]
     if not given:
         raise bad("no image given: send image_file, image_file_b64 or image_url", "missing_source")
     if len(given) > 1:
         raise bad(f"give exactly one image source, got {', '.join(given)}", "multiple_sources")
-    if given[0] == "image_file":
+    return given[0]
+
+
+async def read_source(fields: dict[str, str], files: dict, args: AppArgs) -> bytes:
+    name = source_param(fields, files)
+    if name == "image_file":
         return await read_file(files["image_file"])
-    if given[0] == "image_file_b64":
+    if name == "image_file_b64":
         return _b64(fields["image_file_b64"], "image_file_b64", args)
     return await fetch_image(fields["image_url"], args.image_url)
 
@@ -234,6 +240,7 @@ async def removebg(request: Request, pipeline: Pipeline, args: AppArgs) -> Respo
     if roi_text:
         _parsed(layout.parse_roi, roi_text, 10**9, 10**9)  # its syntax, before any work; bounds come later
 
+    source_param(fields, files)
     bg_color, bg_data, bg_name = await read_background(fields, files, args)
     data = await read_source(fields, files, args)
     bg_image = None if bg_data is None else await pipeline.in_thread(decode_background, bg_data, bg_name,
