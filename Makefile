@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install browser demo test test-all bench clean
+.PHONY: install browser node demo test test-all bench clean
 
 install: $(VENV)/.installed
 
@@ -26,7 +26,11 @@ demo: install
 browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
-test: install browser
+# tests/test_serve.py installs npm's remove.bg client with npm and runs it with node.
+node:
+	@command -v npm >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null; }
+
+test: install browser node
 	$(BIN)/pytest -m "not slow" -q -p no:cacheprovider
 
 test-all: install

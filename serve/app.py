@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import logging
 import re
+import time
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -28,7 +29,7 @@ from starlette.requests import Request
 from postproc import PRESETS
 from postproc.alpha import WorkLimit
 from serve import api_v1, removebg
-from serve.errors import ApiError, error_response
+from serve.errors import ApiError, error_response, is_removebg_path
 from serve.limits import HeaderLimitMiddleware, InFlight, SecurityHeadersMiddleware, csp, inline_script_hashes
 from serve.model_deployment import MattingModel
 from serve.pipeline import Pipeline
@@ -148,8 +149,10 @@ class MattingIngress:
         else:
             identity = "ip:" + address
         d = self.limiter.hit(identity)
+        # remove.bg's X-RateLimit-Reset is a Unix time; our API's is seconds from now.
+        reset = int(time.time()) + d.reset_s if is_removebg_path(request.url.path) else d.reset_s
         headers = {"X-RateLimit-Limit": str(d.limit), "X-RateLimit-Remaining": str(d.remaining),
-                   "X-RateLimit-Reset": str(d.reset_s)}
+                   "X-RateLimit-Reset": str(reset)}
         if not d.allowed:
             raise ApiError(429, "rate_limited", f"rate limit of {self.args.rate_limit_per_minute:g}/min "
                                                 f"(burst {self.args.rate_limit_burst}) exceeded; retry in "
@@ -159,6 +162,10 @@ class MattingIngress:
     @fastapi_app.get("/", include_in_schema=False)
     async def page(self):
         return FileResponse(STATIC / "index.html")
+
+    @fastapi_app.get("/favicon.ico", include_in_schema=False)
+    async def favicon(self):
+        return FileResponse(STATIC / "favicon.ico", media_type="image/x-icon")
 
     @fastapi_app.get("/docs", include_in_schema=False)
     async def docs(self, request: Request):
@@ -210,10 +217,20 @@ class MattingIngress:
                       description=removebg.__doc__)
     async def removebg_endpoint(self, request: Request):
         headers, identity = self.guard(request)
-        with self.in_flight.slot(identity, headers):
-            response = await removebg.removebg(request, self.pipeline, self.args)
+        try:
+            with self.in_flight.slot(identity, headers):
+                response = await removebg.removebg(request, self.pipeline, self.args)
+        except ApiError as e:  # remove.bg sends the rate-limit headers on its errors too
+            e.headers = {**headers, **e.headers}
+            raise
         response.headers.update(headers)
         return response
+
+    @fastapi_app.get("/v1.0/account", summary="remove.bg-compatible account: credits, free calls, sizes",
+                     description=removebg.account.__doc__)
+    async def account(self, request: Request):
+        headers = self.guard(request)
+        return JSONResponse(removebg.account(self.args, int(headers["X-RateLimit-Remaining"])), headers=headers)
 
 
 def make_app(args: AppArgs, overrides: dict[str, dict] | None = None) -> Application:

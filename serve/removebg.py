@@ -1,10 +1,13 @@
-"""POST /v1.0/removebg: remove.bg's request and response shapes, so its clients work unchanged.
+"""POST /v1.0/removebg and GET /v1.0/account: remove.bg's API v1.0, so its clients work unchanged.
 
-Accepted: image_file (multipart), image_file_b64, image_url (only where the operator enabled it);
-size (any of remove.bg's values; we always answer at full size up to our pixel limit), type,
-format (auto/png/jpg/webp/zip), bg_color, channels (rgba/alpha), crop, crop_margin. Parameters we
-cannot honour (roi, scale, position, shadows, background images) are refused with a 400 rather than
-silently ignored. Crop margins are clamped to the image (remove.bg pads beyond it).
+Implemented as remove.bg documents them: image_file (multipart), image_file_b64, image_url (only where
+the operator enabled it); size (output megapixel caps; full/4k/50MP/auto: as large as the input);
+roi; crop and crop_margin (1, 2 or 4 values, px or %, capped at 50 % / 500 px); scale; position;
+channels (rgba/alpha); bg_color, bg_image_url (behind image_url's guard and switch), bg_image_file;
+format (auto/png/jpg/zip, plus webp); type and type_level (validated; X-Type is the requested type,
+or "other" for auto: this server does not classify). Accepted and ignored: semitransparency,
+add_shadow, shadow_type, shadow_opacity. Bodies: multipart, urlencoded or JSON. Geometry:
+serve/removebg_layout.py.
 """
 
 from __future__ import annotations
@@ -13,33 +16,39 @@ import base64
 import binascii
 import io
 import json
-import re
 import zipfile
-from dataclasses import replace
 
 import numpy as np
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import Request
 
-from postproc import PostprocParams
+from postproc import DecodeError, PostprocParams, decode_image, refine_alpha
 from postproc.alpha import WorkLimit, bounding_box
-from postproc.encode import encode_jpeg, encode_webp
-from postproc.render import compose_and_encode, render
+from postproc.colors import parse_color
+from postproc.composite import cutout, over_color, over_image
+from postproc.encode import encode_jpeg, encode_png, encode_webp
+from postproc.geometry import cover, resize
+from serve import removebg_layout as layout
 from serve.errors import ApiError, echo, echo_names
 from serve.fetch import fetch_image
 from serve.pipeline import Pipeline
 from serve.settings import AppArgs
 from serve.uploads import media_type, read_file, read_form
 
-SIZES = ("auto", "preview", "small", "regular", "medium", "hd", "full", "4k", "50MP")
+SIZES = tuple(layout.SIZE_MEGAPIXELS)
 TYPES = ("auto", "person", "product", "animal", "car", "car_interior", "car_part", "transportation", "graphic",
-         "other")
+         "graphics", "other")
+TYPE_LEVELS = ("none", "1", "2", "latest")
 FORMATS = ("auto", "png", "jpg", "jpeg", "webp", "zip")
 CHANNELS = ("rgba", "alpha")
-UNSUPPORTED = ("roi", "scale", "position", "bg_image_url", "bg_image_file", "shadow_type", "shadow_opacity")
-IGNORED = ("type_level", "semitransparency", "add_shadow")  # accepted; add_shadow=true is refused below
-KNOWN = {"image_file", "image_file_b64", "image_url", "size", "type", "format", "bg_color", "channels", "crop",
-         "crop_margin", *UNSUPPORTED, *IGNORED}
+SOURCES = ("image_file", "image_file_b64", "image_url")
+BACKGROUNDS = ("bg_color", "bg_image_url", "bg_image_file")
+FILES = ("image_file", "bg_image_file")  # the multipart file parts we read
+# Accepted so that clients sending them work, and ignored: this server draws no shadows and keeps
+# the model's matte as it is (it has no separate semi-transparency pass).
+IGNORED = ("semitransparency", "add_shadow", "shadow_type", "shadow_opacity")
+KNOWN = {*SOURCES, *BACKGROUNDS, "size", "type", "type_level", "format", "roi", "crop", "crop_margin", "scale",
+         "position", "channels", *IGNORED}
 MEDIA = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp", "zip": "application/zip"}
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
 
@@ -64,40 +73,22 @@ def _flag(fields: dict, name: str) -> bool:
     raise bad(f"{name} must be true or false, got {echo(value)}")
 
 
-def parse_margin(text: str | None) -> list[tuple[float, str]]:
-    """remove.bg's crop_margin: 1, 2 or 4 values (CSS order), each 'N', 'Npx' or 'N%' → [top, right, bottom, left]."""
-    parts = (text or "0").split()
-    if len(parts) not in (1, 2, 4):
-        raise bad(f"crop_margin takes 1, 2 or 4 values, got {echo(text)}")
-    values = []
-    for p in parts:
-        m = re.fullmatch(r"(\d+(?:\.\d+)?)(px|%)?", p)
-        if not m:
-            raise bad(f"crop_margin values look like 30px or 10%, got {echo(p)}")
-        n, unit = float(m.group(1)), m.group(2) or "px"
-        if (unit == "px" and n > 500) or (unit == "%" and n > 50):
-            raise bad(f"crop_margin is at most 500px or 50% a side, got {echo(p)}")
-        values.append((n, unit))
-    if len(values) == 1:
-        values *= 4
-    elif len(values) == 2:
-        values = values * 2
-    return values
+def _parsed(fn, *args):
+    try:
+        return fn(*args)
+    except ValueError as e:
+        raise bad(str(e)) from None
 
 
-def crop_box(bbox: tuple[int, int, int, int], margin: list[tuple[float, str]], width: int, height: int
-             ) -> tuple[int, int, int, int]:
-    """Subject box + margin (px, or % of the subject's size) → (x0, y0, x1, y1) clamped to the image."""
-    left, top, w, h = bbox
-    px = [round(n if unit == "px" else n / 100.0 * (h if i % 2 == 0 else w)) for i, (n, unit) in enumerate(margin)]
-    return (max(0, left - px[3]), max(0, top - px[0]), min(width, left + w + px[1]), min(height, top + h + px[2]))
+def _json_value(v) -> str:
+    return json.dumps(v) if isinstance(v, bool) else str(v)
 
 
-async def read_fields(request: Request) -> tuple[dict[str, str], object]:
+async def read_fields(request: Request) -> tuple[dict[str, str], dict]:
+    """The body as (text fields, file parts), whatever of remove.bg's three encodings it came in."""
     mt = media_type(request)
     if mt in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        texts, files = await read_form(request)
-        return texts, files.get("image_file")
+        return await read_form(request)
     if mt == "application/json":
         try:
             body = json.loads(await request.body() or b"{}")
@@ -110,119 +101,186 @@ async def read_fields(request: Request) -> tuple[dict[str, str], object]:
         nested = sorted(k for k, v in body.items() if isinstance(v, (dict, list)))
         if nested:  # every remove.bg parameter is a string, a number or a boolean
             raise bad(f"parameter(s) {echo_names(nested)} must be a string, a number or a boolean", "invalid_json")
-        return {k: (json.dumps(v) if isinstance(v, bool) else str(v)) for k, v in body.items() if v is not None}, None
+        return {k: _json_value(v) for k, v in body.items() if v is not None}, {}
     raise ApiError(415, "invalid_content_type", f"Content-Type {mt or '(none)'} is not accepted: use "
                                                 "multipart/form-data, application/x-www-form-urlencoded or JSON")
 
 
-async def read_source(fields: dict[str, str], upload, args: AppArgs) -> bytes:
-    given = [n for n in ("image_file", "image_file_b64", "image_url")
-             if (upload if n == "image_file" else fields.get(n))]
+def _b64(text: str, name: str, args: AppArgs) -> bytes:
+    text = text.split(",", 1)[1] if text.startswith("data:") else text
+    if len(text) * 3 // 4 > args.max_upload_bytes:
+        raise ApiError(413, "file_too_large", f"{name} is over {args.max_upload_mb:g} MB")
+    try:
+        return base64.b64decode(text, validate=False)
+    except (binascii.Error, ValueError):
+        raise bad(f"{name} is not valid base64", "invalid_base64") from None
+
+
+def source_param(fields: dict[str, str], files: dict) -> str:
+    """The one image source given (checked before anything is fetched or decoded)."""
+    given = [n for n in SOURCES if (files.get(n) if n == "image_file" else fields.get(n))]
     if not given:
         raise bad("no image given: send image_file, image_file_b64 or image_url", "missing_source")
     if len(given) > 1:
         raise bad(f"give exactly one image source, got {', '.join(given)}", "multiple_sources")
-    if upload is not None:
-        return await read_file(upload)
-    if "image_file_b64" in given:
-        text = fields["image_file_b64"]
-        text = text.split(",", 1)[1] if text.startswith("data:") else text
-        if len(text) * 3 // 4 > args.max_upload_bytes:
-            raise ApiError(413, "file_too_large", f"image_file_b64 is over {args.max_upload_mb:g} MB")
-        try:
-            return base64.b64decode(text, validate=False)
-        except (binascii.Error, ValueError):
-            raise bad("image_file_b64 is not valid base64", "invalid_base64") from None
+    return given[0]
+
+
+async def read_source(fields: dict[str, str], files: dict, args: AppArgs) -> bytes:
+    name = source_param(fields, files)
+    if name == "image_file":
+        return await read_file(files["image_file"])
+    if name == "image_file_b64":
+        return _b64(fields["image_file_b64"], "image_file_b64", args)
     return await fetch_image(fields["image_url"], args.image_url)
+
+
+async def read_background(fields: dict[str, str], files: dict, args: AppArgs):
+    """→ (an RGBA colour or None, the background picture's bytes or None, the parameter that gave it)."""
+    given = [n for n in BACKGROUNDS if (files.get(n) if n == "bg_image_file" else fields.get(n))]
+    if len(given) > 1:
+        raise bad(f"give at most one background, got {', '.join(given)}", "multiple_backgrounds")
+    if not given:
+        return None, None, None
+    if given[0] == "bg_color":
+        try:
+            return parse_color(fields["bg_color"]), None, "bg_color"
+        except ValueError as e:
+            raise bad(f"bg_color: {e}") from None
+    if given[0] == "bg_image_file":
+        data = await read_file(files["bg_image_file"])
+    else:
+        try:
+            data = await fetch_image(fields["bg_image_url"], args.image_url)
+        except ApiError as e:  # fetch.py names image_url in its messages: say which URL it was
+            raise ApiError(e.status, e.code, f"bg_image_url: {e.message}", headers=e.headers) from None
+    return None, data, given[0]
+
+
+def decode_background(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+    try:
+        return decode_image(data, max_pixels=max_pixels).rgb
+    except DecodeError as e:
+        raise bad(f"{name}: {e}", "invalid_bg_image") from None
 
 
 def _zip(rgb: np.ndarray, alpha: np.ndarray) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:  # JPEG and PNG are compressed already
-        z.writestr("color.jpg", encode_jpeg(rgb, 95))
-        z.writestr("alpha.png", compose_and_encode(rgb, alpha, PostprocParams(format="mask")))
+        z.writestr("color.jpg", encode_jpeg(np.ascontiguousarray(rgb), 95))
+        z.writestr("alpha.png", encode_png(np.ascontiguousarray(alpha), 1))
     return buf.getvalue()
 
 
-def produce(rgb, prob, in_alpha, *, fmt: str, channels: str, bg_color: str | None, crop: bool,
-            margin, limit: WorkLimit | None = None, checkpoint=lambda: None
-            ) -> tuple[bytes, str, tuple[int, int], tuple[int, int, int, int] | None]:
-    """Runs in a worker thread: → (bytes, format, (width, height), subject box in the output).
+def produce(rgb, prob, in_alpha, *, megapixels, roi_text, crop, margin, scale, position, fmt, channels,
+            bg_color, bg_image, limit: WorkLimit | None = None, checkpoint=lambda: None
+            ) -> tuple[bytes, str, tuple[int, int], tuple[int, int, int, int]]:
+    """Runs in a worker thread: → (bytes, format, (width, height), the subject's box in the output).
 
+    The matte comes from the whole input; roi, the size cap, then crop/scale/position shape the output.
     `limit` and `checkpoint` as in postproc.render.render: the server's cost bound and deadline.
     """
-    transparent = bg_color is None or PostprocParams(background=bg_color).background_rgba[3] < 255
-    if fmt == "auto":  # remove.bg: PNG where the result has transparency; a matte stays lossless too
-        fmt = "png" if transparent or channels == "alpha" else "jpg"
-    fmt = "jpg" if fmt == "jpeg" else fmt
-    pp_format = {"png": "png", "jpg": "jpeg", "webp": "webp", "zip": "png"}[fmt]
-    params = PostprocParams.create(format=pp_format, background=bg_color)
-    simple = not crop and channels == "rgba" and fmt != "zip"
-    out = render(rgb, prob, params if simple else replace(params, format="mask"), in_alpha, limit=limit,
-                 checkpoint=checkpoint)
+    alpha = refine_alpha(prob, rgb.shape[0], rgb.shape[1], PostprocParams(), in_alpha, limit=limit,
+                         checkpoint=checkpoint)
     checkpoint()
-    alpha, bbox = out.alpha, out.bbox
+    alpha = layout.apply_roi(alpha, _parsed(layout.parse_roi, roi_text, rgb.shape[1], rgb.shape[0]))
+    w, h = layout.fit_megapixels(rgb.shape[1], rgb.shape[0], megapixels)
+    rgb, alpha = resize(rgb, h, w), resize(alpha, h, w)
+    bbox = bounding_box(alpha)
     if bbox is None:
         raise bad("could not identify a foreground in the image", "unknown_foreground")
-    if simple:
-        return out.data, fmt, (rgb.shape[1], rgb.shape[0]), bbox
-    if crop:
-        x0, y0, x1, y1 = crop_box(bbox, margin, rgb.shape[1], rgb.shape[0])
-        rgb, alpha = rgb[y0:y1, x0:x1], alpha[y0:y1, x0:x1]
-        bbox = bounding_box(alpha)
-    size = (rgb.shape[1], rgb.shape[0])
-    if fmt == "zip":
-        return _zip(np.ascontiguousarray(rgb), np.ascontiguousarray(alpha)), fmt, size, bbox
+    plan = layout.plan(w, h, bbox, crop=crop, margin=margin, scale=scale, position=position)
+    rgb, alpha = layout.arrange(rgb, alpha, plan)
+    checkpoint()
+    size = (alpha.shape[1], alpha.shape[0])
+    box = bounding_box(alpha) or (0, 0, 0, 0)
+
     if channels == "alpha":
+        fmt = "png" if fmt == "auto" else fmt
         a = np.ascontiguousarray(alpha)
-        if fmt == "jpg":
-            data = encode_jpeg(a)
-        elif fmt == "webp":
-            data = encode_webp(a)
-        else:
-            data = compose_and_encode(rgb, a, replace(params, format="mask"))
-        return data, fmt, size, bbox
-    return compose_and_encode(np.ascontiguousarray(rgb), np.ascontiguousarray(alpha), params), fmt, size, bbox
+        data = {"png": lambda: encode_png(a, 1), "jpg": lambda: encode_jpeg(a, 95), "webp": lambda: encode_webp(a),
+                "zip": lambda: _zip(rgb, a)}[fmt]()
+        return data, fmt, size, box
+    if bg_image is not None:
+        img = over_image(rgb, alpha, cover(np.asarray(bg_image)[..., :3], size[1], size[0]))
+    elif bg_color is not None:
+        img = over_color(rgb, alpha, bg_color)
+    else:
+        img = cutout(rgb, alpha)
+    if fmt == "auto":  # remove.bg: PNG where the result has transparency, else JPG
+        fmt = "png" if img.shape[2] == 4 else "jpg"
+    if fmt == "zip":
+        color = img if img.shape[2] == 3 else rgb
+        return _zip(color, alpha), fmt, size, box
+    if fmt == "jpg" and img.shape[2] == 4:  # JPEG has no alpha: the transparent parts become white
+        img = over_color(img[..., :3], img[..., 3], (255, 255, 255, 255))
+    img = np.ascontiguousarray(img)
+    data = encode_png(img) if fmt == "png" else encode_jpeg(img, 90) if fmt == "jpg" else encode_webp(img)
+    return data, fmt, size, box
+
+
+def success_headers(size: tuple[int, int], box: tuple[int, int, int, int], x_type: str) -> dict[str, str]:
+    left, top, bw, bh = box
+    return {"X-Width": str(size[0]), "X-Height": str(size[1]), "X-Type": x_type, "X-Credits-Charged": "0",
+            "X-Foreground-Top": str(top), "X-Foreground-Left": str(left),
+            "X-Foreground-Width": str(bw), "X-Foreground-Height": str(bh)}
 
 
 async def removebg(request: Request, pipeline: Pipeline, args: AppArgs) -> Response:
-    fields, upload = await read_fields(request)
-    unknown = sorted(set(fields) - KNOWN)
+    fields, files = await read_fields(request)
+    unknown = sorted((set(fields) | set(files)) - KNOWN)
     if unknown:
-        raise bad(f"unknown parameter(s) {echo_names(unknown)}")
-    unsupported = [n for n in UNSUPPORTED if fields.get(n)]
-    if _flag(fields, "add_shadow"):
-        unsupported.append("add_shadow")
-    if unsupported:
-        raise bad(f"not supported by this server: {', '.join(unsupported)}", "unsupported_parameter")
-    _choice(fields, "size", SIZES, "auto")  # accepted; we always process at full size up to our limit
+        raise bad(f"unknown parameter(s) {echo_names(unknown)}; known: {sorted(KNOWN)}")
+    misplaced = sorted(set(files) - set(FILES))
+    if misplaced:
+        raise bad(f"{echo_names(misplaced)} must be text fields, not files")
+    for name in ("semitransparency", "add_shadow"):
+        _flag(fields, name)  # validated, then ignored (see IGNORED)
+    size = _choice(fields, "size", SIZES, "preview")  # remove.bg's default
     fg_type = _choice(fields, "type", TYPES, "auto")
+    _choice(fields, "type_level", TYPE_LEVELS, "1")
     fmt = _choice(fields, "format", FORMATS, "auto")
+    fmt = "jpg" if fmt == "jpeg" else fmt
     channels = _choice(fields, "channels", CHANNELS, "rgba")
     crop = _flag(fields, "crop")
-    margin = parse_margin(fields.get("crop_margin"))
-    bg_color = fields.get("bg_color") or None
-    if bg_color is not None:
-        try:
-            PostprocParams(background=bg_color)
-        except ValueError as e:
-            raise bad(f"bg_color: {e}") from None
+    margin = _parsed(layout.parse_margin, fields.get("crop_margin"))
+    scale = _parsed(layout.parse_scale, fields.get("scale"))
+    position = _parsed(layout.parse_position, fields.get("position"))
+    roi_text = fields.get("roi")
+    if roi_text:
+        _parsed(layout.parse_roi, roi_text, 10**9, 10**9)  # its syntax, before any work; bounds come later
 
-    data = await read_source(fields, upload, args)
+    source_param(fields, files)
+    bg_color, bg_data, bg_name = await read_background(fields, files, args)
+    data = await read_source(fields, files, args)
+    deadline = pipeline.deadline()  # from here on: decoding, inference and rendering
+    bg_image = None if bg_data is None else await pipeline.in_thread(deadline, decode_background, bg_data,
+                                                                       bg_name, args.max_pixels)
     model = args.model_names[0]
-    deadline = pipeline.deadline()  # from here on: decode, inference and rendering
     image, small = await pipeline.decode(data, model, deadline)
     prob = await pipeline.infer(model, small, deadline)
-    body, fmt, (w, h), bbox = await pipeline.in_thread(deadline, pipeline.render_call(
-        produce, deadline, image.rgb, prob, image.alpha, fmt=fmt, channels=channels, bg_color=bg_color,
-        crop=crop, margin=margin))
-    left, top, bw, bh = bbox or (0, 0, 0, 0)
+    body, fmt, out_size, box = await pipeline.in_thread(deadline, pipeline.render_call(
+        produce, deadline, image.rgb, prob, image.alpha, megapixels=layout.SIZE_MEGAPIXELS[size], roi_text=roi_text,
+        crop=crop, margin=margin, scale=scale, position=position, fmt=fmt, channels=channels,
+        bg_color=bg_color, bg_image=bg_image))
     x_type = fg_type if fg_type != "auto" else "other"  # we do not classify the subject
-    headers = {"X-Width": str(w), "X-Height": str(h), "X-Type": x_type, "X-Credits-Charged": "0",
-               "X-Foreground-Top": str(top), "X-Foreground-Left": str(left),
-               "X-Foreground-Width": str(bw), "X-Foreground-Height": str(bh)}
+    headers = success_headers(out_size, box, x_type)
     if "application/json" in request.headers.get("accept", ""):
+        left, top, bw, bh = box
         return JSONResponse({"data": {"result_b64": base64.b64encode(body).decode(), "type": x_type,
                                       "foreground_top": top, "foreground_left": left,
                                       "foreground_width": bw, "foreground_height": bh}}, headers=headers)
     return Response(body, media_type=MEDIA[fmt], headers=headers)
+
+
+def account(args: AppArgs, remaining: int) -> dict:
+    """remove.bg's account shape with a self-hosted server's values (README: "GET /v1.0/account").
+
+    Nothing is ever charged (X-Credits-Charged: 0), so credits are the calls one key may make in a day
+    at the sustained rate limit; free_calls is what the key may send right now (its rate-limit bucket);
+    every size is available.
+    """
+    per_day = int(args.rate_limit_per_minute * 60 * 24)
+    return {"data": {"attributes": {
+        "credits": {"total": per_day, "subscription": per_day, "payg": 0, "enterprise": 0},
+        "api": {"free_calls": remaining, "sizes": "all"}}}}

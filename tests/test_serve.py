@@ -431,13 +431,15 @@ def test_removebg_b64_crop_bgcolor_jpg(server):
 def test_removebg_zip_and_alpha_channel(server):
     data = (SAMPLES / "astronaut.jpg").read_bytes()
     src = decode(data)
-    z = requests.post(f"{server}/v1.0/removebg", headers=auth(), files={"image_file": data}, data={"format": "zip"})
+    z = requests.post(f"{server}/v1.0/removebg", headers=auth(), files={"image_file": data},
+                      data={"format": "zip", "size": "full"})
     assert z.status_code == 200 and z.headers["content-type"] == "application/zip"
     with zipfile.ZipFile(io.BytesIO(z.content)) as archive:
         assert sorted(archive.namelist()) == ["alpha.png", "color.jpg"]
         color, alpha = decode(archive.read("color.jpg")), decode(archive.read("alpha.png"))
     assert color.shape == src.shape and alpha.shape == src.shape[:2] and has_subject(alpha)
-    a = requests.post(f"{server}/v1.0/removebg", headers=auth(), files={"image_file": data}, data={"channels": "alpha"})
+    a = requests.post(f"{server}/v1.0/removebg", headers=auth(), files={"image_file": data},
+                      data={"channels": "alpha", "size": "full"})
     assert a.status_code == 200 and a.headers["content-type"] == "image/png"
     assert np.array_equal(decode(a.content), alpha)
 
@@ -447,9 +449,15 @@ def test_removebg_zip_and_alpha_channel(server):
     ({"image_file_b64": "aGVsbG8=", "image_url": "http://127.0.0.2/x.jpg"}, None, "multiple_sources"),
     ({"format": "gif"}, "photo", "invalid_parameter"),
     ({"channels": "rgb"}, "photo", "invalid_parameter"),
-    ({"crop_margin": "80%", "crop": "true"}, "photo", "invalid_parameter"),
+    ({"crop_margin": "10px 20px 30px", "crop": "true"}, "photo", "invalid_parameter"),
     ({"bg_color": "not-a-colour"}, "photo", "invalid_parameter"),
-    ({"roi": "0% 0% 50% 50%"}, "photo", "unsupported_parameter"),
+    ({"roi": "0% 0% 50%"}, "photo", "invalid_parameter"),
+    ({"scale": "5%"}, "photo", "invalid_parameter"),
+    ({"position": "left"}, "photo", "invalid_parameter"),
+    ({"type_level": "3"}, "photo", "invalid_parameter"),
+    ({"size": "huge"}, "photo", "invalid_parameter"),
+    ({"sharpen": "1"}, "photo", "invalid_parameter"),
+    ({"bg_color": "red", "bg_image_url": "http://127.0.0.2/x.jpg"}, "photo", "multiple_backgrounds"),
     ({"image_file_b64": "bm90IGFuIGltYWdl"}, None, "unsupported_type"),
 ])
 def test_removebg_errors_use_its_envelope(server, fields, files, code):
@@ -458,6 +466,195 @@ def test_removebg_errors_use_its_envelope(server, fields, files, code):
         parts["image_file"] = ("photo.jpg", photo(), "image/jpeg")
     r = requests.post(f"{server}/v1.0/removebg", headers=auth(), files=parts)
     assert_removebg_error(r, 400, code)
+
+
+def big_photo() -> bytes:
+    """coffee.jpg at 1200×800 (0.96 MP): over remove.bg's preview and under the test server's 2 MP."""
+    img = cv2.resize(decode((SAMPLES / "coffee.jpg").read_bytes()), (1200, 800), interpolation=cv2.INTER_CUBIC)
+    return cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
+
+
+def assert_removebg_success(r: requests.Response) -> np.ndarray:
+    """A 200 with every header remove.bg documents; returns the decoded output, checked against them."""
+    assert r.status_code == 200, r.text[:300]
+    for name in ("X-Width", "X-Height", "X-Type", "X-Foreground-Top", "X-Foreground-Left", "X-Foreground-Width",
+                 "X-Foreground-Height", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"):
+        assert r.headers.get(name, "").isdigit() or name == "X-Type", (name, r.headers.get(name))
+    out = decode(r.content)
+    assert (int(r.headers["X-Width"]), int(r.headers["X-Height"])) == (out.shape[1], out.shape[0])
+    if out.ndim == 3 and out.shape[2] == 4:
+        ys, xs = np.nonzero(out[..., 3])
+        box = tuple(int(r.headers[f"X-Foreground-{k}"]) for k in ("Left", "Top", "Width", "Height"))
+        assert box == (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+    return out
+
+
+@pytest.mark.parametrize("size,cap_mp", [("preview", 0.25), ("small", 0.25), ("medium", 1.5), ("full", None),
+                                         ("auto", None), (None, 0.25)])  # no size: remove.bg's default, preview
+def test_removebg_size_caps_the_output_megapixels(server, size, cap_mp):
+    body = {"image_file_b64": base64.b64encode(big_photo()).decode(), "size": size}  # JSON null: not given
+    out = assert_removebg_success(requests.post(f"{server}/v1.0/removebg", headers=auth(), json=body))
+    h, w = out.shape[:2]
+    if cap_mp is not None and cap_mp < 0.96:
+        assert w * h <= cap_mp * 1e6 and w * h > 0.9 * cap_mp * 1e6 and abs(w / h - 1.5) < 0.01, (w, h)
+    else:
+        assert (w, h) == (1200, 800)  # as large as the input (the server's max_megapixels bounds that)
+
+
+def test_removebg_roi_crop_margin_scale_position_urlencoded(server):
+    data = base64.b64encode(big_photo()).decode()
+    post = lambda **f: requests.post(f"{server}/v1.0/removebg", headers=auth(),  # noqa: E731
+                                     data={"image_file_b64": data, **f})  # application/x-www-form-urlencoded
+    whole = assert_removebg_success(post(size="full"))
+    roi = assert_removebg_success(post(size="full", roi="0% 0% 50% 100%"))
+    assert roi.shape == whole.shape and roi[:, 600:, 3].max() == 0 and roi[:, :600, 3].max() > 200
+    assert np.array_equal(roi[:, :600, 3], whole[:, :600, 3])
+    crop = post(size="full", crop="true", crop_margin="10px 900px")  # 900 px is capped at 500 px
+    out = assert_removebg_success(crop)
+    fw, fh = int(crop.headers["X-Foreground-Width"]), int(crop.headers["X-Foreground-Height"])
+    assert (out.shape[1], out.shape[0]) == (fw + 1000, fh + 20)
+    assert (int(crop.headers["X-Foreground-Left"]), int(crop.headers["X-Foreground-Top"])) == (500, 10)
+    scaled = post(size="full", scale="50%", position="0% 100%")
+    out = assert_removebg_success(scaled)
+    fw, fh = int(scaled.headers["X-Foreground-Width"]), int(scaled.headers["X-Foreground-Height"])
+    assert out.shape[:2] == (800, 1200) and (fw <= 601 and fh <= 401) and (fw >= 599 or fh >= 399)
+    assert int(scaled.headers["X-Foreground-Left"]) == 0 and int(scaled.headers["X-Foreground-Top"]) + fh == 800
+
+
+def test_removebg_background_image_file_and_url(server, hosts):
+    data = (SAMPLES / "coffee.jpg").read_bytes()
+    red = cv2.imencode(".png", np.full((50, 80, 3), (0, 0, 255), np.uint8))[1].tobytes()  # BGR red
+    r = requests.post(f"{server}/v1.0/removebg", headers=auth(),
+                      files={"image_file": ("c.jpg", data), "bg_image_file": ("bg.png", red, "image/png")})
+    out = assert_removebg_success(r)
+    assert r.headers["content-type"] == "image/jpeg" and out.ndim == 3 and out.shape[2] == 3  # opaque: JPG
+    assert out[:8, :8].reshape(-1, 3).mean(axis=0)[2] > 200  # the corner is the red background
+    r = requests.post(f"{server}/v1.0/removebg", headers=auth(),
+                      data={"image_file_b64": base64.b64encode(data).decode(),
+                            "bg_image_url": f"{hosts['trusted']}/photo.jpg", "format": "png"})
+    out = assert_removebg_success(r)
+    assert r.headers["content-type"] == "image/png" and out.shape[2] == 3
+    LoopbackHost.hits.clear()
+    refused = requests.post(f"{server}/v1.0/removebg", headers=auth(),
+                            data={"image_file_b64": base64.b64encode(data).decode(),
+                                  "bg_image_url": f"{hosts['loopback']}/photo.jpg"})
+    err = assert_removebg_error(refused, 400, "url_refused")
+    assert err["detail"].startswith("bg_image_url") and LoopbackHost.hits == []
+
+
+def test_removebg_accepts_ignored_parameters_and_reports_the_type(server):
+    fields = {"type": "car", "type_level": "2", "semitransparency": "true", "add_shadow": "true",
+              "shadow_type": "drop", "shadow_opacity": "50", "format": "webp", "channels": "rgba"}
+    r = requests.post(f"{server}/v1.0/removebg", headers=auth(), files={"image_file": photo()}, data=fields)
+    out = assert_removebg_success(r)
+    assert r.headers["content-type"] == "image/webp" and r.headers["X-Type"] == "car" and out.shape[2] == 4
+    auto = requests.post(f"{server}/v1.0/removebg", headers=auth(), files={"image_file": photo()})
+    assert auto.headers["X-Type"] == "other"  # this server does not classify: auto reports "other"
+
+
+def test_removebg_rate_limit_headers_on_errors_too(server):
+    now = time.time()
+    r = requests.post(f"{server}/v1.0/removebg", headers=auth(), files={"image_file": photo()},
+                      data={"format": "gif"})
+    assert_removebg_error(r, 400, "invalid_parameter")
+    assert int(r.headers["X-RateLimit-Limit"]) == BURST and int(r.headers["X-RateLimit-Remaining"]) < BURST
+    assert now - 5 <= int(r.headers["X-RateLimit-Reset"]) <= now + 3600  # remove.bg's: a Unix time
+
+
+def test_removebg_account(server):
+    assert_removebg_error(requests.get(f"{server}/v1.0/account"), 403, "forbidden")
+    r = requests.get(f"{server}/v1.0/account", headers=auth())
+    assert r.status_code == 200
+    attributes = r.json()["data"]["attributes"]
+    credits = attributes["credits"]
+    assert set(credits) == {"total", "subscription", "payg", "enterprise"}
+    assert credits["total"] == credits["subscription"] == RATE_PER_MINUTE * 60 * 24
+    assert attributes["api"] == {"free_calls": int(r.headers["X-RateLimit-Remaining"]), "sizes": "all"}
+
+
+# --- remove.bg's stock clients, unchanged but for their endpoint ---------------------------------------
+
+NPM_CLIENT = "remove.bg@1.3.0"  # npm's remove.bg client; its endpoint is a constant inside the module
+
+
+def test_stock_python_client_remove_bg_api(server, tmp_path, monkeypatch):
+    """PyPI's remove-bg-api (the `test` extra): its constructor calls GET /v1.0/account."""
+    import remove_bg_api
+
+    monkeypatch.setattr(remove_bg_api, "API_URL", f"{server}/v1.0")
+    client = remove_bg_api.RemoveBg(KEY)
+    assert client.account.balance() == RATE_PER_MINUTE * 60 * 24
+    assert 1 <= client.account.free_api_calls() <= BURST
+    src = SAMPLES / "chelsea.jpg"
+    expected = decode(src.read_bytes()).shape[:2]
+    from_file = decode(client.remove_bg_file(str(src), size="preview"))
+    assert from_file.shape == (*expected, 4) and has_subject(from_file[..., 3])
+    written = client.remove_bg_base64(base64.b64encode(src.read_bytes()).decode(), out_path=str(tmp_path / "b.png"),
+                                      raw=False, data={"size": "auto", "bg_color": "white", "format": "jpg"})
+    from_b64 = decode((tmp_path / "b.png").read_bytes())
+    assert written == str(tmp_path / "b.png") and from_b64.shape == (*expected, 3)
+    assert client.account.balance() == RATE_PER_MINUTE * 60 * 24  # X-Credits-Charged is 0
+    with pytest.raises(remove_bg_api.Errors.ApiErrorCode400):
+        client.remove_bg_bytes(b"not an image")
+
+
+def test_stock_python_client_removebg(server, tmp_path, monkeypatch):
+    """PyPI's removebg (the `test` extra): file upload and base64, sent as a form."""
+    from removebg import removebg as removebg_client
+
+    monkeypatch.setattr(removebg_client, "API_ENDPOINT", f"{server}/v1.0/removebg")
+    client = removebg_client.RemoveBg(KEY, str(tmp_path / "errors.log"))
+    src = tmp_path / "coffee.jpg"
+    src.write_bytes((SAMPLES / "coffee.jpg").read_bytes())
+    client.remove_background_from_img_file(str(src), size="regular")
+    out = decode((tmp_path / "coffee.jpg_no_bg.png").read_bytes())
+    assert out.shape == (400, 600, 4) and has_subject(out[..., 3])
+    client.remove_background_from_base64_img(base64.b64encode(src.read_bytes()).decode(), size="hd",
+                                             new_file_name=str(tmp_path / "b64.png"), bg_color="green")
+    out = decode((tmp_path / "b64.png").read_bytes())
+    assert out.shape == (400, 600, 3)  # opaque: a JPG
+    assert np.abs(out[:4, :4].reshape(-1, 3).astype(int) - (0, 128, 0)).max() <= 4  # BGR: CSS green
+
+
+@pytest.fixture(scope="module")
+def npm_client(tmp_path_factory):
+    """npm's stock remove.bg client, installed from the npm registry into a temporary folder."""
+    import os
+    import shutil
+
+    if shutil.which("npm") is None or shutil.which("node") is None:
+        if os.environ.get("CI"):
+            pytest.fail("node and npm are needed for the npm client's test (apt-get install nodejs npm)")
+        pytest.skip("node/npm not installed")
+    prefix = tmp_path_factory.mktemp("npm")
+    done = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--no-package-lock", "--prefix", str(prefix),
+                           NPM_CLIENT], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return prefix / "node_modules"
+
+
+def test_stock_npm_client_remove_bg(server, npm_client, tmp_path):
+    import os
+    from pathlib import Path
+
+    script = Path(__file__).parent / "removebg_node_client.js"
+    src = SAMPLES / "rocket.jpg"  # 640×427 = 0.27 MP: size=regular scales it to 0.25 MP
+    env = {**os.environ, "NODE_PATH": str(npm_client), "REMOVEBG_BASE": server}
+    started = time.time()
+    done = subprocess.run(["node", str(script), KEY, str(src), str(tmp_path)], capture_output=True, text=True,
+                          env=env, timeout=240)
+    assert done.returncode == 0, (done.stdout[-1000:], done.stderr[-2000:])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    h, w = 408, 612  # ⌊640·s⌋ × ⌊427·s⌋ with s = √(250 000 / (640·427))
+    from_file = decode((tmp_path / "from-file.png").read_bytes())
+    assert from_file.shape == (h, w, 4) and has_subject(from_file[..., 3])
+    assert (result["file"]["width"], result["file"]["height"], result["file"]["type"]) == (w, h, "other")
+    assert result["file"]["credits"] == 0 and result["file"]["rateLimit"] == BURST
+    assert started - 1 <= result["file"]["rateLimitReset"] <= time.time() + 3600  # a Unix time, as documented
+    cropped = decode((tmp_path / "from-base64.png").read_bytes())  # crop + bg_color: an opaque JPG
+    assert cropped.ndim == 3 and cropped.shape[2] == 3 and cropped.shape[:2] != (h, w)
+    assert (result["base64"]["width"], result["base64"]["height"]) == (cropped.shape[1], cropped.shape[0])
+    assert [e["code"] for e in result["refused"]] == ["invalid_api_key"]
 
 
 # --- image_url --------------------------------------------------------------------------------------

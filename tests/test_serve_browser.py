@@ -1,4 +1,5 @@
-"""The web page in a real headless Chromium (Debian's package, driven by Playwright): one photo, then a batch.
+"""The web page in a real headless Chromium (Debian's package, driven by Playwright): one photo, a batch,
+paste, an image URL, live backgrounds, the model picker, history, keyboard, phone width, Chinese/English.
 
 Needs `apt-get install chromium` and `pip install playwright` (never `playwright install`: Debian's
 browser is used). Skipped where they are missing, except under CI, where that is a failure.
@@ -7,10 +8,15 @@ Set MATTING_SCREENSHOTS=DIR to keep screenshots of the page.
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import io
 import os
+import re
+import threading
+import time
 import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import cv2
@@ -18,7 +24,7 @@ import numpy as np
 import pytest
 
 from catalog import SAMPLES
-from serve.settings import AppArgs
+from serve.settings import AppArgs, ImageUrlSettings
 from serve_harness import running_app
 
 CHROMIUM = "/usr/bin/chromium"
@@ -35,28 +41,74 @@ if _missing and os.environ.get("CI") != "true":
     pytest.skip(f"browser test needs {', '.join(_missing)}", allow_module_level=True)
 
 
+class PhotoHost(BaseHTTPRequestHandler):
+    """Serves one sample photo on loopback, for the page's image-URL field."""
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        body = (SAMPLES / "coffee.jpg").read_bytes()
+        self.send_response(200 if self.path == "/coffee.jpg" else 404)
+        self.send_header("Content-Type", "image/jpeg")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def photo_host():
+    host = ThreadingHTTPServer(("127.0.0.1", 0), PhotoHost)
+    host.daemon_threads = True
+    threading.Thread(target=host.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{host.server_port}"
+    host.shutdown()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     keys = tmp_path_factory.mktemp("keys") / "keys.txt"
     keys.write_text(KEY + "\n")
     overrides = {"Model_u2netp": {"ray_actor_options": {"num_cpus": 0}},
                  "MattingIngress": {"ray_actor_options": {"num_cpus": 0}}}
-    with running_app(AppArgs(cpu_threads=2), overrides, env={"MATTING_API_KEYS_FILE": str(keys)}) as base:
+    # image_url on, with loopback trusted: the page's URL field fetches from the photo host above.
+    args = AppArgs(cpu_threads=2, image_url=ImageUrlSettings(enabled=True, allow_networks=["127.0.0.1/32"]))
+    with running_app(args, overrides, env={"MATTING_API_KEYS_FILE": str(keys)}) as base:
         yield base
 
 
 @pytest.fixture
-def page(tmp_path):
+def browser(tmp_path):
+    """Opens pages in fresh Chromium profiles: open(locale=..., width=..., height=...)."""
     from playwright.sync_api import sync_playwright
 
+    contexts = []
     with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=FLAGS,
-            accept_downloads=True, viewport={"width": 1280, "height": 1000})
+        def open_page(locale="en-US", width=1280, height=1000, mobile=False):
+            context = p.chromium.launch_persistent_context(
+                str(tmp_path / f"profile{len(contexts)}"), executable_path=CHROMIUM, headless=True, args=FLAGS,
+                accept_downloads=True, viewport={"width": width, "height": height}, locale=locale,
+                is_mobile=mobile, has_touch=mobile, device_scale_factor=1)
+            contexts.append(context)
+            return context.new_page()
+
         try:
-            yield context.new_page()
+            yield open_page
         finally:
-            context.close()
+            for c in contexts:
+                c.close()
+
+
+@pytest.fixture
+def page(browser):
+    return browser()
+
+
+def sign_in(page, server) -> None:
+    page.goto(server)
+    page.wait_for_selector("#key-box:not([hidden])")  # the server said auth is on
+    page.fill("#api-key", KEY)
+    page.dispatch_event("#api-key", "change")
 
 
 def shot(page, name: str, tmp_path: Path) -> None:
@@ -114,9 +166,11 @@ def test_single_photo_then_a_batch_zip(server, page, tmp_path):
     page.fill("#erode", "2")
     page.dispatch_event("#erode", "input")
     page.set_input_files("#file-input", str(photo))
-    page.wait_for_selector("#single-result:not([hidden])", timeout=180_000)
+    wait_until(page, "!document.querySelector('#single-result').hidden || "
+                           "!document.querySelector('#single-error').hidden", timeout=240_000)
+    assert page.is_hidden("#single-error"), page.inner_text("#single-error")
     wait_until(page, "document.querySelector('#result-img').complete && "
-                     "document.querySelector('#result-img').naturalWidth > 0")
+                           "document.querySelector('#result-img').naturalWidth > 0")
     assert page.eval_on_selector("#result-img", "i => [i.naturalWidth, i.naturalHeight]") == [w, h]
     assert f"{w}×{h}" in page.inner_text("#single-info")
     assert page.is_hidden("#single-error")
@@ -145,12 +199,13 @@ def test_single_photo_then_a_batch_zip(server, page, tmp_path):
                      "#batch-table tr[data-status=error]').length === 4", timeout=300_000)
     assert page.locator("tr[data-status=done]").count() == 3
     assert "undecodable" in page.inner_text("tr[data-status=error] td.status")
+    assert page.is_visible("tr[data-status=error] button.retry")
     log = page.inner_text("#batch-log")
     assert all(f"{p.name}: ok" in log for p in batch) and "broken.jpg: FAILED" in log
     shot(page, "batch.png", tmp_path)
     with page.expect_download() as download:
         page.click("#batch-zip")
-    assert download.value.suggested_filename == "matting-batch.zip"
+    assert re.fullmatch(r"matting-\d{8}-\d{6}\.zip", download.value.suggested_filename)
     with zipfile.ZipFile(io.BytesIO(Path(download.value.path()).read_bytes())) as z:
         names = sorted(z.namelist())
         assert names == ["astronaut.png", "coffee.png", "matting-log.txt", "rocket.png"]
@@ -176,3 +231,216 @@ def test_api_docs_render_from_vendored_swagger_ui(server, page, tmp_path):
     assert not external, external  # Swagger UI is vendored: nothing from a CDN
     assert not errors, errors
     assert not csp_violations(page, csp)  # Swagger UI works whole under the server's CSP
+
+
+def decoded(data: bytes) -> np.ndarray:
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert img is not None
+    return img
+
+
+def wait_result(page, count: int) -> None:
+    """Until the history holds `count` results and the shown one has loaded."""
+    wait_until(page, f"document.querySelectorAll('#history li').length === {count} || "
+                           "!document.querySelector('#single-error').hidden", timeout=240_000)
+    assert page.is_hidden("#single-error"), page.inner_text("#single-error")
+    wait_until(page, "document.querySelector('#result-img').complete && "
+                           "document.querySelector('#result-img').naturalWidth > 0")
+
+
+def test_key_field_follows_hidden_and_the_favicon_is_served(server, page):
+    missing = []
+    page.on("response", lambda r: r.status >= 400 and missing.append(r.url))
+    page.goto(server)
+    page.wait_for_selector("#key-box:not([hidden])")
+    # With auth off the script sets hidden: the stylesheet must not override it (it once did).
+    assert page.evaluate("() => { const k = document.querySelector('#key-box'); k.hidden = true; "
+                         "return getComputedStyle(k).display }") == "none"
+    icon = page.request.get(f"{server}/favicon.ico")
+    assert icon.status == 200 and icon.headers["content-type"] == "image/x-icon"
+    from PIL import Image
+
+    with Image.open(io.BytesIO(icon.body())) as ico:  # OpenCV reads no .ico; Pillow does
+        assert ico.format == "ICO" and (16, 16) in ico.info["sizes"] and (32, 32) in ico.info["sizes"]
+    page.wait_for_timeout(500)
+    assert not missing, missing  # the page and everything it loads, the favicon included
+
+
+def test_paste_url_live_background_model_picker_and_history(server, page, photo_host, tmp_path):
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    sign_in(page, server)
+    # The model picker is filled from GET /v1/models once the key is known.
+    page.wait_for_selector("#model-box:not([hidden])")
+    assert page.eval_on_selector_all("#model option", "os => os.map(o => o.value)") == ["u2netp"]
+
+    # Paste an image from the clipboard (a real ClipboardEvent carrying a PNG file).
+    photo = SAMPLES / "chelsea.jpg"
+    png = cv2.imencode(".png", cv2.imread(str(photo)))[1].tobytes()
+    page.evaluate("""b64 => {
+        const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+        const dt = new DataTransfer();
+        dt.items.add(new File([bytes], "screenshot.png", {type: "image/png"}));
+        document.dispatchEvent(new ClipboardEvent("paste", {clipboardData: dt, bubbles: true}));
+    }""", base64.b64encode(png).decode())
+    wait_result(page, 1)
+    h, w = cv2.imread(str(photo)).shape[:2]
+    assert page.eval_on_selector("#result-img", "i => [i.naturalWidth, i.naturalHeight]") == [w, h]
+
+    # A swatch changes the preview at once, with no new request; the download is composed over it.
+    requests_seen = []
+    page.on("request", lambda r: "/v1" in r.url and r.method == "POST" and requests_seen.append(r.url))
+    page.click(".swatch.sw-red")
+    assert page.eval_on_selector("#compare", "c => getComputedStyle(c).backgroundColor") == "rgb(229, 57, 53)"
+    assert page.is_checked("#bg-mode-color") and requests_seen == []
+    with page.expect_download() as download:
+        page.click("#download-link")
+    out = decoded(Path(download.value.path()).read_bytes())
+    assert out.shape[:2] == (h, w)
+    assert out.shape[2] == 3 or out[..., 3].min() == 255  # opaque: the colour fills the background
+    corner = out[:6, :6, :3].reshape(-1, 3).mean(axis=0)  # BGR
+    assert corner[2] > 200 and corner[1] < 90 and corner[0] < 90, corner
+    # A picture as the background: shown behind the cut-out at once.
+    bg = tmp_path / "bg.png"
+    cv2.imwrite(str(bg), np.full((60, 90, 3), (255, 120, 0), np.uint8))
+    page.set_input_files("#bg-file", str(bg))
+    wait_until(page, "getComputedStyle(document.querySelector('#compare')).backgroundImage.startsWith('url(\"blob:')")
+    assert page.is_checked("#bg-mode-image") and requests_seen == []
+    page.check("#transparent")
+    assert page.eval_on_selector("#compare", "c => c.classList.contains('checker')")
+
+    # An image URL (image_url is on for this server; the page shows the field only then).
+    page.fill("#image-url", f"{photo_host}/coffee.jpg")
+    page.click("#url-form button[type=submit]")
+    wait_result(page, 2)
+    assert page.eval_on_selector("#result-img", "i => [i.naturalWidth, i.naturalHeight]") == [600, 400]
+    assert any(u.endswith("/v1.0/removebg") for u in requests_seen)
+
+    # The history: newest first, each with a loaded thumbnail; choosing one shows it again.
+    thumbs = page.eval_on_selector_all("#history img", "is => is.map(i => [i.alt, i.naturalWidth])")
+    assert [t[0] for t in thumbs] == ["coffee.png", "screenshot.png"] and all(t[1] > 0 for t in thumbs), thumbs
+    page.click("#history li:nth-child(2) button")
+    wait_until(page, f"document.querySelector('#result-img').naturalWidth === {w}")
+    assert page.is_visible("#history li.current:nth-child(2)")
+    page.click(".swatch.sw-blue")
+    shot(page, "desktop.png", tmp_path)
+    assert not errors, errors
+
+
+def test_batch_folder_retry_and_429_waits_for_retry_after(server, page, tmp_path):
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    sign_in(page, server)
+    page.click("#tab-batch")
+    # A folder chosen with the folder picker keeps its sub-folders in the names.
+    folder = tmp_path / "shoot"
+    (folder / "day2").mkdir(parents=True)
+    (folder / "a.jpg").write_bytes((SAMPLES / "astronaut.jpg").read_bytes())
+    (folder / "day2" / "b.jpg").write_bytes((SAMPLES / "coffee.jpg").read_bytes())
+    (folder / "notes.txt").write_text("not an image")
+    page.set_input_files("#folder-input", str(folder))
+    names = sorted(page.eval_on_selector_all("#batch-table td.name", "ts => ts.map(t => t.textContent)"))
+    assert names == ["shoot/a.jpg", "shoot/day2/b.jpg"]
+    # A dropped folder is walked through the File System entries API, sub-folders included.
+    page.evaluate("""b64 => {
+        const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+        const file = (name, type) => ({isFile: true, name, file: ok => ok(new File([bytes], name, {type}))});
+        const dir = (name, children) => ({isFile: false, name, createReader() {
+            let given = false;
+            return {readEntries: ok => { ok(given ? [] : children); given = true; }};
+        }});
+        const tree = dir("dropped", [file("c.jpg", "image/jpeg"), file("skip.txt", "text/plain"),
+                                     dir("inner", [file("d.jpg", "image/jpeg")])]);
+        const drop = new Event("drop", {bubbles: true, cancelable: true});
+        drop.dataTransfer = {items: [{kind: "file", webkitGetAsEntry: () => tree}], files: []};
+        document.querySelector("#drop-batch").dispatchEvent(drop);
+    }""", base64.b64encode((SAMPLES / "rocket.jpg").read_bytes()).decode())
+    wait_until(page, "document.querySelectorAll('#batch-table tbody tr').length === 4")
+    names = sorted(page.eval_on_selector_all("#batch-table td.name", "ts => ts.map(t => t.textContent)"))
+    assert names == ["dropped/c.jpg", "dropped/inner/d.jpg", "shoot/a.jpg", "shoot/day2/b.jpg"]
+
+    # The server's answers for two requests are replaced: the first by a 429 with Retry-After: 1,
+    # the second by a 503. Everything else reaches the real server.
+    seen, answered = [], []
+
+    def route(r):
+        seen.append(time.monotonic())
+        if len(seen) == 1:
+            answered.append(429)
+            r.fulfill(status=429, headers={"Retry-After": "1", "Content-Type": "application/json"},
+                      body='{"error": {"code": "rate_limited", "message": "slow down"}}')
+        elif len(seen) == 2:
+            answered.append(503)
+            r.fulfill(status=503, headers={"Content-Type": "application/json"},
+                      body='{"error": {"code": "overloaded", "message": "busy"}}')
+        else:
+            r.continue_()
+
+    page.route("**/v1/matte", route)
+    page.click("#batch-start")
+    wait_until(page, "document.querySelectorAll('tr[data-status=done], tr[data-status=error]').length === 4",
+                           timeout=300_000)
+    assert answered == [429, 503]
+    assert page.locator("tr[data-status=done]").count() == 3
+    log = page.inner_text("#batch-log")
+    assert "HTTP 429, waiting 1 s (Retry-After) and retrying" in log and "overloaded: busy" in log
+    # The 429'd file was sent again no sooner than Retry-After: one of the later requests came ≥ 1 s after it.
+    assert max(seen[1:]) - seen[0] >= 1.0
+    page.click("tr[data-status=error] button.retry")  # the 503'd file, on its own
+    wait_until(page, "document.querySelectorAll('tr[data-status=done]').length === 4", timeout=180_000)
+    page.click(".swatch.sw-green")  # a background chosen after processing still reaches every file in the ZIP
+    with page.expect_download() as download:
+        page.click("#batch-zip")
+    assert re.fullmatch(r"matting-\d{8}-\d{6}\.zip", download.value.suggested_filename)
+    with zipfile.ZipFile(io.BytesIO(Path(download.value.path()).read_bytes())) as z:
+        assert sorted(z.namelist()) == ["dropped/c.png", "dropped/inner/d.png", "matting-log.txt", "shoot/a.png",
+                                        "shoot/day2/b.png"]
+        a = decoded(z.read("shoot/a.png"))
+        assert a.shape[:2] == (512, 512) and (a.shape[2] == 3 or a[..., 3].min() == 255)
+        assert np.abs(a[:4, :4, :3].reshape(-1, 3).astype(int) - (0x47, 0xa0, 0x43)).max() <= 3  # BGR #43a047
+    assert not errors, errors
+
+
+def test_keyboard_and_phone_width(server, browser, tmp_path):
+    page = browser(width=375, height=812, mobile=True)
+    sign_in(page, server)
+    # Nothing is wider than the phone's screen.
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    for sel in ("#drop-single", "#tab-batch", "#params", "#key-box"):
+        box = page.locator(sel).bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= 375, (sel, box)
+    shot(page, "phone.png", tmp_path)
+    # Keyboard: the tabs answer the arrow keys; a drop zone opens the file dialog on Enter.
+    page.focus("#tab-single")
+    page.keyboard.press("ArrowRight")
+    assert page.is_visible("#batch") and page.evaluate("document.activeElement.id") == "tab-batch"
+    page.keyboard.press("ArrowLeft")
+    assert page.is_visible("#single") and page.evaluate("document.activeElement.id") == "tab-single"
+    page.focus("#drop-single")
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    chooser.value.set_files(str(SAMPLES / "chelsea.jpg"))
+    wait_result(page, 1)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375  # the result fits too
+    # The before/after slider is a focusable range: the arrow keys move the divider.
+    page.focus("#compare-slider")
+    page.keyboard.press("ArrowRight")
+    assert page.eval_on_selector("#compare", "c => c.style.getPropertyValue('--pos')") == "51%"
+    shot(page, "phone-result.png", tmp_path)
+
+
+def test_chinese_from_the_browser_language_with_a_switch(server, browser):
+    zh = browser(locale="zh-CN")
+    zh.goto(server)
+    zh.wait_for_selector("#key-box:not([hidden])")
+    assert zh.evaluate("document.documentElement.lang") == "zh-CN"
+    assert zh.inner_text("#tab-batch") == "批量" and zh.inner_text("#lang") == "English"
+    assert zh.inner_text("#batch-summary") == "没有文件"
+    zh.click("#lang")
+    assert zh.inner_text("#tab-batch") == "Batch" and zh.inner_text("#batch-summary") == "no files"
+    zh.reload()
+    zh.wait_for_selector("#key-box:not([hidden])")
+    assert zh.inner_text("#tab-batch") == "Batch"  # the choice is kept
+    en = browser(locale="en-US")
+    en.goto(server)
+    assert en.inner_text("#tab-batch") == "Batch" and en.inner_text("#lang") == "中文"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import yaml
@@ -13,7 +14,8 @@ import yaml
 from serve.errors import ApiError
 from serve.fetch import _check_url, address_refusal, fetch_image
 from serve.params import parse_params, parse_preset
-from serve.removebg import crop_box, parse_margin
+from postproc.alpha import bounding_box
+from serve import removebg_layout as layout
 from serve.security import ApiKeys, RateLimiter, fingerprint
 from serve.settings import AppArgs, ImageUrlSettings, NoApiKeysError, load_api_keys
 
@@ -125,16 +127,94 @@ def test_presets_are_validated_by_name_and_explicit_values_win():
     assert (p.erode, p.alpha_threshold, p.format, p.background) == (5, 20, "jpeg", "white")
 
 
-def test_crop_margin_parsing_and_box():
-    assert parse_margin("10px") == [(10.0, "px")] * 4
-    assert parse_margin("5% 20px") == [(5.0, "%"), (20.0, "px")] * 2
-    assert parse_margin(None) == [(0.0, "px")] * 4
-    for bad in ("51%", "501px", "1 2 3", "ten"):
-        with pytest.raises(ApiError):
-            parse_margin(bad)
-    # subject 100×50 at (200, 100) in a 1000×800 image; 10% of height (5px) top/bottom, 20px sides
-    assert crop_box((200, 100, 100, 50), parse_margin("10% 20px"), 1000, 800) == (180, 95, 320, 155)
-    assert crop_box((5, 5, 10, 10), parse_margin("500px"), 40, 30) == (0, 0, 40, 30)  # clamped to the image
+def test_removebg_crop_margin_is_parsed_in_css_order_and_capped():
+    assert layout.parse_margin("10px") == [(10.0, "px")] * 4
+    assert layout.parse_margin("5% 20px") == [(5.0, "%"), (20.0, "px")] * 2
+    assert layout.parse_margin(None) == [(0.0, "px")] * 4
+    assert layout.parse_margin("80% 900px") == [(50.0, "%"), (500.0, "px")] * 2  # remove.bg's maximum
+    for bad in ("1 2 3", "ten", "-5px"):
+        with pytest.raises(ValueError, match="crop_margin"):
+            layout.parse_margin(bad)
+    # subject 100×50: 10 % of its height (5 px) top and bottom, 20 px left and right
+    assert layout.margin_px(layout.parse_margin("10% 20px"), 100, 50) == (5, 20, 5, 20)
+
+
+def test_removebg_size_roi_scale_position_parsing():
+    assert layout.fit_megapixels(1000, 800, 0.25) == (559, 447) and 559 * 447 <= 250_000
+    assert layout.fit_megapixels(400, 300, 0.25) == (400, 300)  # never enlarged
+    assert layout.fit_megapixels(4000, 3000, None) == (4000, 3000)
+    assert layout.parse_roi("10% 20% 50% 100%", 200, 100) == (20, 20, 100, 100)
+    assert layout.parse_roi("5px 6px 300px 70px", 200, 100) == (5, 6, 200, 70)  # clipped to the image
+    assert layout.parse_roi(None, 200, 100) is None
+    for bad in ("0 0 10", "50% 0% 10% 100%", "0% 0% 120% 100%", "a b c d"):
+        with pytest.raises(ValueError, match="roi"):
+            layout.parse_roi(bad, 200, 100)
+    assert layout.parse_scale("original") is None and layout.parse_scale("50%") == 0.5
+    for bad in ("5%", "101%", "big"):
+        with pytest.raises(ValueError, match="scale"):
+            layout.parse_scale(bad)
+    assert layout.parse_position("center") == "center" and layout.parse_position("25%") == (0.25, 0.25)
+    assert layout.parse_position("0% 100%") == (0.0, 1.0) and layout.parse_position(None) is None
+    for bad in ("left", "120%", "1% 2% 3%"):
+        with pytest.raises(ValueError, match="position"):
+            layout.parse_position(bad)
+
+
+def _subject(width=200, height=100, box=(40, 20, 30, 40)):
+    """An image whose matte is one opaque rectangle (left, top, width, height)."""
+    rgb = np.full((height, width, 3), 90, np.uint8)
+    alpha = np.zeros((height, width), np.uint8)
+    x, y, w, h = box
+    alpha[y:y + h, x:x + w] = 255
+    rgb[y:y + h, x:x + w] = (250, 10, 10)
+    return rgb, alpha, box
+
+
+def test_removebg_layout_crop_pads_past_the_edge_scale_and_position_move_the_subject():
+    rgb, alpha, box = _subject()
+    plan = layout.plan(200, 100, box, crop=True, margin=layout.parse_margin("30px"), scale=None, position=None)
+    assert plan.canvas == (90, 100) and plan.dest == (30, 30, 30, 40)
+    out_rgb, out_a = layout.arrange(rgb, alpha, plan)
+    assert out_a.shape == (100, 90) and bounding_box(out_a) == (30, 30, 30, 40)
+    assert out_a[:10].max() == 0 and out_rgb[:10].max() == 0  # 30 px above a subject 20 px from the top: padding
+
+    plan = layout.plan(200, 100, box, crop=False, margin=[], scale=0.5, position=None)  # implies center
+    _, out_a = layout.arrange(rgb, alpha, plan)
+    x, y, w, h = bounding_box(out_a)
+    assert (w, h) == (38, 50) and (x + w / 2, y + h / 2) == (100, 50)  # half the canvas's height, centred
+
+    plan = layout.plan(200, 100, box, crop=False, margin=[], scale=None, position=(1.0, 0.0))
+    _, out_a = layout.arrange(rgb, alpha, plan)
+    assert bounding_box(out_a) == (170, 0, 30, 40)  # right, top: the free space is all on the left
+
+    plan = layout.plan(200, 100, box, crop=False, margin=[], scale=None, position="original")
+    out_rgb, out_a = layout.arrange(rgb, alpha, plan)
+    assert out_a is alpha and out_rgb is rgb  # nothing to move
+
+
+def test_removebg_produce_applies_size_roi_background_and_format():
+    from serve.removebg import produce
+
+    rgb, alpha, _ = _subject(800, 600, (100, 100, 200, 300))
+    rgb[100:400, 500:700] = (10, 250, 10)
+    prob = np.zeros((600, 800), np.float32)
+    prob[100:400, 100:300] = 1.0
+    prob[100:400, 500:700] = 1.0  # two subjects; the roi keeps the left one
+    common = dict(crop=False, margin=layout.parse_margin(None), scale=None, position=None, channels="rgba",
+                  bg_image=None)
+    data, fmt, size, box = produce(rgb, prob, None, megapixels=0.25, roi_text="0% 0% 50% 100%", fmt="auto",
+                                   bg_color=None, **common)
+    out = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert fmt == "png" and size == (577, 433) and out.shape == (433, 577, 4) and 577 * 433 <= 250_000
+    assert out[..., 3][:, 577 // 2:].max() == 0  # the right-hand subject is outside the roi
+    assert box == bounding_box(out[..., 3])
+    data, fmt, size, _ = produce(rgb, prob, None, megapixels=None, roi_text=None, fmt="auto",
+                                 bg_color=(0, 0, 255, 255), **common)
+    out = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert fmt == "jpg" and size == (800, 600) and out.shape == (600, 800, 3)
+    assert out[550:, :50].mean(axis=(0, 1))[0] > 240  # BGR: the blue background in a corner
+    with pytest.raises(ApiError, match="foreground"):
+        produce(rgb, np.zeros_like(prob), None, megapixels=None, roi_text=None, fmt="auto", bg_color=None, **common)
 
 
 # --- config files -----------------------------------------------------------------------------------
