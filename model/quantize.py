@@ -353,11 +353,12 @@ def cache_key(spec: ModelSpec, source: Path, recipe: Recipe, calibration: Sequen
 
 def int8_model_path(spec: ModelSpec | str, fp32_onnx_path: str | os.PathLike | None = None, *,
                     recipe: Recipe | None = None, calibration_dir: str | os.PathLike | None = None,
-                    rebuild: bool = False) -> Path:
+                    rebuild: bool = False, cache_dir: str | os.PathLike | None = None) -> Path:
     """The cached INT8 model for `spec`, built from `fp32_onnx_path` (default: the spec's weights) on a miss.
 
     The file is named by a key over its inputs, so a new FP32 file, recipe, calibration set or
-    onnxruntime version gets a new file instead of a stale one. Its sha256 is written beside it
+    onnxruntime version gets a new file instead of a stale one (in `cache_dir`, default
+    int8_dir(): beside the weights cache). Its sha256 is written beside it
     and checked on every call; a file that does not match is rebuilt. Writes are atomic.
     """
     spec = get_spec(spec)
@@ -365,7 +366,7 @@ def int8_model_path(spec: ModelSpec | str, fp32_onnx_path: str | os.PathLike | N
     source = fp32_source(spec, fp32_onnx_path)
     photos = calibration_photos(recipe.photos, calibration_dir)
     key = cache_key(spec, source, recipe, photos)
-    target = int8_dir() / f"{spec.name}-int8-{key}.onnx"
+    target = Path(cache_dir or int8_dir()) / f"{spec.name}-int8-{key}.onnx"
     checksum = target.with_suffix(".sha256")
     if not rebuild and target.is_file() and checksum.is_file():
         if sha256_of(target) == checksum.read_text().split()[0]:
