@@ -21,7 +21,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -96,11 +96,10 @@ FAST_INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 def cpu_has_fast_int8(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
     """Whether this CPU has fast u8×s8 dot products: AVX-512 VNNI, AVX-VNNI or AMX-INT8.
 
-    Linux: the flags in /proc/cpuinfo. Elsewhere there is no cheap, dependency-free way to ask,
-    so the answer is False (FP32: always correct, at worst slower), except on Apple silicon and
-    other arm64, where ONNX Runtime's INT8 kernels use the SDOT/UDOT instructions that every
-    ARMv8.2+ core ships; there we still answer False, because our quality bound was measured
-    on x86 kernels only and arm64 rounds differently.
+    Linux: the flags line of /proc/cpuinfo. Elsewhere (macOS, Windows, or no readable cpuinfo)
+    the answer is False, so callers fall back to FP32: always correct, at worst slower. Our
+    quality bound was measured on x86 VNNI kernels only; arm64's dot-product kernels round
+    differently and are not claimed here.
     """
     path = Path(cpuinfo)
     if platform.system() != "Linux" and str(cpuinfo) == "/proc/cpuinfo":

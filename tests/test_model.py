@@ -101,7 +101,8 @@ def int8_file(tmp_path_factory):
         if name not in built:
             spec = get_spec(name)
             recipe = dataclasses.replace(quantize.recipe_for(spec), photos=CI_CALIBRATION)
-            built[name] = quantize.int8_model_path(spec, recipe=recipe, calibration_dir=photos, cache_dir=root / "cache")
+            built[name] = quantize.int8_model_path(spec, recipe=recipe, calibration_dir=photos,
+                                                   cache_dir=root / "cache")
         return built[name]
 
     return get
