@@ -75,6 +75,59 @@ class TestEveryRegisteredModel:
         np.testing.assert_allclose(batched, singles, atol=1e-4)
 
 
+# INT8 (model/quantize.py) with each model's shipped recipe, calibrated on CI_CALIBRATION photos
+# instead of the recipe's count so that CI builds each file in seconds; bench/int8.py measures
+# the shipped files on the eval sets. The parity bounds: the shipped recipes measured mean
+# |alpha_int8 − alpha_fp32| 0.0013–0.0028 and 99th percentile ≈ 0.033 on 12 held-out training
+# photos, where a broken recipe (u2netp with its large-valued Convs quantized) measured 0.074 and
+# 0.80; the bounds sit ~7× above the first, for the smaller CI calibration, and ~4× below the second.
+CI_CALIBRATION = 8
+INT8_PARITY = {"mean": 0.02, "p99": 0.25}  # on real photos the calibration never saw
+
+
+@pytest.fixture(scope="session")
+def int8_file(tmp_path_factory):
+    """name → its INT8 file, built once per session into a private cache from real training photos."""
+    import dataclasses
+
+    from model import quantize
+
+    root = tmp_path_factory.mktemp("int8")
+    photos = root / "calibration"
+    photos.mkdir()
+    for i, (name, data) in enumerate(real_photos(CI_CALIBRATION + 2)[2:]):  # the first 2 are the test photos
+        (photos / f"{i:02d}_{name}").write_bytes(data)
+    built = {}
+
+    def get(name: str):
+        if name not in built:
+            spec = get_spec(name)
+            recipe = dataclasses.replace(quantize.recipe_for(spec), photos=CI_CALIBRATION)
+            built[name] = quantize.int8_model_path(spec, recipe=recipe, calibration_dir=photos,
+                                                   cache_dir=root / "cache")
+        return built[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "u2netp" else n
+                                  for n in list_models()])
+def test_int8_model_shape_range_and_parity_with_fp32(name, int8_file):
+    """Every registered model in INT8 too: shape, range, and closeness to FP32 on 2 unseen real photos."""
+    spec = get_spec(name)
+    imgs = photos_at(spec.preprocess.input_size, 2)
+    x = normalize_batch(imgs, spec.preprocess)
+    session = ort.InferenceSession(str(int8_file(name)), providers=["CPUExecutionProvider"])
+    raw = session.run(None, {session.get_inputs()[0].name: x})[0]
+    assert raw.shape == (2, 1, *spec.preprocess.input_size) and np.isfinite(raw).all()
+    alpha = finish_output(raw, spec.preprocess)
+    assert alpha.min() >= 0 and alpha.max() <= 1
+    fp32 = create_runtime(name, runtime="onnxruntime", device="cpu").predict(imgs)
+    diff = np.abs(alpha - fp32)
+    assert diff.mean() <= INT8_PARITY["mean"] and np.percentile(diff, 99) <= INT8_PARITY["p99"], \
+        (float(diff.mean()), float(np.percentile(diff, 99)))
+
+
 def test_torch_u2netp_matches_onnxruntime_on_the_original_file(packaged_weights):
     """Our architecture with the packaged weights vs ONNX Runtime on the untouched file, real photos, 320²."""
     spec = get_spec("u2netp")

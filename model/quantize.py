@@ -1,0 +1,418 @@
+"""INT8 models for CPUs with fast integer dot products: built once, checksummed, cached.
+
+ONNX Runtime's static quantization (QDQ format, per-channel INT8 weights, UINT8 activations)
+calibrated on training photos preprocessed exactly as inference preprocesses them (the model's
+own spec). `int8_model_path(spec, fp32_onnx_path)` returns the cached INT8 file, building it
+on a miss; `matting weights int8 NAME` builds it at set-up so that no worker builds it at job
+start. The cache key holds everything the file depends on: the FP32 source's checksum, the
+recipe (and RECIPE_VERSION), the calibration photos and onnxruntime's version. Each INT8 file
+has a `.sha256` beside it; a file that no longer matches is rebuilt, never used.
+
+Which recipe, and why (bench/RESULTS.md, INT8 section, has the figures): see RECIPES.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from model import weights as weights_mod
+from model.specs import ModelSpec, get_spec
+
+log = logging.getLogger(__name__)
+
+# Bump when the code that turns a recipe into a file changes what it writes.
+RECIPE_VERSION = 1
+QDQ_MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (axis attribute)
+CALIBRATION_ENV = "MATTING_CALIBRATION_DIR"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+# ../shared/train beside the checkout: the project's training photos (never ../shared/eval).
+DEFAULT_CALIBRATION_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "train"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one model is quantized. Everything here is part of the cache key."""
+
+    method: str = "minmax"  # minmax | entropy | percentile (onnxruntime CalibrationMethod)
+    photos: int = 64  # calibration photos, spread over the calibration folder's subfolders
+    per_channel: bool = True
+    activation_type: str = "uint8"  # uint8 | int8
+    weight_type: str = "int8"  # int8 | uint8
+    reduce_range: bool = False  # 7-bit weights: only for CPUs without VNNI (AVX2 u8s8 saturation)
+    # Conv nodes kept in FP32, by position among the graph's Conv nodes (negative from the end)
+    # or by name: stable for a given FP32 file, which the cache key pins.
+    keep_fp32_convs: tuple = ()
+    # Keep FP32 every Conv whose weight or bias magnitude exceeds this (None: none by magnitude).
+    keep_fp32_above: float | None = None
+    percentile: float = 99.999
+    extra_options: tuple = ()  # (key, value) pairs for quantize_static's extra_options
+
+    def __post_init__(self) -> None:
+        if self.method not in ("minmax", "entropy", "percentile"):
+            raise ValueError(f"method must be minmax, entropy or percentile, got {self.method!r}")
+        if self.activation_type not in ("uint8", "int8") or self.weight_type not in ("uint8", "int8"):
+            raise ValueError("activation_type and weight_type must be uint8 or int8")
+        if self.photos < 1:
+            raise ValueError(f"photos must be at least 1, got {self.photos}")
+
+
+DEFAULT_RECIPE = Recipe()
+# Per registered model; a model without a row uses DEFAULT_RECIPE.
+RECIPES: dict[str, Recipe] = {
+    # The four Convs whose folded-BatchNorm weights or biases exceed 16 (biases up to 1361) stay
+    # FP32: the Conv after each cancels large terms and amplifies their INT8 rounding (the same
+    # rule and threshold as the FP16 export's, model/export.py). Quantizing them took held-out
+    # mean |Δalpha| from 0.0014 to 0.074 (32 training photos); keeping the first, last, side
+    # and fuse Convs FP32 instead changed nothing (0.074). MinMax on 32 photos suffices.
+    "u2netp": Recipe(method="minmax", photos=32, keep_fp32_above=16.0),
+    # Our U-Nets quantize whole (held-out mean |Δalpha| 0.0040 small, 0.0035 base); keeping the
+    # first Conv (RGB in) and the 1×1 head FP32 brought it to 0.0028 / 0.0025 and the worst
+    # pixel from 0.53 / 0.41 to 0.13 / 0.18, for two of 19 Convs.
+    "unet-small": Recipe(method="minmax", photos=32, keep_fp32_convs=(0, -1)),
+    "unet-base": Recipe(method="minmax", photos=32, keep_fp32_convs=(0, -1)),
+}
+
+
+def recipe_for(spec: ModelSpec) -> Recipe:
+    return RECIPES.get(spec.name, DEFAULT_RECIPE)
+
+
+# -- the CPU -------------------------------------------------------------------------------------
+
+FAST_INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_has_fast_int8(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
+    """Whether this CPU has fast u8×s8 dot products: AVX-512 VNNI, AVX-VNNI or AMX-INT8.
+
+    Linux: the flags line of /proc/cpuinfo. Elsewhere (macOS, Windows, or no readable cpuinfo)
+    the answer is False, so callers fall back to FP32: always correct, at worst slower. Our
+    quality bound was measured on x86 VNNI kernels only; arm64's dot-product kernels round
+    differently and are not claimed here.
+    """
+    path = Path(cpuinfo)
+    if platform.system() != "Linux" and str(cpuinfo) == "/proc/cpuinfo":
+        return False
+    try:
+        text = path.read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags = set(value.split())
+            return any(f in flags for f in FAST_INT8_FLAGS)
+    return False
+
+
+# -- calibration ---------------------------------------------------------------------------------
+
+
+def calibration_photos(n: int, folder: str | os.PathLike | None = None) -> list[Path]:
+    """n photos from the calibration folder, round-robin over its subfolders, deterministic.
+
+    Masks (any path with a folder named mask*) are skipped: they are not photos.
+    """
+    root = Path(folder or os.environ.get(CALIBRATION_ENV) or DEFAULT_CALIBRATION_DIR).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"calibration folder {root} does not exist: INT8 calibration needs photos like "
+                                f"the ones the model will see. Pass --calibration DIR (or set {CALIBRATION_ENV}); "
+                                "never the eval photos.")
+    if "eval" in root.resolve().parts:
+        raise ValueError(f"{root} looks like an eval set; calibrate on training photos, never on eval photos")
+    groups: dict[Path, list[Path]] = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).parts
+        if (p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+                and not any(part.lower().startswith("mask") for part in rel[:-1])):
+            groups.setdefault(p.parent, []).append(p)
+    if not groups:
+        raise FileNotFoundError(f"calibration folder {root} holds no photos ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    pools = [groups[k] for k in sorted(groups)]
+    picked: list[Path] = []
+    # Evenly spaced within each pool (not the first n: those are often one category).
+    per_pool = [np.linspace(0, len(pool) - 1, num=min(len(pool), -(-n // len(pools)) + 1)).round().astype(int)
+                for pool in pools]
+    i = 0
+    while len(picked) < min(n, sum(len(p) for p in pools)):
+        k, j = i % len(pools), i // len(pools)
+        if j < len(per_pool[k]):
+            picked.append(pools[k][per_pool[k][j]])
+        elif all(i // len(pools) >= len(q) for q in per_pool):
+            break
+        i += 1
+    return picked[:n]
+
+
+def preprocess_photos(paths: Sequence[Path], spec: ModelSpec) -> np.ndarray:
+    """(N, 3, H, W) float32: decode, resize and normalise as inference does (the spec's own steps)."""
+    from model.runtime import normalize_batch
+    from postproc import decode_image, model_input
+
+    images = [model_input(decode_image(Path(p).read_bytes()), spec.preprocess.input_size) for p in paths]
+    return normalize_batch(np.stack(images), spec.preprocess)
+
+
+class _Reader:
+    """onnxruntime.quantization.CalibrationDataReader over preprocessed photos, one per call."""
+
+    def __init__(self, input_name: str, x: np.ndarray):
+        self.input_name, self.x, self.i = input_name, x, 0
+
+    def get_next(self):
+        if self.i >= len(self.x):
+            return None
+        self.i += 1
+        return {self.input_name: self.x[self.i - 1:self.i]}
+
+    def rewind(self) -> None:
+        self.i = 0
+
+
+# -- building ------------------------------------------------------------------------------------
+
+
+def fp32_source(spec: ModelSpec, fp32_onnx_path: str | os.PathLike | None = None) -> Path:
+    """The file the INT8 model derives from: the path given, else the spec's own weights."""
+    if fp32_onnx_path is not None:
+        p = Path(fp32_onnx_path).expanduser()
+        if not p.is_file():
+            raise weights_mod.WeightsNotFoundError(f"FP32 model file {p} does not exist")
+        return p
+    return weights_mod.resolve(spec)
+
+
+def fp32_onnx(spec: ModelSpec, source: Path):
+    """The FP32 graph as an onnx.ModelProto at opset ≥ 13 with one output (the alpha), static input size.
+
+    A non-ONNX source (our safetensors checkpoints) is exported in memory, as the runtime does.
+    The batch stays symbolic; height and width are fixed to the spec's input size, which is what
+    the runtime feeds and what the calibration saw.
+    """
+    import onnx
+    from onnx import version_converter
+
+    if source.suffix == ".onnx":
+        model = onnx.load(str(source))
+    else:
+        from model.export import torch_to_onnx
+        from model.factory import create_model
+
+        net = create_model(spec, weights=source)
+        model = torch_to_onnx(net, input_size=spec.preprocess.input_size, opset=17, dynamic_hw=False)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < QDQ_MIN_OPSET:
+        model = version_converter.convert_version(model, QDQ_MIN_OPSET)
+    # Only the first output is used (model/runtime.py); U²-Net's six side outputs are dropped so
+    # that their Sigmoids are neither calibrated nor run.
+    del model.graph.output[1:]
+    h, w = spec.preprocess.input_size
+    for value in [*model.graph.input[:1], *model.graph.output[:1]]:
+        dims = value.type.tensor_type.shape.dim
+        for i, v in ((0, "batch"), (2, h), (3, w)):
+            if isinstance(v, str):
+                dims[i].dim_param = v
+            else:
+                dims[i].dim_value = v
+    for i, node in enumerate(model.graph.node):
+        node.name = node.name or f"{node.op_type}_{i}"  # nodes_to_exclude matches by name
+    return model
+
+
+def convs_to_keep(model, recipe: Recipe) -> list[str]:
+    """Names of the Conv nodes the recipe keeps in FP32."""
+    from model.export import large_valued_convs
+
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    keep = []
+    for k in recipe.keep_fp32_convs:
+        name = convs[k] if isinstance(k, int) else k
+        if name not in convs:
+            raise ValueError(f"recipe keeps Conv {k!r} in FP32, but the graph has no such Conv ({len(convs)} Convs)")
+        keep.append(name)
+    if recipe.keep_fp32_above is not None:
+        keep += large_valued_convs(model, recipe.keep_fp32_above)
+    return sorted(set(keep), key=convs.index)
+
+
+def quantize(spec: ModelSpec, source: Path, output: Path, recipe: Recipe,
+             calibration_dir: str | os.PathLike | None = None, ranges_cache: str | os.PathLike | None = None) -> dict:
+    """Write the INT8 QDQ model to `output`; returns what was done (for the log and the sidecar).
+
+    `ranges_cache`: a JSON file of calibrated tensor ranges, written on the first call and read
+    on later ones (onnxruntime's calibration_cache_path): for trying exclusions without
+    recalibrating; it must come from the same source, method and photos.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    t0 = time.perf_counter()
+    model = fp32_onnx(spec, source)
+    photos = calibration_photos(recipe.photos, calibration_dir)
+    x = preprocess_photos(photos, spec)
+    keep = convs_to_keep(model, recipe)
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    extra = dict(recipe.extra_options)
+    if recipe.method == "percentile":
+        extra.setdefault("CalibPercentile", recipe.percentile)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32_path, pre_path = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx"
+        onnx.save(model, str(fp32_path))
+        # Shape inference (and ORT's graph optimisations) first, as onnxruntime's docs advise.
+        quant_pre_process(str(fp32_path), str(pre_path), skip_symbolic_shape=False)
+        partial = output.with_name(f".{output.name}.{os.getpid()}.partial")
+        quantize_static(str(pre_path), str(partial), _Reader(model.graph.input[0].name, x),
+                        quant_format=QuantFormat.QDQ, per_channel=recipe.per_channel,
+                        reduce_range=recipe.reduce_range, activation_type=types[recipe.activation_type],
+                        weight_type=types[recipe.weight_type], nodes_to_exclude=keep,
+                        calibrate_method=methods[recipe.method], extra_options=extra,
+                        calibration_cache_path=ranges_cache)
+        quantized = onnx.load(str(partial))
+        shield_float_convs(quantized, keep)
+        onnx.save(quantized, str(partial))
+    return {"calibration_photos": len(photos), "kept_fp32": keep, "seconds": round(time.perf_counter() - t0, 1),
+            "partial": str(partial)}
+
+
+def shield_float_convs(model, names: Sequence[str]) -> int:
+    """Keep the Convs left FP32 in FP32 under ONNX Runtime's default graph optimisations.
+
+    ORT's WeightBiasQuantization transformer (on at every level above DISABLE_ALL) finds a float
+    Conv whose input comes from a per-tensor DequantizeLinear and quantizes its float weights
+    itself: per-tensor, symmetric INT8. For U²-Netp's folded-BatchNorm weights that is ruinous
+    (measured: mean |Δalpha| 0.001 with the graph as written, 0.37 after that transformer), and
+    it silently undoes every exclusion. The transformer only takes a per-tensor input scale, so
+    each such Conv gets its own DequantizeLinear with the same scale and zero point repeated per
+    channel (axis 1): the same arithmetic, a pattern the transformer leaves alone. Returns how
+    many Convs were shielded.
+    """
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    wanted = set(names)
+    new_nodes, shielded = [], 0
+    for node in model.graph.node:
+        dq = producers.get(node.input[0]) if node.op_type == "Conv" and node.name in wanted else None
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[1] not in inits:
+            new_nodes.append(node)
+            continue
+        scale = numpy_helper.to_array(inits[dq.input[1]])
+        zp = numpy_helper.to_array(inits[dq.input[2]]) if len(dq.input) > 2 and dq.input[2] else None
+        if scale.size != 1:
+            new_nodes.append(node)  # already per-channel: the transformer skips it
+            continue
+        channels = int(numpy_helper.to_array(inits[node.input[1]]).shape[1]) * _attr(node, "group", 1)
+        tag = f"{node.name}_input_per_channel"
+        model.graph.initializer.append(numpy_helper.from_array(np.full(channels, scale.item(), scale.dtype),
+                                                               f"{tag}_scale"))
+        inputs = [dq.input[0], f"{tag}_scale"]
+        if zp is not None:
+            model.graph.initializer.append(numpy_helper.from_array(np.full(channels, zp.item(), zp.dtype), f"{tag}_zp"))
+            inputs.append(f"{tag}_zp")
+        new_nodes.append(helper.make_node("DequantizeLinear", inputs, [f"{tag}_out"], name=f"{tag}_DequantizeLinear",
+                                          axis=1))
+        node.input[0] = f"{tag}_out"
+        new_nodes.append(node)
+        shielded += 1
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes)
+    return shielded
+
+
+def _attr(node, name: str, default: int) -> int:
+    return next((a.i for a in node.attribute if a.name == name), default)
+
+
+# -- the cache -----------------------------------------------------------------------------------
+
+
+def int8_dir() -> Path:
+    return weights_mod.weights_dir() / "int8"
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_key(spec: ModelSpec, source: Path, recipe: Recipe, calibration: Sequence[Path]) -> str:
+    import onnxruntime
+
+    parts = {"source_md5": weights_mod.md5_of(source), "recipe_version": RECIPE_VERSION, "recipe": asdict(recipe),
+             "onnxruntime": onnxruntime.__version__, "preprocess": asdict(spec.preprocess),
+             "calibration": [f"{p.parent.name}/{p.name}:{p.stat().st_size}" for p in calibration]}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def int8_model_path(spec: ModelSpec | str, fp32_onnx_path: str | os.PathLike | None = None, *,
+                    recipe: Recipe | None = None, calibration_dir: str | os.PathLike | None = None,
+                    rebuild: bool = False, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The cached INT8 model for `spec`, built from `fp32_onnx_path` (default: the spec's weights) on a miss.
+
+    The file is named by a key over its inputs, so a new FP32 file, recipe, calibration set or
+    onnxruntime version gets a new file instead of a stale one (in `cache_dir`, default
+    int8_dir(): beside the weights cache). Its sha256 is written beside it
+    and checked on every call; a file that does not match is rebuilt. Writes are atomic.
+    """
+    spec = get_spec(spec)
+    recipe = recipe or recipe_for(spec)
+    source = fp32_source(spec, fp32_onnx_path)
+    photos = calibration_photos(recipe.photos, calibration_dir)
+    key = cache_key(spec, source, recipe, photos)
+    target = Path(cache_dir or int8_dir()) / f"{spec.name}-int8-{key}.onnx"
+    checksum = target.with_suffix(".sha256")
+    if not rebuild and target.is_file() and checksum.is_file():
+        if sha256_of(target) == checksum.read_text().split()[0]:
+            return target
+        log.warning("%s does not match its checksum %s: rebuilding it", target, checksum)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("building %s for %s (%s, %d calibration photos)", target.name, spec.name, recipe.method, recipe.photos)
+    info = quantize(spec, source, target, recipe, calibration_dir)
+    partial = Path(info.pop("partial"))
+    _stamp(partial, spec, recipe, key, info)
+    digest = sha256_of(partial)
+    # The checksum goes first: a reader that sees the new file also sees its checksum.
+    side = checksum.with_name(f".{checksum.name}.{os.getpid()}.partial")
+    side.write_text(f"{digest}  {target.name}\n")
+    os.replace(side, checksum)
+    os.replace(partial, target)
+    log.info("built %s in %.1f s (%d Convs kept FP32)", target, info["seconds"], len(info["kept_fp32"]))
+    return target
+
+
+def _stamp(path: Path, spec: ModelSpec, recipe: Recipe, key: str, info: dict) -> None:
+    """The spec and how the file was made travel inside it (ONNX metadata), as model/export.py does."""
+    import onnx
+
+    from model.export import add_metadata
+
+    model = onnx.load(str(path))
+    add_metadata(model, spec, fp16=False)
+    for entry in model.metadata_props:
+        if entry.key == "precision":
+            entry.value = "int8"
+    meta = {"spec": json.dumps(spec.to_json_dict()), "int8_key": key, "int8_recipe_version": str(RECIPE_VERSION),
+            "int8_recipe": json.dumps(asdict(recipe), default=str), "int8_kept_fp32": ",".join(info["kept_fp32"]),
+            "int8_calibration_photos": str(info["calibration_photos"])}
+    for k, v in meta.items():
+        e = model.metadata_props.add()
+        e.key, e.value = k, v
+    onnx.save(model, str(path))

@@ -1,0 +1,152 @@
+"""INT8 models (model/quantize.py): CPU detection, calibration photos, the checksummed cache.
+
+The cache tests quantize unet-small (the smallest registered model: ~5 s here) on a tiny
+calibration folder of real photos; the quality of each shipped recipe is the INT8 case of the
+shared model tester (tests/test_model.py) and bench/int8.py's table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from catalog import real_photos
+from model import quantize as q
+from model.specs import get_spec
+
+
+@pytest.fixture
+def photo_dir(tmp_path):
+    """A calibration folder of 4 real photos in two subfolders, plus a mask folder to be skipped."""
+    root = tmp_path / "train"
+    for i, (name, data) in enumerate(real_photos(4)):
+        sub = root / ("a" if i % 2 else "b")
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"{i}_{name}").write_bytes(data)
+    (root / "b" / "mask").mkdir()
+    (root / "b" / "mask" / "m.png").write_bytes(b"not a photo")
+    return root
+
+
+@pytest.fixture
+def tiny(monkeypatch, tmp_path):
+    """unet-small's recipe on 2 photos, into a private weights cache."""
+    monkeypatch.setenv("MATTING_WEIGHTS_DIR", str(tmp_path / "weights"))
+    spec = get_spec("unet-small")
+    return spec, dataclasses.replace(q.recipe_for(spec), photos=2)
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ("fpu sse avx2 avx512f avx512_vnni", True),
+    ("fpu sse avx2 avx_vnni", True),
+    ("fpu avx512f amx_tile amx_int8", True),
+    ("fpu sse avx2 fma", False),
+])
+def test_fast_int8_is_read_from_the_cpu_flags(tmp_path, flags, expected):
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nmodel name\t: x\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    assert q.cpu_has_fast_int8(info) is expected
+
+
+def test_fast_int8_is_false_without_cpu_information(tmp_path):
+    assert q.cpu_has_fast_int8(tmp_path / "missing") is False
+    (tmp_path / "empty").write_text("")
+    assert q.cpu_has_fast_int8(tmp_path / "empty") is False
+
+
+def test_fast_int8_on_this_machine_agrees_with_its_flags():
+    if not os.path.exists("/proc/cpuinfo"):
+        assert q.cpu_has_fast_int8() is False
+        return
+    text = open("/proc/cpuinfo").read()
+    assert q.cpu_has_fast_int8() is any(f in text.split() for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+def test_calibration_photos_are_spread_deterministic_and_never_eval(photo_dir, tmp_path):
+    picked = q.calibration_photos(3, photo_dir)
+    assert len(picked) == 3 and picked == q.calibration_photos(3, photo_dir)
+    assert {p.parent.name for p in picked} == {"a", "b"}  # round-robin over subfolders
+    assert all("mask" not in p.parts for p in q.calibration_photos(10, photo_dir))
+    assert len(q.calibration_photos(10, photo_dir)) == 4  # all there is
+    evalset = tmp_path / "shared" / "eval" / "ecssd60"
+    evalset.mkdir(parents=True)
+    with pytest.raises(ValueError, match="never on eval"):
+        q.calibration_photos(2, evalset)
+    with pytest.raises(FileNotFoundError, match="--calibration"):
+        q.calibration_photos(2, tmp_path / "nope")
+
+
+def test_calibration_input_is_the_inference_input(photo_dir):
+    """The calibrator sees exactly what the runtime feeds: the spec's resize and normalisation."""
+    from model.runtime import normalize_batch
+    from postproc import decode_image, model_input
+
+    spec = get_spec("unet-small")
+    paths = q.calibration_photos(2, photo_dir)
+    want = normalize_batch(np.stack([model_input(decode_image(p.read_bytes()), spec.preprocess.input_size)
+                                     for p in paths]), spec.preprocess)
+    np.testing.assert_array_equal(q.preprocess_photos(paths, spec), want)
+
+
+def test_recipe_is_checked():
+    with pytest.raises(ValueError, match="method"):
+        q.Recipe(method="kl")
+    with pytest.raises(ValueError, match="photos"):
+        q.Recipe(photos=0)
+
+
+def test_int8_file_is_built_once_reused_and_rebuilt_when_corrupted(tiny, photo_dir, monkeypatch):
+    spec, recipe = tiny
+    path = q.int8_model_path(spec, recipe=recipe, calibration_dir=photo_dir)
+    assert path.parent == q.int8_dir() and path.is_file()
+    assert path.with_suffix(".sha256").read_text().split()[0] == q.sha256_of(path)
+    m = onnx.load(str(path))
+    assert any(n.op_type == "QuantizeLinear" for n in m.graph.node)
+    meta = {p.key: p.value for p in m.metadata_props}
+    assert meta["precision"] == "int8" and meta["model"] == "unet-small" and "spec" in meta
+    # The file carries its spec, so `matting eval --model FILE` and get_spec(path) read it.
+    assert get_spec(str(path)).name == "unet-small"
+
+    built = []
+    real = q.quantize
+    monkeypatch.setattr(q, "quantize", lambda *a, **k: built.append(1) or real(*a, **k))
+    assert q.int8_model_path(spec, recipe=recipe, calibration_dir=photo_dir) == path
+    assert built == []  # a cache hit builds nothing
+
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 2])  # a torn or corrupted file
+    assert q.int8_model_path(spec, recipe=recipe, calibration_dir=photo_dir) == path
+    assert built == [1] and q.sha256_of(path) == path.with_suffix(".sha256").read_text().split()[0]
+    ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # whole again
+    assert not list(path.parent.glob(".*partial"))
+
+
+def test_cache_key_follows_recipe_source_and_onnxruntime(tiny, photo_dir, monkeypatch):
+    spec, recipe = tiny
+    source = q.fp32_source(spec)
+    photos = q.calibration_photos(recipe.photos, photo_dir)
+    key = q.cache_key(spec, source, recipe, photos)
+    assert key == q.cache_key(spec, source, recipe, photos)
+    assert key != q.cache_key(spec, source, dataclasses.replace(recipe, method="percentile"), photos)
+    assert key != q.cache_key(spec, source, recipe, photos[:1])
+    monkeypatch.setattr(q, "RECIPE_VERSION", q.RECIPE_VERSION + 1)
+    assert key != q.cache_key(spec, source, recipe, photos)
+    monkeypatch.setattr(q, "RECIPE_VERSION", q.RECIPE_VERSION - 1)
+    monkeypatch.setattr(ort, "__version__", "0.0.1")
+    assert key != q.cache_key(spec, source, recipe, photos)
+
+
+def test_cli_builds_the_int8_file(tiny, photo_dir, monkeypatch, capsys):
+    from pipelines.cli import main
+
+    spec, recipe = tiny
+    monkeypatch.setitem(q.RECIPES, "unet-small", recipe)
+    assert main(["weights", "int8", "unet-small", "--calibration", str(photo_dir)]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.endswith(".onnx") and os.path.isfile(out)
+    assert main(["weights", "int8", "unet-small", "--calibration", str(photo_dir / "nope")]) == 2
