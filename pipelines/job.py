@@ -20,6 +20,7 @@ import ray
 from ray.data import ActorPoolStrategy
 
 from model.specs import WEIGHTS_SUFFIXES, get_spec
+from pipelines.gpu_path import GPU_PATH_SETTINGS, GpuPredictor, decode_or_defer, use_gpu_path
 from pipelines.manifest import ManifestWriter, new_run_id
 from pipelines.planning import Plan, plan_inputs
 from pipelines.stages import Predictor, decode_input, read_input, render_output
@@ -46,6 +47,9 @@ class JobConfig:
     providers: str | None = None  # ONNX Runtime providers, e.g. "tensorrt,cuda"; each must start
     trt_cache_dir: str | None = None  # where TensorRT keeps built engines (on each inference node)
     torch_graph: str = "auto"  # torch on CUDA: auto = CUDA graphs (bench/RESULTS.md); eager or compile
+    # Decode and post-process on the inference GPU (pipelines/gpu_path.py): auto = on GPU pools where
+    # the parameters allow; on = also on CPU tensors (tests, bench); off = the CPU path everywhere.
+    gpu_path: str = "auto"
     batch_size: int = 8
     actors: int | None = None  # inference actors, a fixed pool on CPU; default: one per GPU, else per CPU (≤ 4)
     actor_cpus: float | None = None  # CPUs each inference actor reserves; default: see plan_pool
@@ -81,6 +85,8 @@ class JobConfig:
                                      ("torch_graph", self.torch_graph, TORCH_GRAPHS)):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        if self.gpu_path not in GPU_PATH_SETTINGS:
+            raise ValueError(f"gpu_path must be one of {', '.join(GPU_PATH_SETTINGS)}, got {self.gpu_path!r}")
         if not 0 < self.decode_cpus <= 64:
             raise ValueError(f"decode_cpus must be in (0, 64], got {self.decode_cpus}")
         if self.actor_cpus is not None and not 0 < self.actor_cpus <= 64:
@@ -216,14 +222,18 @@ def build_dataset(cfg: JobConfig, source: Location, dest: Location, plan: Plan) 
     # maps with identical resources into the actor, which would serialise decoding with inference.
     ds = ds.map(read_input, fn_kwargs={"source": source, "max_bytes": cfg.max_bytes, "dest": dest},
                 num_cpus=cfg.decode_cpus)
-    ds = ds.map(decode_input, fn_kwargs={"input_size": spec.preprocess.input_size, "max_pixels": cfg.max_pixels},
+    # The GPU path defers baseline JPEGs to the actor's nvJPEG and post-processes them there.
+    gpu = use_gpu_path(cfg.gpu_path, pool.gpus, cfg.params)
+    gpu_kwargs = {"params": cfg.params, "max_pixels": cfg.max_pixels, "background": cfg.background} if gpu else {}
+    ds = ds.map(decode_or_defer if gpu else decode_input,
+                fn_kwargs={"input_size": spec.preprocess.input_size, "max_pixels": cfg.max_pixels},
                 num_cpus=cfg.decode_cpus)
     ds = ds.map_batches(
-        Predictor,
+        GpuPredictor if gpu else Predictor,
         fn_constructor_kwargs={"model": cfg.model, "runtime": cfg.runtime, "device": cfg.device,
                                "weights": cfg.weights, "s3_endpoint": cfg.s3_endpoint, "threads": pool.threads,
                                "providers": cfg.providers, "trt_cache_dir": cfg.trt_cache_dir,
-                               "torch_graph": cfg.torch_graph},
+                               "torch_graph": cfg.torch_graph, **gpu_kwargs},
         compute=pool.strategy(),
         batch_size=cfg.batch_size,
         batch_format="numpy",

@@ -107,12 +107,49 @@ def _to_uint8(x: torch.Tensor) -> torch.Tensor:
     return (x + 0.5).clamp_(0, 255).to(torch.uint8)
 
 
+@lru_cache(maxsize=256)
+def _linear_taps(n_in: int, n_out: int, columns: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """OpenCV's 8-bit INTER_LINEAR taps along one axis: first index, second index, first weight in 1/2048.
+
+    Columns past an edge take the edge pixel whole; rows past an edge keep their weights over the
+    replicated edge row (OpenCV's resize.cpp does the two axes differently, and it shows in the last bit).
+    """
+    scale = 1.0 / (n_out / n_in)
+    f = ((np.arange(n_out) + 0.5) * scale - 0.5).astype(np.float32)
+    s = np.floor(f).astype(np.int64)
+    f = (f - s).astype(np.float32)
+    if columns:
+        f = np.where((s < 0) | (s >= n_in - 1), np.float32(0), f)
+    w0 = np.rint((np.float32(1) - f) * np.float32(2048)).astype(np.int64)
+    return np.clip(s, 0, n_in - 1), np.clip(s + 1, 0, n_in - 1), w0
+
+
+def _bilinear_u8(img: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """OpenCV's 8-bit bilinear resize to the bit: 11-bit weights, its SIMD vertical pass's shifts.
+
+    Plain float bilinear differs by one level on a tenth of the pixels, and the models turn one
+    level of input into several of alpha (tests/test_gpu_path.py).
+    """
+    h, w = img.shape[-2:]
+    dev = img.device
+    x0, x1, a0 = (torch.from_numpy(v).to(dev) for v in _linear_taps(w, width, True))
+    y0, y1, b0 = (torch.from_numpy(v).to(dev) for v in _linear_taps(h, height, False))
+    src = img.to(torch.int32)
+    a0, b0 = a0.to(torch.int32), b0.to(torch.int32)[:, None]
+    rows = src[..., x0] * a0 + src[..., x1] * (2048 - a0)  # (.., H, width), in 1/2048
+    top, bottom = rows[..., y0, :] >> 4, rows[..., y1, :] >> 4
+    out = (((top * b0) >> 16) + ((bottom * (2048 - b0)) >> 16) + 2) >> 2
+    return out.clamp_(0, 255).to(torch.uint8)
+
+
 def resize(img: torch.Tensor, height: int, width: int, filter: str | None = None) -> torch.Tensor:
     """uint8 (C, H, W) or (H, W) → (height, width). `filter` None: area when shrinking, else bilinear."""
     h, w = img.shape[-2:]
     if (h, w) == (height, width):
         return img
     kind = filter_name(filter, shrinking=height <= h and width <= w)
+    if kind == "bilinear":
+        return _bilinear_u8(img, height, width)
     return _to_uint8(resize_float(img.float(), height, width, kind))
 
 
@@ -123,10 +160,7 @@ def model_input(rgb: torch.Tensor, size: tuple[int, int], alpha: torch.Tensor | 
         a = alpha.float()[None] / 255.0
         rgb = torch.round(rgb.float() * a + 255.0 * (1.0 - a)).to(torch.uint8)
     h, w = size
-    kind = filter_name(filter, shrinking=rgb.shape[-2] >= h and rgb.shape[-1] >= w)
-    if rgb.shape[-2:] == (h, w):
-        return rgb
-    return _to_uint8(resize_float(rgb.float(), h, w, kind))
+    return resize(rgb, h, w, filter_name(filter, shrinking=rgb.shape[-2] >= h and rgb.shape[-1] >= w))
 
 
 def to_full_resolution(prob: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -208,7 +242,7 @@ def refine_alpha(prob: torch.Tensor, height: int, width: int, params: PostprocPa
                  input_alpha: torch.Tensor | None = None) -> torch.Tensor:
     """Twin of postproc.render.refine_alpha without refinement (which stays on the CPU)."""
     if params.refine != "none":
-        raise ValueError("refinement runs on the CPU (postproc.render.refine_alpha); see gpu_eligible")
+        raise ValueError("refinement runs on the CPU (postproc.render.refine_alpha); see pipelines.gpu_path.gpu_eligible")
     a = to_full_resolution(prob, height, width)
     a = threshold(a, params.alpha_threshold)
     a = erode(a, params.erode)
@@ -233,7 +267,7 @@ def compose(rgb: torch.Tensor, alpha: torch.Tensor, params: PostprocParams,
     """Twin of postproc.render.compose_and_encode up to the encoder: (3, H, W) + (H, W) uint8 →
     the (h, w, C) uint8 picture to encode (C = 1 for a mask, 3 or 4 otherwise). No decontamination."""
     if params.decontaminate and params.format != "mask":
-        raise ValueError("decontamination runs on the CPU (postproc.refine.decontaminate); see gpu_eligible")
+        raise ValueError("decontamination runs on the CPU (postproc.refine.decontaminate); see pipelines.gpu_path.gpu_eligible")
     if params.crop:
         bbox = bounding_box(alpha)
         if bbox is not None:
@@ -267,12 +301,3 @@ def compose(rgb: torch.Tensor, alpha: torch.Tensor, params: PostprocParams,
     else:
         img = torch.cat([rgb, alpha[None]])
     return img.permute(1, 2, 0)
-
-
-def gpu_eligible(params: PostprocParams) -> tuple[bool, str]:
-    """Whether post-processing with these parameters can run on the GPU, and why not when it cannot."""
-    if params.refine != "none":
-        return False, f"refine={params.refine} (pymatting) runs on the CPU"
-    if params.decontaminate and params.format != "mask":
-        return False, "decontamination (pymatting) runs on the CPU"
-    return True, ""

@@ -45,7 +45,8 @@ def test_model_input_matches_opencv(size):
     for i in range(3):
         rgb = _photo(i)
         want = model_input(decode_image(real_photos(5)[i][1]), size)
-        _close(torch_ops.model_input(_chw(rgb), size).permute(1, 2, 0), want)
+        # to the bit: the models turn one level of input into several of alpha
+        _close(torch_ops.model_input(_chw(rgb), size).permute(1, 2, 0), want, 0)
 
 
 def test_model_input_composites_transparency_over_white():
@@ -66,7 +67,8 @@ def test_model_input_composites_transparency_over_white():
 def test_each_filter_matches_opencv(name, interp, out):
     rgb = _photo(2)
     want = cv2.resize(rgb, (out[1], out[0]), interpolation=interp)
-    _close(torch_ops.resize(_chw(rgb), *out, filter=name).permute(1, 2, 0), want)
+    exact = name in ("bilinear", "nearest")  # OpenCV's area sums in float: ties may round apart
+    _close(torch_ops.resize(_chw(rgb), *out, filter=name).permute(1, 2, 0), want, 0 if exact else TOL)
 
 
 def test_unknown_filter_names_the_valid_ones():
@@ -139,7 +141,9 @@ def test_refine_and_compose_match_the_reference(kwargs):
 
 
 def test_refinement_and_decontamination_are_not_eligible():
-    assert torch_ops.gpu_eligible(PostprocParams.create())[0]
-    assert not torch_ops.gpu_eligible(PostprocParams.create(refine="guided"))[0]
-    assert not torch_ops.gpu_eligible(PostprocParams.create(decontaminate=True))[0]
-    assert torch_ops.gpu_eligible(PostprocParams.create(decontaminate=True, format="mask"))[0]
+    from pipelines.gpu_path import gpu_eligible
+
+    assert gpu_eligible(PostprocParams.create())[0]
+    assert not gpu_eligible(PostprocParams.create(refine="guided"))[0]
+    assert not gpu_eligible(PostprocParams.create(decontaminate=True))[0]
+    assert gpu_eligible(PostprocParams.create(decontaminate=True, format="mask"))[0]
