@@ -106,6 +106,9 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--torch-graph", default="auto", choices=TORCH_GRAPHS,
                    help="how torch launches the model on CUDA: auto = CUDA graphs (captured once per batch shape); "
                         "compile = torch.compile, 30-45 s per shape")
+    p.add_argument("--gpu-path", default="auto", choices=("auto", "on", "off"),
+                   help="decode JPEGs and post-process on the inference GPU (auto: on GPU pools, without "
+                        "refinement or decontamination, where torchvision is installed; docs/operations.md)")
     p.add_argument("--batch-size", type=int, default=8, help="images per inference call (default 8)")
     p.add_argument("--actors", type=int, help="inference actors: one per GPU by default; on CPU a fixed pool "
                                               "(default one per CPU, at most 4)")
@@ -140,7 +143,7 @@ def job_config(args: argparse.Namespace, source: str, dest: str):
     params = params_from_args(args)
     return JobConfig(source=source, dest=dest, model=args.model, runtime=args.runtime, device=args.device,
                      weights=args.weights, providers=args.providers, trt_cache_dir=args.trt_cache_dir,
-                     torch_graph=args.torch_graph,
+                     torch_graph=args.torch_graph, gpu_path=args.gpu_path,
                      batch_size=args.batch_size, actors=args.actors,
                      actor_cpus=args.actor_cpus, decode_cpus=args.decode_cpus, threads=args.threads,
                      s3_endpoint=args.s3_endpoint,
