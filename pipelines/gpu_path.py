@@ -221,10 +221,7 @@ class GpuPredictor(Predictor):
                     errors[i], reasons[i], width[i], height[i] = str(got), got.reason, 0, 0
                     continue
                 rgb, alpha = got
-                if tuple(rgb.shape[1:]) != (batch["height"][i], batch["width"][i]):
-                    # the header said otherwise (it cannot, for a baseline JPEG): trust the pixels
-                    log.warning("%s: decoded %s, header said %dx%d", batch["source_key"][i], tuple(rgb.shape),
-                                batch["width"][i], batch["height"][i])
+                height[i], width[i] = rgb.shape[1:]  # the pixels' size, as the CPU path records it
                 images[i] = (rgb, alpha)
                 small = ops.model_input(rgb, self.runtime.input_size, alpha, self.filter)
                 model_inputs[i] = small.permute(1, 2, 0).cpu().numpy()

@@ -88,8 +88,21 @@ def _weights(n_in: int, n_out: int, kind: str) -> np.ndarray:
     return w / w.sum(axis=1, keepdims=True)
 
 
+_MAKERS = {
+    "weights": lambda n_in, n_out, kind: _weights(n_in, n_out, kind).astype(np.float32),
+    "taps": lambda n_in, n_out, columns, i: _linear_taps(n_in, n_out, columns)[i],
+    "gaussian": lambda sigma: _gaussian(sigma).astype(np.float32),
+}
+
+
+@lru_cache(maxsize=512)
+def _on(device: str, what: str, *key) -> torch.Tensor:
+    """A small constant (weights, taps, a kernel) uploaded once per device, not once per image."""
+    return torch.from_numpy(_MAKERS[what](*key)).to(device)
+
+
 def _matrix(n_in: int, n_out: int, kind: str, device) -> torch.Tensor:
-    return torch.from_numpy(_weights(n_in, n_out, kind)).to(device=device, dtype=torch.float32)
+    return _on(str(device), "weights", n_in, n_out, kind)
 
 
 def resize_float(x: torch.Tensor, height: int, width: int, kind: str) -> torch.Tensor:
@@ -132,8 +145,8 @@ def _bilinear_u8(img: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """
     h, w = img.shape[-2:]
     dev = img.device
-    x0, x1, a0 = (torch.from_numpy(v).to(dev) for v in _linear_taps(w, width, True))
-    y0, y1, b0 = (torch.from_numpy(v).to(dev) for v in _linear_taps(h, height, False))
+    x0, x1, a0 = (_on(str(dev), "taps", w, width, True, i) for i in range(3))
+    y0, y1, b0 = (_on(str(dev), "taps", h, height, False, i) for i in range(3))
     src = img.to(torch.int32)
     a0, b0 = a0.to(torch.int32), b0.to(torch.int32)[:, None]
     rows = src[..., x0] * a0 + src[..., x1] * (2048 - a0)  # (.., H, width), in 1/2048
@@ -219,7 +232,7 @@ def feather(alpha: torch.Tensor, px: float) -> torch.Tensor:
     """Twin of postproc.alpha.feather: separable Gaussian of sigma `px`, borders replicated."""
     if px <= 0:
         return alpha
-    k = torch.from_numpy(_gaussian(float(px))).to(device=alpha.device, dtype=torch.float32)
+    k = _on(str(alpha.device), "gaussian", float(px))
     r = len(k) // 2
     x = alpha.float()[None, None]
     x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))

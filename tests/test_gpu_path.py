@@ -178,3 +178,34 @@ def test_gpu_path_keeps_full_resolution_pixels_out_of_the_object_store(tmp_path)
     _, _, gpu_in = _run(tmp_path, files, PostprocParams.create(), gpu=True, decoder=PillowAsNvjpeg(set()))
     compressed = sum(len(d) for d in files.values())
     assert gpu_in < compressed + 4096 < cpu_in  # bytes and bookkeeping; the CPU path adds the model input
+
+
+@pytest.mark.timeout(600)
+def test_gpu_path_through_ray_gives_the_cpu_paths_rows(tmp_path, ray_local):
+    """The lazy chain read → defer → GpuPredictor → render on a real local Ray, on CPU tensors: Ray
+    carries the mixed-shape columns (model input, probabilities, pictures) and every input gets its row."""
+    from pipelines.job import JobConfig, run_job
+    from pipelines.manifest import read_manifest
+
+    files = {f"a/{name}": data for name, data in real_photos(3)}
+    files.update(corrupt_files())
+    files.update(odd_inputs())
+    for key, data in files.items():
+        (tmp_path / "src" / key).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "src" / key).write_bytes(data)
+    rows = {}
+    for path in ("on", "off"):
+        result = run_job(JobConfig(source=str(tmp_path / "src"), dest=str(tmp_path / path), batch_size=4,
+                                   gpu_path=path, stall_timeout_s=300))
+        rows[path] = {r["source_key"]: r for r in
+                      read_manifest(open_location(str(tmp_path / path)), result.run_id).to_pylist()}
+    assert sorted(rows["on"]) == sorted(rows["off"]) == sorted(files)
+    for key in files:
+        on, off = rows["on"][key], rows["off"][key]
+        assert (on["status"], on["error_reason"], on["width"], on["height"]) == \
+               (off["status"], off["error_reason"], off["width"], off["height"]), key
+        if on["status"] == "ok":
+            a = cv2.imread(str(tmp_path / "on" / on["output_key"]), cv2.IMREAD_UNCHANGED).astype(int)
+            b = cv2.imread(str(tmp_path / "off" / off["output_key"]), cv2.IMREAD_UNCHANGED).astype(int)
+            assert np.abs(a - b).max() <= 2, key
+    assert sum(r["status"] == "ok" for r in rows["on"].values()) == len(files) - 3
