@@ -178,6 +178,7 @@ class GpuPredictor(Predictor):
         self.decoder = decoder or JpegDecoder(self.post_device)
         # The spec's filter once PreprocessSpec has one; None keeps today's (area shrinking, else bilinear).
         self.filter = getattr(self.runtime.spec.preprocess, "resize", None)
+        torch_ops.filter_name(self.filter, shrinking=True)  # an unknown filter fails here, not mid-job
         self.background = None
         if background is not None:
             self.background = self._tensor(np.asarray(background)[..., :3])
