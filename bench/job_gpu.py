@@ -340,7 +340,11 @@ def main() -> None:
 
     code = Path(args.code).resolve() if args.code else HERE
     sys.path.insert(0, str(code))
-    os.environ["PYTHONPATH"] = f"{code}:{os.environ.get('PYTHONPATH', '')}".rstrip(":")  # Ray's workers too
+    # Ray's workers take the driver's working directory and sys.path first: both must name `code`.
+    keep = [p for p in os.environ.get("PYTHONPATH", "").split(":") if p and Path(p).resolve() != HERE]
+    os.environ["PYTHONPATH"] = ":".join([str(code), *keep])  # e.g. /tmp/site, where Ray was installed
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() not in (HERE, HERE / "bench") or p == str(code)]
+    os.chdir(code)
     import ray
     import torch
 
@@ -357,6 +361,10 @@ def main() -> None:
           f"load {os.getloadavg()}", flush=True)
     ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=gpus, include_dashboard=False,
              log_to_driver=False)
+    where = ray.get(ray.remote(lambda: __import__("pipelines.stages").stages.__file__).remote())
+    print(f"Ray workers import {where}", flush=True)
+    if not where.startswith(str(code)):
+        raise SystemExit(f"Ray's workers import {where}, not the code under {code}")
     report = {"images": args.images, "cpus": os.cpu_count(), "gpus": gpus, "code": str(code),
               "torch": torch.__version__, "ray": ray.__version__, "batch_size": args.batch_size, "runs": []}
     if gpus:
