@@ -359,8 +359,16 @@ def main() -> None:
     print(f"{args.images} JPEGs {WIDTH}x{HEIGHT} in {src} ({time.perf_counter() - t0:.1f} s); code {code}; "
           f"{os.cpu_count()} CPUs, {gpus} GPUs; torch {torch.__version__}, ray {ray.__version__}; "
           f"load {os.getloadavg()}", flush=True)
-    ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=gpus, include_dashboard=False,
-             log_to_driver=False)
+    for attempt in range(3):  # Ray gives its raylet 30 s to register: a loaded box can miss that
+        try:
+            ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=gpus, include_dashboard=False,
+                     log_to_driver=False)
+            break
+        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for this
+            print(f"ray.init failed ({e}); attempt {attempt + 1} of 3", flush=True)
+            ray.shutdown()
+            if attempt == 2:
+                raise
     where = ray.get(ray.remote(lambda: __import__("pipelines.stages").stages.__file__).remote())
     print(f"Ray workers import {where}", flush=True)
     if not where.startswith(str(code)):
