@@ -127,6 +127,9 @@ def runtime_config(args: argparse.Namespace, **fields):
 
 def add_job_arguments(p: argparse.ArgumentParser) -> None:
     add_runtime_arguments(p)
+    p.add_argument("--gpu-path", default="auto", choices=("auto", "on", "off"),
+                   help="decode JPEGs and post-process on the inference GPU (auto: on GPU pools, without "
+                        "refinement or decontamination, where torchvision is installed; docs/operations.md)")
     p.add_argument("--batch-size", type=int, default=8, help="images per inference call (default 8)")
     p.add_argument("--actors", type=int, help="inference actors: one per GPU by default; on CPU a fixed pool "
                                               "(default one per CPU, at most 4); never more than the job's batches")
@@ -159,7 +162,7 @@ def job_config(args: argparse.Namespace, source: str, dest: str):
     from pipelines.job import JobConfig
 
     params = params_from_args(args)
-    return JobConfig(source=source, dest=dest, inference=runtime_config(args),
+    return JobConfig(source=source, dest=dest, inference=runtime_config(args), gpu_path=args.gpu_path,
                      batch_size=args.batch_size, actors=args.actors,
                      actor_cpus=args.actor_cpus, decode_cpus=args.decode_cpus,
                      s3_endpoint=args.s3_endpoint,

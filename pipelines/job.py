@@ -22,6 +22,7 @@ from ray.data import ActorPoolStrategy
 
 from model.config import GPU_PROVIDERS, RuntimeConfig
 from pipelines.logs import quiet_token_auth_notice
+from pipelines.gpu_path import GPU_PATH_SETTINGS, GpuPredictor, decode_or_defer, use_gpu_path
 from pipelines.manifest import ManifestWriter, new_run_id
 from pipelines.planning import Plan, plan_inputs
 from pipelines.stages import Predictor, decode_input, read_input, render_output
@@ -44,6 +45,9 @@ class JobConfig:
     # The model and how to run it (model/config.py). Its threads: intra-op threads per CPU actor,
     # default its CPU share (plan_pool); its weights may be remote (each actor fetches them once).
     inference: RuntimeConfig = field(default_factory=RuntimeConfig)
+    # Decode and post-process on the inference GPU (pipelines/gpu_path.py): auto = on GPU pools where
+    # the parameters allow; on = also on CPU tensors (tests, bench); off = the CPU path everywhere.
+    gpu_path: str = "auto"
     batch_size: int = 8
     actors: int | None = None  # inference actors; default: one per GPU, else per CPU (≤ 4), never more than batches
     actor_cpus: float | None = None  # CPUs each inference actor reserves; default: see plan_pool
@@ -68,6 +72,8 @@ class JobConfig:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.actors is not None and self.actors < 1:
             raise ValueError(f"actors must be at least 1, got {self.actors}")
+        if self.gpu_path not in GPU_PATH_SETTINGS:
+            raise ValueError(f"gpu_path must be one of {', '.join(GPU_PATH_SETTINGS)}, got {self.gpu_path!r}")
         if not 0 < self.decode_cpus <= 64:
             raise ValueError(f"decode_cpus must be in (0, 64], got {self.decode_cpus}")
         if self.actor_cpus is not None and not 0 < self.actor_cpus <= 64:
@@ -230,11 +236,15 @@ def build_dataset(cfg: JobConfig, source: Location, dest: Location, plan: Plan) 
     ds = ds.map(read_input, fn_kwargs={"source": source, "max_bytes": cfg.max_bytes, "dest": dest,
                                        "naming": plan.naming},
                 num_cpus=cfg.decode_cpus)
-    ds = ds.map(decode_input, fn_kwargs={"preprocess": spec.preprocess, "max_pixels": cfg.max_pixels},
+    # The GPU path defers baseline JPEGs to the actor's nvJPEG and post-processes them there.
+    gpu = use_gpu_path(cfg.gpu_path, pool.gpus, cfg.params)
+    gpu_kwargs = {"params": cfg.params, "max_pixels": cfg.max_pixels, "background": cfg.background} if gpu else {}
+    ds = ds.map(decode_or_defer if gpu else decode_input,
+                fn_kwargs={"preprocess": spec.preprocess, "max_pixels": cfg.max_pixels},
                 num_cpus=cfg.decode_cpus)
     ds = ds.map_batches(
-        Predictor,
-        fn_constructor_kwargs={"config": actor_config(cfg, pool), "s3_endpoint": cfg.s3_endpoint},
+        GpuPredictor if gpu else Predictor,
+        fn_constructor_kwargs={"config": actor_config(cfg, pool), "s3_endpoint": cfg.s3_endpoint, **gpu_kwargs},
         compute=pool.strategy(),
         batch_size=cfg.batch_size,
         batch_format="numpy",

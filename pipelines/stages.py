@@ -16,15 +16,12 @@ import numpy as np
 
 from postproc import DecodeError, PostprocParams, decode_image, model_input
 from postproc.alpha import bounding_box
-from postproc.render import compose_and_encode, refine_alpha
+from postproc.render import compose_and_encode, encode_picture, refine_alpha
 from pipelines.metrics import record_row
 from pipelines.storage import InputRefused, Location, OutputNaming, output_key, write_failure_reason
 from postproc.reasons import reason as known_reason
 
 log = logging.getLogger(__name__)
-
-# Placeholders keep the block schema uniform for rows that failed before they had pixels.
-_NO_PIXELS = np.zeros((1, 1, 3), np.uint8)
 
 
 def _node_id() -> str:
@@ -83,23 +80,35 @@ def _skip(row: dict) -> bool:
 
 
 def decode_input(row: dict, *, preprocess, max_pixels: int) -> dict:
-    """Stage 2: bytes → full-resolution pixels (RGB, or RGBA when the input is transparent) + model input.
+    """Stage 2: bytes → the model input (+ the image's size). The compressed bytes stay in the row.
 
     `preprocess` is the model's PreprocessSpec: its input size and resize filter make the model input.
+    Full-resolution pixels never travel: through the inference actor they cost 2.4 MB each way
+    per 1024×768 image in the object store, while the bytes are ~0.12 MB and render_output decodes
+    them once more (bench/RESULTS.md, issue 14).
     """
     t0 = time.perf_counter()
-    out = {k: v for k, v in row.items() if k != "data"}
-    pixels, small, width, height = _NO_PIXELS, np.zeros((*preprocess.input_size, 3), np.uint8), 0, 0
+    out = dict(row)
+    small, width, height = np.zeros((*preprocess.input_size, 3), np.uint8), 0, 0
     if not _skip(row):
         try:
             img = decode_image(row["data"], max_pixels=max_pixels)
-            pixels = img.rgb if img.alpha is None else np.dstack([img.rgb, img.alpha])
             small = model_input(img, preprocess)
             width, height = img.width, img.height
         except DecodeError as e:
-            out.update(error=str(e), error_reason=e.reason)
-    out.update(pixels=pixels, model_input=small, width=width, height=height, t_decode=time.perf_counter() - t0)
+            out.update(error=str(e), error_reason=e.reason, data=b"")
+    out.update(model_input=small, width=width, height=height, t_decode=time.perf_counter() - t0)
     return out
+
+
+def full_pixels(row: dict) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """The row's image decoded again where the output is rendered: (rgb, input alpha or None, seconds).
+
+    decode_input already applied the job's pixel limit to these very bytes.
+    """
+    t0 = time.perf_counter()
+    img = decode_image(row["data"], max_pixels=np.iinfo(np.int64).max)
+    return img.rgb, img.alpha, time.perf_counter() - t0
 
 
 class Predictor:
@@ -151,9 +160,18 @@ def render_output(row: dict, *, dest: Location, params: PostprocParams, model_na
             out_key = row.get("output_key") or output_key(key, params.extension)
         except ValueError as e:
             error, reason = str(e), "unsafe_key"
-    if not error and not row["reused_output_key"]:
-        pixels = np.asarray(row["pixels"])
-        rgb, in_alpha = (pixels[..., :3], pixels[..., 3]) if pixels.shape[2] == 4 else (pixels, None)
+    t_decode = float(row["t_decode"])
+    if not error and not row["reused_output_key"] and row.get("rendered"):
+        # Post-processed on the GPU (pipelines/gpu_path.py): only encoding and writing are left.
+        left, top, bw, bh = (int(v) for v in row["bbox"])
+        bbox, t_post = ((left, top, bw, bh) if bw > 0 else None), float(row["t_postprocess"])
+        t1 = time.perf_counter()
+        data = encode_picture(np.asarray(row["picture"]), params)
+        t_encode = time.perf_counter() - t1
+    elif not error and not row["reused_output_key"]:
+        rgb, in_alpha, t_again = full_pixels(row)
+        t_decode += t_again
+        t0 = time.perf_counter()
         alpha = refine_alpha(np.asarray(row["prob"], np.float32), rgb.shape[0], rgb.shape[1], params, in_alpha,
                              rgb=rgb)
         bbox = bounding_box(alpha)
@@ -161,6 +179,7 @@ def render_output(row: dict, *, dest: Location, params: PostprocParams, model_na
         t1 = time.perf_counter()
         data = compose_and_encode(rgb, alpha, params, background)
         t_encode = time.perf_counter() - t1
+    if not error and not row["reused_output_key"]:
         t1 = time.perf_counter()
         try:
             dest.write_atomic(out_key, data)
@@ -185,7 +204,7 @@ def render_output(row: dict, *, dest: Location, params: PostprocParams, model_na
         "params_json": params.to_json(),  # the effective values the hash was taken of
         "bbox_left": left, "bbox_top": top, "bbox_width": bw, "bbox_height": bh,
         "t_read": float(row["t_read"]),
-        "t_decode": float(row["t_decode"]),
+        "t_decode": t_decode,
         "t_infer": float(row.get("t_infer", 0.0)),
         "t_postprocess": t_post,
         "t_encode": t_encode,

@@ -94,7 +94,7 @@ def compose_and_encode(rgb: np.ndarray, alpha: np.ndarray, params: PostprocParam
     checkpoint()
 
     if params.format == "mask":
-        return encode_png(alpha, params.png_compression if params.png_compression is not None else 1)
+        return encode_picture(alpha, params)
     color = params.background_rgba
     if params.background_image is not None:
         img = over_image(rgb, alpha, geometry.cover(np.asarray(background)[..., :3], h, w))
@@ -103,6 +103,14 @@ def compose_and_encode(rgb: np.ndarray, alpha: np.ndarray, params: PostprocParam
     else:
         img = cutout(rgb, alpha)
     checkpoint()
+    return encode_picture(img, params)
+
+
+def encode_picture(img: np.ndarray, params: PostprocParams) -> bytes:
+    """The composed picture ((H, W) matte for format mask, else (H, W, 3|4)) → the output file."""
+    if params.format == "mask":
+        alpha = img[..., 0] if img.ndim == 3 else img
+        return encode_png(np.ascontiguousarray(alpha), params.png_compression if params.png_compression is not None else 1)
     if params.format == "png":
         return encode_png(np.ascontiguousarray(img), params.png_compression)
     if params.format == "jpeg":

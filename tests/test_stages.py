@@ -41,8 +41,10 @@ def test_stages_chain_without_a_cluster(tree):
     rows = [decode_input(read_input({"key": k, "size": -1}, source=src, max_bytes=10**8),
                          preprocess=get_spec("u2netp").preprocess, max_pixels=10**8)
             for k in sorted(files)]
-    batch = {k: np.array([r[k] for r in rows], dtype=object) if k == "pixels" else np.array([r[k] for r in rows])
+    batch = {k: np.array([r[k] for r in rows], dtype=object) if k == "data" else np.array([r[k] for r in rows])
              for k in rows[0]}
+    # The actor gets the model input and the compressed bytes, never full-resolution pixels (issue 14).
+    assert "pixels" not in rows[0] and {r["model_input"].shape for r in rows} == {(320, 320, 3)}
     out = Predictor(RuntimeConfig("u2netp", device="cpu"))(batch)
     assert out["prob"].shape == (len(rows), 320, 320) and "model_input" not in out
     assert set(out["precision"]) == {"fp32"}  # what ran reaches the manifest (the CPU default without INT8)
