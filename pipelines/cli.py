@@ -328,11 +328,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     base = PostprocParams.create(alpha_threshold=args.alpha_threshold, erode=args.erode, feather=args.feather)
     models = [parse_model(m) for m in (args.model or ["u2netp"])]
     settings = [parse_setting(s, base) for s in (args.setting or ["default"])]
+    tta = parse_tta_list(args.tta)
     data = find_eval_set(args.data, args.trimap_dir, args.limit)
+    report = None
+    if args.report:
+        from pipelines.eval_report import EvalReport
+
+        report = EvalReport(args.report)
     print(f"eval set {data.root}: {len(data.samples)} images" +
           (f", trimaps from {data.trimap_dir}/" if data.trimap_dir else ", no trimaps"), flush=True)
     rows = evaluate(data, models, settings, runtime=args.runtime, device=args.device, batch_size=args.batch_size,
-                    threads=args.threads, providers=args.providers)
+                    threads=args.threads, providers=args.providers, tta=tta, report=report)
     print(format_table(rows, data.trimap_dir))
     print("SAD, Grad, Conn: sums / 1000 per image; MSE, MAD, MAE: per-pixel means; alpha in [0, 1]. "
           "images/s: decode + inference + post-processing, after a warm-up batch.")
@@ -343,7 +349,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.csv:
         write_csv(rows, args.csv)
         print(f"per-image scores: {args.csv}")
+    if report is not None:
+        print(f"report: {report.write(rows, data)}")
     return 0
+
+
+def parse_tta_list(text: str) -> tuple[str, ...]:
+    """'none,flip' → ('none', 'flip'): modes compared side by side, each checked by model/tta.py."""
+    from model.tta import check_mode
+
+    modes = tuple(dict.fromkeys(check_mode(m.strip()) for m in text.split(",") if m.strip()))
+    if not modes:
+        raise ValueError("--tta is empty; name at least one mode, e.g. none or none,flip")
+    return modes
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -428,6 +446,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "repeat to compare (default: one, 'default')")
     p.add_argument("--trimap-dir", help="trimap folder inside --data (default: trimap/, else the first trimap*/)")
     p.add_argument("--csv", help="write per-image and mean scores to this CSV file")
+    p.add_argument("--tta", default="none", metavar="MODE[,MODE]",
+                   help="test-time augmentation modes to compare side by side: none, flip (the photo and its "
+                        "mirror image, averaged), or none,flip (default none)")
+    p.add_argument("--report", metavar="DIR",
+                   help="write a self-contained HTML page to DIR/index.html: the metric table, then per image "
+                        "(worst first) the photo, the ground truth, each model's/setting's cut-out and error map")
     p.add_argument("--limit", type=int, help="score only the first N images (by name)")
     p.add_argument("--runtime", default="auto", choices=RUNTIMES)
     p.add_argument("--device", default="auto", choices=DEVICES)
