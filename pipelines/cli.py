@@ -90,6 +90,7 @@ def load_background(uri: str | None, s3_endpoint: str | None = None):
 def add_job_arguments(p: argparse.ArgumentParser) -> None:
     from model.runtime import DEVICES, RUNTIMES, TORCH_GRAPHS
     from model.specs import list_models
+    from model.tta import TTA_MODES
 
     p.add_argument("--model", default="u2netp", metavar="NAME|PATH",
                    help=f"a registered model ({', '.join(list_models())}) or a .safetensors/.onnx file "
@@ -107,6 +108,9 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
                    help="how torch launches the model on CUDA: auto = CUDA graphs (captured once per batch shape); "
                         "compile = torch.compile, 30-45 s per shape")
     p.add_argument("--batch-size", type=int, default=8, help="images per inference call (default 8)")
+    p.add_argument("--tta", default="none", choices=TTA_MODES,
+                   help="test-time augmentation: flip also runs each image mirrored and averages the two "
+                        "(2× the inference per image; gain and cost in bench/RESULTS.md) (default none)")
     p.add_argument("--actors", type=int, help="inference actors: one per GPU by default; on CPU a fixed pool "
                                               "(default one per CPU, at most 4)")
     p.add_argument("--actor-cpus", type=float, help="CPUs each inference actor reserves (default on GPUs 1; on CPU "
@@ -140,7 +144,7 @@ def job_config(args: argparse.Namespace, source: str, dest: str):
     params = params_from_args(args)
     return JobConfig(source=source, dest=dest, model=args.model, runtime=args.runtime, device=args.device,
                      weights=args.weights, providers=args.providers, trt_cache_dir=args.trt_cache_dir,
-                     torch_graph=args.torch_graph,
+                     torch_graph=args.torch_graph, tta=args.tta,
                      batch_size=args.batch_size, actors=args.actors,
                      actor_cpus=args.actor_cpus, decode_cpus=args.decode_cpus, threads=args.threads,
                      s3_endpoint=args.s3_endpoint,

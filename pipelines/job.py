@@ -46,6 +46,7 @@ class JobConfig:
     providers: str | None = None  # ONNX Runtime providers, e.g. "tensorrt,cuda"; each must start
     trt_cache_dir: str | None = None  # where TensorRT keeps built engines (on each inference node)
     torch_graph: str = "auto"  # torch on CUDA: auto = CUDA graphs (bench/RESULTS.md); eager or compile
+    tta: str = "none"  # test-time augmentation (model/tta.py): none, or flip (2× inference per image)
     batch_size: int = 8
     actors: int | None = None  # inference actors, a fixed pool on CPU; default: one per GPU, else per CPU (≤ 4)
     actor_cpus: float | None = None  # CPUs each inference actor reserves; default: see plan_pool
@@ -68,6 +69,9 @@ class JobConfig:
         if self.model.endswith(WEIGHTS_SUFFIXES):  # a checkpoint named by its path: workers need it absolute
             self.model = str(Path(self.model).expanduser().resolve())
         get_spec(self.model)  # unknown names fail here, with the valid list
+        from model.tta import check_mode
+
+        check_mode(self.tta)
         from model.runtime import DEVICES, RUNTIMES, TORCH_GRAPHS, parse_providers
 
         parse_providers(self.providers)  # unknown provider names fail here, before Ray starts
@@ -100,9 +104,15 @@ class JobConfig:
         if self.prune and self.input_manifest:
             raise ValueError("--prune needs a full listing of SOURCE; it cannot be combined with --input-manifest")
 
+    @property
+    def model_version(self) -> str:
+        """What the manifest records as the model: TTA is part of it (it changes every output)."""
+        from model.tta import versioned
+
+        return versioned(get_spec(self.model).version, self.tta)
+
     def fingerprint(self) -> JobFingerprint:
-        spec = get_spec(self.model)
-        return JobFingerprint(self.source.rstrip("/"), spec.version, self.params.params_hash(), self.incremental)
+        return JobFingerprint(self.source.rstrip("/"), self.model_version, self.params.params_hash(), self.incremental)
 
 
 @dataclass
@@ -223,7 +233,7 @@ def build_dataset(cfg: JobConfig, source: Location, dest: Location, plan: Plan) 
         fn_constructor_kwargs={"model": cfg.model, "runtime": cfg.runtime, "device": cfg.device,
                                "weights": cfg.weights, "s3_endpoint": cfg.s3_endpoint, "threads": pool.threads,
                                "providers": cfg.providers, "trt_cache_dir": cfg.trt_cache_dir,
-                               "torch_graph": cfg.torch_graph},
+                               "torch_graph": cfg.torch_graph, "tta": cfg.tta},
         compute=pool.strategy(),
         batch_size=cfg.batch_size,
         batch_format="numpy",
@@ -232,7 +242,7 @@ def build_dataset(cfg: JobConfig, source: Location, dest: Location, plan: Plan) 
     )
     # Rendering (post-processing, encoding, writing) takes the decode tasks' share, not a whole CPU.
     return ds.map(render_output, fn_kwargs={"dest": dest, "params": cfg.params, "model_name": spec.name,
-                                            "model_version": spec.version, "background": cfg.background},
+                                            "model_version": cfg.model_version, "background": cfg.background},
                   num_cpus=cfg.decode_cpus)
 
 

@@ -102,7 +102,7 @@ def _done_in_run(dest: Location, run_id: str) -> PreviousState:
 
 def plan_inputs(cfg, source: Location, dest: Location, run_id: str, resumed_run: str | None,
                 writer: ManifestWriter) -> Plan:
-    version, phash = get_spec(cfg.model).version, cfg.params.params_hash()
+    version, phash = cfg.model_version, cfg.params.params_hash()
     plan = Plan(dest)
     previous = PreviousState.load(dest) if (cfg.incremental or cfg.prune) else PreviousState.empty()
     done_here = _done_in_run(dest, resumed_run) if resumed_run else PreviousState.empty()

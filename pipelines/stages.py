@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from model.tta import predict as tta_predict
 from postproc import DecodeError, PostprocParams, decode_image, model_input
 from postproc.alpha import bounding_box
 from postproc.render import compose_and_encode, refine_alpha
@@ -102,16 +103,18 @@ class Predictor:
 
     def __init__(self, model: str, runtime: str = "auto", device: str = "auto", weights: str | None = None,
                  s3_endpoint: str | None = None, threads: int | None = None, providers: str | None = None,
-                 trt_cache_dir: str | None = None, torch_graph: str = "auto"):
+                 trt_cache_dir: str | None = None, torch_graph: str = "auto", tta: str = "none"):
         from model.runtime import create_runtime
+        from model.tta import check_mode
 
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         self.runtime = create_runtime(model, runtime=runtime, device=device, weights=weights,
                                       s3_endpoint=s3_endpoint, threads=threads, providers=providers,
                                       trt_cache_dir=trt_cache_dir, torch_graph=torch_graph)
+        self.tta = check_mode(tta)
         self.node_id = _node_id()
         # Logged once per actor, so a run's log says where and how inference ran.
-        log.warning("inference actor ready on node %s: %s", self.node_id[:12], self.runtime.describe())
+        log.warning("inference actor ready on node %s: %s tta=%s", self.node_id[:12], self.runtime.describe(), tta)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["source_key"])
@@ -120,7 +123,7 @@ class Predictor:
         prob = np.zeros((n, h, w), np.float16)
         t0 = time.perf_counter()
         if ok.any():
-            prob[ok] = self.runtime.predict(np.asarray(batch["model_input"])[ok]).astype(np.float16)
+            prob[ok] = tta_predict(self.runtime, np.asarray(batch["model_input"])[ok], self.tta).astype(np.float16)
         per_image = (time.perf_counter() - t0) / max(int(ok.sum()), 1)
         out = {k: v for k, v in batch.items() if k != "model_input"}
         out.update(prob=prob, t_infer=np.where(ok, per_image, 0.0), inference_node=np.full(n, self.node_id),

@@ -169,7 +169,7 @@ class MattingIngress:
     @fastapi_app.post("/v1/matte", summary="Cut out the subject of one image", openapi_extra=api_v1.openapi_matte())
     async def matte(self, request: Request):
         headers = self.guard(request)
-        response = await api_v1.matte(request, self.pipeline, self.models)
+        response = await api_v1.matte(request, self.pipeline, self.models, self.args.tta)
         response.headers.update(headers)
         return response
 

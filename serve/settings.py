@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from model.runtime import DEVICES, RUNTIMES, TORCH_GRAPHS
 from model.specs import MODEL_SPECS
+from model.tta import TTA_MODES
 
 
 class ImageUrlSettings(BaseModel):
@@ -47,6 +48,8 @@ class AppArgs(BaseModel):
     device: str = "auto"
     threads: int | None = Field(None, ge=1, description="intra-op threads per CPU model replica")
     torch_graph: str = Field("auto", description="torch on CUDA: auto (CUDA graphs), eager or compile")
+    tta: str = Field("none", description="/v1/matte's test-time augmentation when a request names none: "
+                                         "none or flip (about 2× the model time per image)")
     # Security on by default: `auth: false` is for a developer's own machine and is logged loudly.
     auth: bool = True
     rate_limit_per_minute: float = Field(120.0, gt=0, description="sustained requests per key")
@@ -65,10 +68,11 @@ class AppArgs(BaseModel):
             raise ValueError(f"unknown model(s) {unknown}; registered: {sorted(MODEL_SPECS)}")
         return v
 
-    @field_validator("runtime", "device", "torch_graph")
+    @field_validator("runtime", "device", "torch_graph", "tta")
     @classmethod
     def _choice(cls, v: str, info) -> str:
-        choices = {"runtime": RUNTIMES, "device": DEVICES, "torch_graph": TORCH_GRAPHS}[info.field_name]
+        choices = {"runtime": RUNTIMES, "device": DEVICES, "torch_graph": TORCH_GRAPHS,
+                   "tta": TTA_MODES}[info.field_name]
         if v not in choices:
             raise ValueError(f"{info.field_name} must be one of {choices}, got {v!r}")
         return v
