@@ -219,10 +219,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     dest = open_location(args.dest, args.s3_endpoint)
     if args.current:
-        print(summarize(consolidated(dest), "(current view over all runs)"))
-        return 0
-    run_id = args.run_id or (list_runs(dest) or [None])[-1]
-    print(summarize(read_manifest(dest, run_id), run_id or ""))
+        table, label = consolidated(dest), "(current view over all runs)"
+    else:
+        run_id = args.run_id or (list_runs(dest) or [None])[-1]
+        table, label = read_manifest(dest, run_id), run_id or ""
+    print(summarize(table, label))
+    if args.html:
+        from pipelines.contact_sheet import write_contact_sheet
+
+        print(f"contact sheet: {write_contact_sheet(dest, table, args.html, f'matting run {label}')}")
     return 0
 
 
@@ -405,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dest")
     p.add_argument("--run-id", help="default: the latest run")
     p.add_argument("--current", action="store_true", help="the consolidated view: one current row per input")
+    p.add_argument("--html", metavar="FILE",
+                   help="also write a contact sheet: thumbnails over a checkerboard linking to the outputs, least "
+                        "confident first (a sample beyond 200), then the errors; thumbnails in FILE's <stem>_files/")
     p.add_argument("--s3-endpoint", default=os.environ.get("MATTING_S3_ENDPOINT"))
     p.set_defaults(func=cmd_report)
 

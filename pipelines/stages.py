@@ -131,6 +131,17 @@ class Predictor:
         return out
 
 
+UNSURE_LOW, UNSURE_HIGH = 0.05, 0.95
+
+
+def uncertain_fraction(prob: np.ndarray) -> float:
+    """Share of the model's probabilities strictly between 0.05 and 0.95: a confident model says 0 or 1
+    almost everywhere but along the subject's edge. Taken at the model's input size, before
+    post-processing, so feathering or refinement settings do not change it."""
+    p = np.asarray(prob)
+    return float(np.count_nonzero((p > UNSURE_LOW) & (p < UNSURE_HIGH))) / max(p.size, 1)
+
+
 def render_output(row: dict, *, dest: Location, params: PostprocParams, model_name: str,
                   model_version: str, background: np.ndarray | None = None) -> dict:
     """Stage 4: post-process, encode and write one output atomically; return its manifest row."""
@@ -139,6 +150,7 @@ def render_output(row: dict, *, dest: Location, params: PostprocParams, model_na
     error, reason = row["error"], row["error_reason"]
     out_key, bbox = "", None
     t_post = t_encode = t_write = 0.0
+    uncertain = None
     if not error and row["reused_output_key"]:
         out_key = row["reused_output_key"]
     elif not error:
@@ -151,6 +163,7 @@ def render_output(row: dict, *, dest: Location, params: PostprocParams, model_na
         rgb, in_alpha = (pixels[..., :3], pixels[..., 3]) if pixels.shape[2] == 4 else (pixels, None)
         alpha = refine_alpha(np.asarray(row["prob"], np.float32), rgb.shape[0], rgb.shape[1], params, in_alpha,
                              rgb=rgb)
+        uncertain = uncertain_fraction(row["prob"])
         bbox = bounding_box(alpha)
         t_post = time.perf_counter() - t0
         t1 = time.perf_counter()
@@ -190,6 +203,7 @@ def render_output(row: dict, *, dest: Location, params: PostprocParams, model_na
         "worker_pid": os.getpid(),
         "device": str(row.get("device", "")),
         "reused": bool(row["reused_output_key"]),
+        "uncertain_fraction": uncertain,
     }
     record_row(result)
     return result
