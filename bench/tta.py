@@ -1,0 +1,125 @@
+"""u2net vs u2netp and test-time augmentation: single-image latency, and whether multi-scale TTA pays.
+
+    python bench/tta.py speed [--rounds 5] [--threads 1]
+        Single-image latency (one 320² photo per call), min of N rounds, for u2netp and u2net, each
+        with tta none and flip, interleaved round by round in ONE process, so the ratios compare like
+        with like even on a loaded machine (absolute times on a shared box are not worth much; the load
+        average is printed with them).
+
+    python bench/tta.py multiscale --data ../shared/eval/ecssd60 [--model u2netp] [--limit N]
+        Quality of candidate multi-scale TTA modes against none and flip, scored exactly as `matting
+        eval` scores (refine_alpha at full size, model/metrics.py): "scales" averages the model's
+        answers at 256², 320² and 384² (each resized back to 320² before averaging), "flip+scales"
+        does that for the photo and its mirror image. Only if one beats flip would it become a mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from model import tta  # noqa: E402
+from model.runtime import create_runtime  # noqa: E402
+from pipelines.evaluate import find_eval_set, read_gray, score  # noqa: E402
+from postproc import PostprocParams, decode_image, model_input  # noqa: E402
+from postproc.render import refine_alpha  # noqa: E402
+
+SAMPLES = Path(__file__).resolve().parent.parent / "pipelines" / "samples"
+SCALES = (256, 320, 384)
+
+
+def speed(args) -> None:
+    photo = model_input(decode_image((SAMPLES / "astronaut.jpg").read_bytes()), (320, 320))[None]
+    runtimes = {m: create_runtime(m, runtime="onnxruntime", device="cpu", threads=args.threads) for m in args.models}
+    for rt in runtimes.values():  # untimed warm-up: first-call allocations
+        tta.predict(rt, photo, "flip")
+    best = {(m, t): float("inf") for m in runtimes for t in tta.TTA_MODES}
+    load = [os.getloadavg()[0]]
+    for r in range(args.rounds):
+        for (m, t) in best:
+            t0 = time.perf_counter()
+            tta.predict(runtimes[m], photo, t)
+            best[(m, t)] = min(best[(m, t)], time.perf_counter() - t0)
+        load.append(os.getloadavg()[0])
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{m}/{t} {v * 1000:.0f} ms" for (m, t), v in best.items()),
+              flush=True)
+    base = best[(args.models[0], "none")]
+    print(f"\nsingle-image latency, min of {args.rounds} rounds, ONNX Runtime FP32 CPU, {args.threads} thread(s); "
+          f"load average (1 min) during the run {min(load):.1f}-{max(load):.1f} on {os.cpu_count()} CPUs")
+    print("| model | tta | latency (ms, min) | vs u2netp none | flip vs none (same model) |")
+    print("|---|---|---|---|---|")
+    for (m, t), v in best.items():
+        print(f"| {m} | {t} | {v * 1000:.0f} | {v / base:.2f}× | {v / best[(m, 'none')]:.2f}× |")
+
+
+def scaled_predict(rt, img, flip: bool) -> np.ndarray:
+    """Mean of the model's answers at SCALES (each at 320² again), optionally with their mirror images."""
+    out = []
+    for s in SCALES:
+        x = model_input(img, (s, s))[None]
+        p = tta.predict(rt, x, "flip" if flip else "none")[0]
+        out.append(p if s == 320 else cv2.resize(p, (320, 320), interpolation=cv2.INTER_LINEAR))
+    return np.mean(out, axis=0)
+
+
+def multiscale(args) -> None:
+    data = find_eval_set(args.data, limit=args.limit)
+    rt = create_runtime(args.model, runtime="onnxruntime", device="cpu", threads=args.threads)
+    params = PostprocParams()
+    modes = ("none", "flip", "scales", "flip+scales")
+    sums = {m: {} for m in modes}
+    curves = {m: [] for m in modes}
+    for k, s in enumerate(data.samples):
+        img = decode_image(s.image.read_bytes())
+        gt = read_gray(s.alpha)
+        trimap = read_gray(s.trimap) if s.trimap else None
+        both = tta.predict_modes(rt, model_input(img, (320, 320))[None], ["none", "flip"])
+        probs = {"none": both["none"][0], "flip": both["flip"][0], "scales": scaled_predict(rt, img, False),
+                 "flip+scales": scaled_predict(rt, img, True)}
+        for m, p in probs.items():
+            values, curve = score(refine_alpha(p.astype(np.float32), img.height, img.width, params), gt, trimap)
+            for key, v in values.items():
+                sums[m][key] = sums[m].get(key, 0.0) + v
+            if curve is not None:
+                curves[m].append(curve)
+        print(f"{k + 1}/{len(data.samples)} {s.stem}", flush=True)
+    from model import metrics
+
+    n = len(data.samples)
+    keys = [k for k in ("sad", "mse", "grad", "conn", "unk_sad", "mae", "maxf") if k in sums["none"]]
+    print(f"\n{data.root.name}, {n} images, {args.model}, ONNX Runtime FP32 CPU; scales {SCALES}")
+    print("| tta | " + " | ".join(keys) + (" | maxF(set)" if curves["none"] else "") + " |")
+    print("|---|" + "---|" * (len(keys) + (1 if curves["none"] else 0)))
+    for m in modes:
+        cells = [f"{sums[m][k] / n:.4f}" for k in keys]
+        if curves[m]:
+            cells.append(f"{metrics.max_f_of_set(curves[m]):.4f}")
+        print(f"| {m} | " + " | ".join(cells) + " |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="what", required=True)
+    s = sub.add_parser("speed")
+    s.add_argument("--models", nargs="+", default=["u2netp", "u2net"])
+    s.add_argument("--rounds", type=int, default=5)
+    s.add_argument("--threads", type=int, default=1)
+    m = sub.add_parser("multiscale")
+    m.add_argument("--data", required=True)
+    m.add_argument("--model", default="u2netp")
+    m.add_argument("--limit", type=int)
+    m.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    speed(args) if args.what == "speed" else multiscale(args)
+
+
+if __name__ == "__main__":
+    main()
