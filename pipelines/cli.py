@@ -241,11 +241,13 @@ def cmd_weights(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from model import weights
-    from model.specs import MODEL_SPECS, FileWeights
+    from model.specs import MODEL_SPECS, FileWeights, PackagedWeights
 
     for spec in MODEL_SPECS.values():
         cached = spec.weights is not None and weights.cached_path(spec).is_file()
         state = ("bundled" if isinstance(spec.weights, FileWeights) else "cached") if cached else "missing"
+        if not cached and isinstance(spec.weights, PackagedWeights) and spec.weights.on_demand:
+            state = f"not fetched (on demand: matting weights fetch {spec.name})"
         print(f"{spec.name}\t{spec.version}\tinput {spec.preprocess.input_size[0]}×{spec.preprocess.input_size[1]}\t"
               f"weights {state}\t{spec.description}")
     return 0
