@@ -60,14 +60,16 @@ def speed(args) -> None:
         print(f"| {m} | {t} | {v * 1000:.0f} | {v / base:.2f}× | {v / best[(m, 'none')]:.2f}× |")
 
 
-def scaled_predict(rt, img, flip: bool) -> np.ndarray:
-    """Mean of the model's answers at SCALES (each at 320² again), optionally with their mirror images."""
-    out = []
+def views(rt, img) -> dict[tuple[int, bool], np.ndarray]:
+    """The model's answer at each of SCALES, for the photo and its mirror image (flipped back), at 320²."""
+    out = {}
     for s in SCALES:
-        x = model_input(img, (s, s))[None]
-        p = tta.predict(rt, x, "flip" if flip else "none")[0]
-        out.append(p if s == 320 else cv2.resize(p, (320, 320), interpolation=cv2.INTER_LINEAR))
-    return np.mean(out, axis=0)
+        both = tta.predict_modes(rt, model_input(img, (s, s))[None], ["none", "flip"])
+        plain, flip = both["none"][0], both["flip"][0]
+        mirrored = 2 * flip - plain  # flip = (plain + mirrored) / 2
+        for key, p in (((s, False), plain), ((s, True), mirrored)):
+            out[key] = p if s == 320 else cv2.resize(p, (320, 320), interpolation=cv2.INTER_LINEAR)
+    return out
 
 
 def multiscale(args) -> None:
@@ -81,9 +83,10 @@ def multiscale(args) -> None:
         img = decode_image(s.image.read_bytes())
         gt = read_gray(s.alpha)
         trimap = read_gray(s.trimap) if s.trimap else None
-        both = tta.predict_modes(rt, model_input(img, (320, 320))[None], ["none", "flip"])
-        probs = {"none": both["none"][0], "flip": both["flip"][0], "scales": scaled_predict(rt, img, False),
-                 "flip+scales": scaled_predict(rt, img, True)}
+        v = views(rt, img)
+        probs = {"none": v[(320, False)], "flip": (v[(320, False)] + v[(320, True)]) / 2,
+                 "scales": np.mean([v[(s, False)] for s in SCALES], axis=0),
+                 "flip+scales": np.mean(list(v.values()), axis=0)}
         for m, p in probs.items():
             values, curve = score(refine_alpha(p.astype(np.float32), img.height, img.width, params), gt, trimap)
             for key, v in values.items():
