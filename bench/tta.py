@@ -3,14 +3,24 @@
     python bench/tta.py speed [--rounds 5] [--threads 1]
         Single-image latency (one 320² photo per call), min of N rounds, for u2netp and u2net, each
         with tta none and flip, interleaved round by round in ONE process, so the ratios compare like
-        with like even on a loaded machine (absolute times on a shared box are not worth much; the load
-        average is printed with them).
+        with like. Two clocks: wall time, and the process's CPU time (ONNX Runtime with one intra-op
+        thread computes in the calling thread). On a box loaded by others the wall time mostly measures
+        the queue for a core (2026-12-01: 13.5 s for a 0.5 s U²-Netp call at load 50) while the CPU
+        time stays close to the work itself, so the ratios are taken from CPU time there.
 
     python bench/tta.py multiscale --data ../shared/eval/ecssd60 [--model u2netp] [--limit N]
         Quality of candidate multi-scale TTA modes against none and flip, scored exactly as `matting
         eval` scores (refine_alpha at full size, model/metrics.py): "scales" averages the model's
         answers at 256², 320² and 384² (each resized back to 320² before averaging), "flip+scales"
         does that for the photo and its mirror image. Only if one beats flip would it become a mode.
+
+    python bench/tta.py stream --data ../shared/eval/alphamatting27 --models u2netp u2net \
+        --setting default --setting cf:refine=trimap --out scores.jsonl
+    python bench/tta.py summarize scores.jsonl
+        `matting eval`'s scoring (the same decode, resize, model/tta.py, refine_alpha and metrics) with
+        every model, TTA mode and setting done image by image, each score appended to a JSON-lines
+        file as it is made: on a box too loaded for a whole run to finish, any prefix of the set is a
+        like-for-like comparison, and `summarize` gives the means over the images every row has.
 """
 
 from __future__ import annotations
@@ -41,23 +51,28 @@ def speed(args) -> None:
     runtimes = {m: create_runtime(m, runtime="onnxruntime", device="cpu", threads=args.threads) for m in args.models}
     for rt in runtimes.values():  # untimed warm-up: first-call allocations
         tta.predict(rt, photo, "flip")
-    best = {(m, t): float("inf") for m in runtimes for t in tta.TTA_MODES}
+    wall = {(m, t): float("inf") for m in runtimes for t in tta.TTA_MODES}
+    cpu = dict(wall)
     load = [os.getloadavg()[0]]
     for r in range(args.rounds):
-        for (m, t) in best:
-            t0 = time.perf_counter()
+        for (m, t) in wall:
+            t0, c0 = time.perf_counter(), time.process_time()
             tta.predict(runtimes[m], photo, t)
-            best[(m, t)] = min(best[(m, t)], time.perf_counter() - t0)
+            cpu[(m, t)] = min(cpu[(m, t)], time.process_time() - c0)
+            wall[(m, t)] = min(wall[(m, t)], time.perf_counter() - t0)
         load.append(os.getloadavg()[0])
-        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{m}/{t} {v * 1000:.0f} ms" for (m, t), v in best.items()),
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{m}/{t} wall {wall[k] * 1000:.0f} ms cpu "
+                                                          f"{cpu[k] * 1000:.0f} ms" for k in wall for m, t in [k]),
               flush=True)
-    base = best[(args.models[0], "none")]
+    base = args.models[0], "none"
     print(f"\nsingle-image latency, min of {args.rounds} rounds, ONNX Runtime FP32 CPU, {args.threads} thread(s); "
           f"load average (1 min) during the run {min(load):.1f}-{max(load):.1f} on {os.cpu_count()} CPUs")
-    print("| model | tta | latency (ms, min) | vs u2netp none | flip vs none (same model) |")
-    print("|---|---|---|---|---|")
-    for (m, t), v in best.items():
-        print(f"| {m} | {t} | {v * 1000:.0f} | {v / base:.2f}× | {v / best[(m, 'none')]:.2f}× |")
+    print(f"| model | tta | CPU ms (min) | wall ms (min) | CPU vs {base[0]} none | wall vs {base[0]} none "
+          "| flip vs none, CPU (same model) |")
+    print("|---|---|---|---|---|---|---|")
+    for (m, t) in wall:
+        print(f"| {m} | {t} | {cpu[(m, t)] * 1000:.0f} | {wall[(m, t)] * 1000:.0f} | {cpu[(m, t)] / cpu[base]:.2f}× "
+              f"| {wall[(m, t)] / wall[base]:.2f}× | {cpu[(m, t)] / cpu[(m, 'none')]:.2f}× |")
 
 
 def views(rt, img) -> dict[tuple[int, bool], np.ndarray]:
@@ -108,6 +123,54 @@ def multiscale(args) -> None:
         print(f"| {m} | " + " | ".join(cells) + " |")
 
 
+def stream(args) -> None:
+    import json
+
+    from pipelines.evaluate import parse_setting
+
+    data = find_eval_set(args.data, limit=args.limit)
+    settings = [parse_setting(t, PostprocParams()) for t in (args.setting or ["default"])]
+    rts = {m: create_runtime(m, runtime="onnxruntime", device="cpu", threads=args.threads) for m in args.models}
+    with open(args.out, "a") as out:
+        for k, s in enumerate(data.samples):
+            img = decode_image(s.image.read_bytes())
+            gt = read_gray(s.alpha)
+            trimap = read_gray(s.trimap) if s.trimap else None
+            for m, rt in rts.items():
+                t0 = time.process_time()
+                probs = tta.predict_modes(rt, model_input(img, rt.input_size)[None], args.tta)
+                cpu = time.process_time() - t0
+                for mode, p in probs.items():
+                    for st in settings:
+                        matte = refine_alpha(p[0].astype(np.float32), img.height, img.width, st.params, rgb=img.rgb)
+                        values, _ = score(matte, gt, trimap)
+                        out.write(json.dumps({"set": data.root.name, "image": s.stem, "model": m, "tta": mode,
+                                              "setting": st.name, "infer_cpu_s": cpu, **values}) + "\n")
+                out.flush()
+            print(f"{k + 1}/{len(data.samples)} {s.stem}", flush=True)
+
+
+def summarize(args) -> None:
+    import json
+    from collections import defaultdict
+
+    recs = [json.loads(line) for line in open(args.file) if line.strip()]
+    rows = defaultdict(dict)
+    for r in recs:
+        rows[(r["set"], r["model"], r["tta"], r["setting"])][r["image"]] = r
+    for st in sorted({k[0] for k in rows}):
+        keys = [k for k in rows if k[0] == st]
+        common = sorted(set.intersection(*(set(rows[k]) for k in keys)))
+        cols = [c for c in ("sad", "mse", "grad", "conn", "unk_sad", "mae", "maxf") if c in recs[0] or
+                any(c in rows[k][common[0]] for k in keys)] if common else []
+        print(f"\n{st}: {len(common)} images every row has ({common[0]}..{common[-1]})" if common else f"\n{st}: none")
+        print("| model | tta | setting | " + " | ".join(cols) + " |")
+        print("|---|---|---|" + "---|" * len(cols))
+        for k in sorted(keys, key=lambda k: (k[1], k[3], k[2])):
+            cells = [f"{np.mean([rows[k][i][c] for i in common]):.4f}" for c in cols]
+            print(f"| {k[1]} | {k[2]} | {k[3]} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
@@ -120,8 +183,18 @@ def main() -> None:
     m.add_argument("--model", default="u2netp")
     m.add_argument("--limit", type=int)
     m.add_argument("--threads", type=int, default=1)
+    t = sub.add_parser("stream")
+    t.add_argument("--data", required=True)
+    t.add_argument("--models", nargs="+", default=["u2netp", "u2net"])
+    t.add_argument("--tta", nargs="+", default=["none", "flip"])
+    t.add_argument("--setting", action="append")
+    t.add_argument("--limit", type=int)
+    t.add_argument("--threads", type=int, default=1)
+    t.add_argument("--out", required=True)
+    u = sub.add_parser("summarize")
+    u.add_argument("file")
     args = p.parse_args()
-    speed(args) if args.what == "speed" else multiscale(args)
+    {"speed": speed, "multiscale": multiscale, "stream": stream, "summarize": summarize}[args.what](args)
 
 
 if __name__ == "__main__":
