@@ -154,15 +154,15 @@ def summarize(args) -> None:
     import json
     from collections import defaultdict
 
-    recs = [json.loads(line) for line in open(args.file) if line.strip()]
+    recs = [json.loads(line) for f in args.files for line in open(f) if line.strip()]
     rows = defaultdict(dict)
     for r in recs:
         rows[(r["set"], r["model"], r["tta"], r["setting"])][r["image"]] = r
     for st in sorted({k[0] for k in rows}):
         keys = [k for k in rows if k[0] == st]
         common = sorted(set.intersection(*(set(rows[k]) for k in keys)))
-        cols = [c for c in ("sad", "mse", "grad", "conn", "unk_sad", "mae", "maxf") if c in recs[0] or
-                any(c in rows[k][common[0]] for k in keys)] if common else []
+        cols = [c for c in ("sad", "mse", "grad", "conn", "unk_sad", "mae", "maxf")
+                if common and all(c in rows[k][common[0]] for k in keys)]
         print(f"\n{st}: {len(common)} images every row has ({common[0]}..{common[-1]})" if common else f"\n{st}: none")
         print("| model | tta | setting | " + " | ".join(cols) + " |")
         print("|---|---|---|" + "---|" * len(cols))
@@ -192,7 +192,7 @@ def main() -> None:
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--out", required=True)
     u = sub.add_parser("summarize")
-    u.add_argument("file")
+    u.add_argument("files", nargs="+")
     args = p.parse_args()
     {"speed": speed, "multiscale": multiscale, "stream": stream, "summarize": summarize}[args.what](args)
 
