@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model.specs import WEIGHTS_SUFFIXES, ModelSpec, get_spec
+from model.tta import TTA_MODES, versioned
 
 RUNTIMES = ("auto", "torch", "onnxruntime")
 DEVICES = ("auto", "cpu", "cuda")
@@ -84,6 +85,7 @@ class RuntimeConfig:
     # Overrides of the spec's PreprocessSpec fields, e.g. (("resize", "area"),): `matting eval` compares
     # input filters side by side with them (--model u2netp:resize=area); the job and Serve use the spec's own.
     preprocess: tuple[tuple[str, object], ...] = ()
+    tta: str = "none"  # test-time augmentation (model/tta.py): none, or flip (2× the inference per image)
 
     def __post_init__(self) -> None:
         model = str(self.model)
@@ -107,6 +109,7 @@ class RuntimeConfig:
         _choice("device", self.device, DEVICES)
         _choice("precision", self.precision, PRECISIONS)
         _choice("torch_graph", self.torch_graph, TORCH_GRAPHS)
+        _choice("tta", self.tta, TTA_MODES)
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ValueError(f"threads must be a whole number of at least 1, got {self.threads!r}")
         if self.torch_graph == "cudagraphs" and self.device == "cpu":
@@ -137,6 +140,11 @@ class RuntimeConfig:
         if not self.preprocess:
             return spec
         return dataclasses.replace(spec, preprocess=dataclasses.replace(spec.preprocess, **dict(self.preprocess)))
+
+    @property
+    def model_version(self) -> str:
+        """What a manifest records as the model: TTA is part of it (it changes every output)."""
+        return versioned(self.spec.version, self.tta)
 
     @property
     def remote_weights(self) -> bool:

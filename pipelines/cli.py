@@ -126,11 +126,16 @@ def runtime_config(args: argparse.Namespace, **fields):
 
 
 def add_job_arguments(p: argparse.ArgumentParser) -> None:
+    from model.tta import TTA_MODES
+
     add_runtime_arguments(p)
     p.add_argument("--gpu-path", default="auto", choices=("auto", "on", "off"),
                    help="decode JPEGs and post-process on the inference GPU (auto: on GPU pools, without "
                         "refinement or decontamination, where torchvision is installed; docs/operations.md)")
     p.add_argument("--batch-size", type=int, default=8, help="images per inference call (default 8)")
+    p.add_argument("--tta", default="none", choices=TTA_MODES,
+                   help="test-time augmentation: flip also runs each image mirrored and averages the two "
+                        "(2× the inference per image; gain and cost in bench/RESULTS.md) (default none)")
     p.add_argument("--actors", type=int, help="inference actors: one per GPU by default; on CPU a fixed pool "
                                               "(default one per CPU, at most 4); never more than the job's batches")
     p.add_argument("--actor-cpus", type=float, help="CPUs each inference actor reserves (default on GPUs 1; on CPU "
@@ -162,7 +167,7 @@ def job_config(args: argparse.Namespace, source: str, dest: str):
     from pipelines.job import JobConfig
 
     params = params_from_args(args)
-    return JobConfig(source=source, dest=dest, inference=runtime_config(args), gpu_path=args.gpu_path,
+    return JobConfig(source=source, dest=dest, inference=runtime_config(args, tta=args.tta), gpu_path=args.gpu_path,
                      batch_size=args.batch_size, actors=args.actors,
                      actor_cpus=args.actor_cpus, decode_cpus=args.decode_cpus,
                      s3_endpoint=args.s3_endpoint,
@@ -243,10 +248,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     dest = open_location(args.dest, args.s3_endpoint)
     if args.current:
-        print(summarize(consolidated(dest), "(current view over all runs)"))
-        return 0
-    run_id = args.run_id or (list_runs(dest) or [None])[-1]
-    print(summarize(read_manifest(dest, run_id), run_id or ""))
+        table, label = consolidated(dest), "(current view over all runs)"
+    else:
+        run_id = args.run_id or (list_runs(dest) or [None])[-1]
+        table, label = read_manifest(dest, run_id), run_id or ""
+    print(summarize(table, label))
+    if args.html:
+        from pipelines.contact_sheet import write_contact_sheet
+
+        print(f"contact sheet: {write_contact_sheet(dest, table, args.html, f'matting run {label}')}")
     return 0
 
 
@@ -271,11 +281,13 @@ def cmd_weights_int8(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from model import weights
-    from model.specs import MODEL_SPECS, FileWeights
+    from model.specs import MODEL_SPECS, FileWeights, PackagedWeights
 
     for spec in MODEL_SPECS.values():
         cached = spec.weights is not None and weights.cached_path(spec).is_file()
         state = ("bundled" if isinstance(spec.weights, FileWeights) else "cached") if cached else "missing"
+        if not cached and isinstance(spec.weights, PackagedWeights) and spec.weights.on_demand:
+            state = f"not fetched (on demand: matting weights fetch {spec.name})"
         print(f"{spec.name}\t{spec.version}\tinput {spec.preprocess.input_size[0]}×{spec.preprocess.input_size[1]}\t"
               f"weights {state}\t{spec.description}")
     return 0
@@ -367,10 +379,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run = runtime_config(args, model="u2netp")  # how every --model runs
     models = [parse_model(m, run) for m in (args.model or ["u2netp"])]
     settings = [parse_setting(s, base) for s in (args.setting or ["default"])]
+    tta = parse_tta_list(args.tta)
     data = find_eval_set(args.data, args.trimap_dir, args.limit)
+    report = None
+    if args.report:
+        from pipelines.eval_report import EvalReport
+
+        report = EvalReport(args.report)
     print(f"eval set {data.root}: {len(data.samples)} images" +
           (f", trimaps from {data.trimap_dir}/" if data.trimap_dir else ", no trimaps"), flush=True)
-    rows = evaluate(data, models, settings, batch_size=args.batch_size, s3_endpoint=args.s3_endpoint)
+    rows = evaluate(data, models, settings, batch_size=args.batch_size, s3_endpoint=args.s3_endpoint,
+                    tta=tta, report=report)
     print(format_table(rows, data.trimap_dir))
     print("SAD, Grad, Conn: sums / 1000 per image; MSE, MAD, MAE: per-pixel means; alpha in [0, 1]. "
           "images/s: decode + inference + post-processing, after a warm-up batch.")
@@ -381,7 +400,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.csv:
         write_csv(rows, args.csv)
         print(f"per-image scores: {args.csv}")
+    if report is not None:
+        print(f"report: {report.write(rows, data)}")
     return 0
+
+
+def parse_tta_list(text: str) -> tuple[str, ...]:
+    """'none,flip' → ('none', 'flip'): modes compared side by side, each checked by model/tta.py."""
+    from model.tta import check_mode
+
+    modes = tuple(dict.fromkeys(check_mode(m.strip()) for m in text.split(",") if m.strip()))
+    if not modes:
+        raise ValueError("--tta is empty; name at least one mode, e.g. none or none,flip")
+    return modes
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -419,6 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dest")
     p.add_argument("--run-id", help="default: the latest run")
     p.add_argument("--current", action="store_true", help="the consolidated view: one current row per input")
+    p.add_argument("--html", metavar="FILE",
+                   help="also write a contact sheet: thumbnails over a checkerboard linking to the outputs, least "
+                        "confident first (a sample beyond 200), then the errors; thumbnails in FILE's <stem>_files/")
     p.add_argument("--s3-endpoint", default=os.environ.get("MATTING_S3_ENDPOINT"))
     p.set_defaults(func=cmd_report)
 
@@ -473,6 +507,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "repeat to compare (default: one, 'default')")
     p.add_argument("--trimap-dir", help="trimap folder inside --data (default: trimap/, else the first trimap*/)")
     p.add_argument("--csv", help="write per-image and mean scores to this CSV file")
+    p.add_argument("--tta", default="none", metavar="MODE[,MODE]",
+                   help="test-time augmentation modes to compare side by side: none, flip (the photo and its "
+                        "mirror image, averaged), or none,flip (default none)")
+    p.add_argument("--report", metavar="DIR",
+                   help="write a self-contained HTML page to DIR/index.html: the metric table, then per image "
+                        "(worst first) the photo, the ground truth, each model's/setting's cut-out and error map")
     p.add_argument("--limit", type=int, help="score only the first N images (by name)")
     add_runtime_arguments(p, model=False)
     p.add_argument("--batch-size", type=int, default=8)

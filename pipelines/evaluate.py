@@ -10,6 +10,11 @@ matte is scored with model/metrics.py over the whole image, inside the trimap's 
 Inference runs once per model; every setting re-runs only refine_alpha on the same
 probabilities. images/s per (model, setting) = images / (decode + inference + refine seconds),
 after one untimed warm-up batch; loading the model and computing metrics are not counted.
+
+`tta` compares test-time augmentation modes side by side (model/tta.py): one inference call per
+batch serves them all (the flipped copies ride along with the plain batch), and each mode's
+images/s charges it the share of that call its images took (flip: all 2N, none: N of them).
+A `report` (pipelines/eval_report.py) receives every matte as it is scored, for the HTML page.
 """
 
 from __future__ import annotations
@@ -193,6 +198,7 @@ class Row:
     model: str
     setting: str
     per_image: list[dict] = field(default_factory=list)
+    tta: str = "none"  # test-time augmentation mode (model/tta.py)
     pr_curves: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
     seconds: float = 0.0  # decode + inference + refine
 
@@ -225,8 +231,10 @@ def score(matte: np.ndarray, gt: np.ndarray, trimap: np.ndarray | None) -> tuple
 
 
 def evaluate(eval_set: EvalSet, models: list[ModelChoice], settings: list[Setting], *, batch_size: int = 8,
-             s3_endpoint: str | None = None) -> list[Row]:
-    """Each model runs as its ModelChoice's RuntimeConfig says (remote weights are fetched first)."""
+             s3_endpoint: str | None = None, tta: tuple[str, ...] = ("none",), report=None) -> list[Row]:
+    """Each model runs as its ModelChoice's RuntimeConfig says (remote weights are fetched first);
+    `tta` lists the test-time augmentation modes compared side by side, from one inference per batch."""
+    from model import tta as tta_mod
     from model.runtime import create_runtime
     from pipelines.storage import localize_weights
 
@@ -235,11 +243,14 @@ def evaluate(eval_set: EvalSet, models: list[ModelChoice], settings: list[Settin
     names = [s.name for s in settings]
     if len(set(names)) != len(names):
         raise ValueError(f"setting names must be distinct, got {names}")
+    modes = [tta_mod.check_mode(m) for m in dict.fromkeys(tta)]
+    # Share of each inference call a mode's images take: flip needs the plain and the mirrored half.
+    infer_share = {m: 1.0 if m == "flip" or len(modes) == 1 else 0.5 for m in modes}
     rows = []
     for choice in models:
         rt = create_runtime(localize_weights(choice.config, s3_endpoint))
         log.info("eval %s: %s", choice.label, rt.describe())
-        model_rows = [Row(choice.label, s.name) for s in settings]
+        model_rows = [Row(choice.label, s.name, tta=m) for m in modes for s in settings]
         samples = eval_set.samples
         # Untimed warm-up: first-call allocations and kernel selection are not per-image costs.
         rt.predict(np.full((min(batch_size, len(samples)), *rt.input_size, 3), 128, np.uint8))
@@ -255,11 +266,12 @@ def evaluate(eval_set: EvalSet, models: list[ModelChoice], settings: list[Settin
                     failed[s.stem] = f"image: {e}"
             good = [d for d in decoded if d is not None]
             t1 = time.perf_counter()
-            probs = rt.predict(np.stack([model_input(d, rt.spec.preprocess) for d in good])) if good else []
-            t_shared = time.perf_counter() - t0  # decode + resize + inference, shared by all settings
-            probs_iter = iter(probs)
+            small = np.stack([model_input(d, rt.spec.preprocess) for d in good]) if good else None
+            t_decode = t1 - t0
+            probs = tta_mod.predict_modes(rt, small, modes) if good else {}
+            t_infer = time.perf_counter() - t1  # decode, resize and inference are shared by all settings
+            index = {s.stem: i for i, s in enumerate(s for s, d in zip(chunk, decoded) if d is not None)}
             for s, d in zip(chunk, decoded):
-                prob = next(probs_iter) if d is not None else None
                 gt = trimap = None
                 if d is not None:
                     try:
@@ -271,11 +283,12 @@ def evaluate(eval_set: EvalSet, models: list[ModelChoice], settings: list[Settin
                                                  f"{d.width}×{d.height}")
                     except (DecodeError, OSError, ValueError) as e:
                         failed[s.stem] = str(e)
-                for row, setting in zip(model_rows, settings):
+                for row, setting in zip(model_rows, settings * len(modes)):
                     if s.stem in failed:
                         row.per_image.append({"image": s.stem, "status": "error", "error": failed[s.stem]})
                         continue
                     t2 = time.perf_counter()
+                    prob = probs[row.tta][index[s.stem]]
                     matte = refine_alpha(prob.astype(np.float32), d.height, d.width, setting.params, d.alpha,
                                          rgb=d.rgb)
                     row.seconds += time.perf_counter() - t2
@@ -283,8 +296,10 @@ def evaluate(eval_set: EvalSet, models: list[ModelChoice], settings: list[Settin
                     row.per_image.append({"image": s.stem, "status": "ok", "error": "", **values})
                     if curve is not None:
                         row.pr_curves.append(curve)
+                    if report is not None:
+                        report.add(s.stem, d, gt, row, matte)
             for row in model_rows:
-                row.seconds += t_shared
+                row.seconds += t_decode + t_infer * infer_share[row.tta]
             log.info("%s: %d/%d images (infer %.2f s for %d)", choice.label, min(start + batch_size, len(samples)),
                      len(samples), time.perf_counter() - t1, len(good))
         rows.extend(model_rows)
@@ -297,6 +312,17 @@ COLUMNS = [("sad", "SAD", "{:.2f}"), ("mse", "MSE", "{:.4f}"), ("mad", "MAD", "{
 
 def format_table(rows: list[Row], trimap_dir: str | None) -> str:
     """One line per (model, setting): whole-image means, unknown-region means, MAE/maxF, images/s."""
+    head, body, left = table_cells(rows, trimap_dir)
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    lines = ["  ".join(x.ljust(w) if i < left else x.rjust(w) for i, (x, w) in enumerate(zip(line, widths)))
+             for line in [head, *body]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def table_cells(rows: list[Row], trimap_dir: str | None) -> tuple[list[str], list[list[str]], int]:
+    """The metric table as text cells (header, one line per row, how many leading columns are labels):
+    the terminal table and the HTML report show the same figures."""
     means = [r.mean() for r in rows]
     cols = [(k, f"{h}", f) for k, h, f in COLUMNS]
     if any("unk_sad" in m for m in means):
@@ -304,17 +330,15 @@ def format_table(rows: list[Row], trimap_dir: str | None) -> str:
     if any("mae" in m for m in means):
         cols += [("mae", "MAE", "{:.4f}"), ("maxf", "maxF(img)", "{:.4f}"), ("maxf_set", "maxF(set)", "{:.4f}")]
     cols += [("images_per_s", "images/s", "{:.2f}")]
-    head = ["model", "setting", "n"] + [h for _, h, _ in cols]
+    with_tta = any(r.tta != "none" for r in rows)  # the tta column only when TTA is being compared
+    head = ["model", *(["tta"] if with_tta else []), "setting", "n"] + [h for _, h, _ in cols]
     body = []
     for r, m in zip(rows, means):
         errors = len(r.per_image) - len(r.ok)
         n = f"{len(r.ok)}" + (f" ({errors} err)" if errors else "")
-        body.append([r.model, r.setting, n] + [f.format(m[k]) if k in m else "-" for k, _, f in cols])
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    lines = ["  ".join(x.ljust(w) if i < 3 else x.rjust(w) for i, (x, w) in enumerate(zip(line, widths)))
-             for line in [head, *body]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+        body.append([r.model, *([r.tta] if with_tta else []), r.setting, n]
+                    + [f.format(m[k]) if k in m else "-" for k, _, f in cols])
+    return head, body, 4 if with_tta else 3
 
 
 def write_csv(rows: list[Row], path: str | Path) -> None:
@@ -322,10 +346,10 @@ def write_csv(rows: list[Row], path: str | Path) -> None:
     records = []
     for r in rows:
         for p in r.per_image:
-            records.append({"row": "image", "model": r.model, "setting": r.setting, **p})
-        records.append({"row": "mean", "model": r.model, "setting": r.setting, "image": "", "status": "",
-                        "error": "", "n": len(r.ok), **r.mean()})
-    fields = ["row", "model", "setting", "image", "status", "error", "n"]
+            records.append({"row": "image", "model": r.model, "tta": r.tta, "setting": r.setting, **p})
+        records.append({"row": "mean", "model": r.model, "tta": r.tta, "setting": r.setting, "image": "",
+                        "status": "", "error": "", "n": len(r.ok), **r.mean()})
+    fields = ["row", "model", "tta", "setting", "image", "status", "error", "n"]
     for rec in records:
         fields += [k for k in rec if k not in fields]
     path = Path(path)

@@ -31,7 +31,8 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from pipelines.stages import Predictor, _skip, decode_input
+from model.tta import predict as tta_predict
+from pipelines.stages import Predictor, _skip, decode_input, uncertain_fraction
 from postproc import DecodeError, PostprocParams, decode_image
 
 log = logging.getLogger(__name__)
@@ -234,7 +235,7 @@ class GpuPredictor(Predictor):
         prob = np.zeros((n, h, w), np.float16)
         t1 = time.perf_counter()
         if ok.any():
-            prob[ok] = self.runtime.predict(np.stack([model_inputs[i] for i in np.flatnonzero(ok)]))
+            prob[ok] = tta_predict(self.runtime, np.stack([model_inputs[i] for i in np.flatnonzero(ok)]), self.tta)
         t_infer = (time.perf_counter() - t1) / max(int(ok.sum()), 1)
         t1 = time.perf_counter()
         pictures, probs = [_NO_PICTURE] * n, [_NO_PROB if i in images else prob[i] for i in range(n)]
@@ -257,6 +258,8 @@ class GpuPredictor(Predictor):
         out.update(error=np.array(errors, dtype=object), error_reason=np.array(reasons, dtype=object),
                    width=width, height=height,
                    prob=_column(probs), picture=_column(pictures), rendered=rendered, bbox=bbox,
+                   # the rendered rows leave their probabilities here: the manifest's confidence is taken now
+                   uncertain=np.array([uncertain_fraction(prob[i]) if rendered[i] else np.nan for i in range(n)]),
                    t_postprocess=np.where(rendered, t_post, 0.0), t_infer=np.where(ok, t_infer, 0.0),
                    inference_node=np.full(n, self.node_id), device=np.full(n, self.runtime.device),
                    precision=np.full(n, self.runtime.precision))

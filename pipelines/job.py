@@ -92,9 +92,13 @@ class JobConfig:
             raise ValueError("--prune needs a full listing of SOURCE; it cannot be combined with --input-manifest")
         check_disjoint(self.source, self.dest)  # DEST == SOURCE would overwrite inputs: refused before any I/O
 
+    @property
+    def model_version(self) -> str:
+        """What the manifest records as the model: TTA is part of it (it changes every output)."""
+        return self.inference.model_version
+
     def fingerprint(self) -> JobFingerprint:
-        spec = self.inference.spec
-        return JobFingerprint(self.source.rstrip("/"), spec.version, self.params.params_hash(), self.incremental)
+        return JobFingerprint(self.source.rstrip("/"), self.model_version, self.params.params_hash(), self.incremental)
 
 
 @dataclass
@@ -253,7 +257,7 @@ def build_dataset(cfg: JobConfig, source: Location, dest: Location, plan: Plan) 
     )
     # Rendering (post-processing, encoding, writing) takes the decode tasks' share, not a whole CPU.
     return ds.map(render_output, fn_kwargs={"dest": dest, "params": cfg.params, "model_name": spec.name,
-                                            "model_version": spec.version, "background": cfg.background},
+                                            "model_version": cfg.model_version, "background": cfg.background},
                   num_cpus=cfg.decode_cpus)
 
 

@@ -51,6 +51,10 @@ SCHEMA = pa.schema([
     ("device", pa.string()),
     ("precision", pa.string()),  # what inference ran in: fp32, fp16 or int8 (RuntimeConfig.precision resolved)
     ("reused", pa.bool_()),  # the input's bytes were unchanged: its existing output was kept
+    # How unsure the model was: the share of its probabilities (at the model's input size) strictly between
+    # 0.05 and 0.95. Null where nothing was inferred (errors, reused outputs) and in manifests written
+    # before the column existed. The contact sheet (`matting report --html`) shows the highest first.
+    ("uncertain_fraction", pa.float64()),
 ])
 
 STAGE_COLUMNS = ["t_read", "t_decode", "t_infer", "t_postprocess", "t_encode", "t_write"]

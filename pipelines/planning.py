@@ -104,7 +104,7 @@ def _done_in_run(dest: Location, run_id: str) -> PreviousState:
 
 def plan_inputs(cfg, source: Location, dest: Location, run_id: str, resumed_run: str | None,
                 writer: ManifestWriter) -> Plan:
-    version, phash = cfg.inference.spec.version, cfg.params.params_hash()
+    version, phash = cfg.model_version, cfg.params.params_hash()
     plan = Plan(dest)
     # An input manifest names a part of SOURCE: the earlier runs' inputs count for the naming too.
     previous = (PreviousState.load(dest) if (cfg.incremental or cfg.prune or cfg.input_manifest)

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from model.tta import predict as tta_predict
 from postproc import DecodeError, PostprocParams, decode_image, model_input
 from postproc.alpha import bounding_box
 from postproc.render import compose_and_encode, encode_picture, refine_alpha
@@ -125,10 +126,11 @@ class Predictor:
 
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         self.runtime = create_runtime(localize_weights(config, s3_endpoint))
+        self.tta = config.tta
         self.node_id = _node_id()
         # Logged once per actor, so a run's log says where and how inference ran, and what starting cost.
-        log.info("inference actor ready on node %s in %.1f s: %s", self.node_id[:12], time.perf_counter() - t0,
-                    self.runtime.describe())
+        log.info("inference actor ready on node %s in %.1f s: %s tta=%s", self.node_id[:12],
+                 time.perf_counter() - t0, self.runtime.describe(), self.tta)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["source_key"])
@@ -137,12 +139,23 @@ class Predictor:
         prob = np.zeros((n, h, w), np.float16)
         t0 = time.perf_counter()
         if ok.any():
-            prob[ok] = self.runtime.predict(np.asarray(batch["model_input"])[ok]).astype(np.float16)
+            prob[ok] = tta_predict(self.runtime, np.asarray(batch["model_input"])[ok], self.tta).astype(np.float16)
         per_image = (time.perf_counter() - t0) / max(int(ok.sum()), 1)
         out = {k: v for k, v in batch.items() if k != "model_input"}
         out.update(prob=prob, t_infer=np.where(ok, per_image, 0.0), inference_node=np.full(n, self.node_id),
                    device=np.full(n, self.runtime.device), precision=np.full(n, self.runtime.precision))
         return out
+
+
+UNSURE_LOW, UNSURE_HIGH = 0.05, 0.95
+
+
+def uncertain_fraction(prob: np.ndarray) -> float:
+    """Share of the model's probabilities strictly between 0.05 and 0.95: a confident model says 0 or 1
+    almost everywhere but along the subject's edge. Taken at the model's input size, before
+    post-processing, so feathering or refinement settings do not change it."""
+    p = np.asarray(prob)
+    return float(np.count_nonzero((p > UNSURE_LOW) & (p < UNSURE_HIGH))) / max(p.size, 1)
 
 
 def render_output(row: dict, *, dest: Location, params: PostprocParams, model_name: str,
@@ -153,6 +166,7 @@ def render_output(row: dict, *, dest: Location, params: PostprocParams, model_na
     error, reason = row["error"], row["error_reason"]
     out_key, bbox = "", None
     t_post = t_encode = t_write = 0.0
+    uncertain = None
     if not error and row["reused_output_key"]:
         out_key = row["reused_output_key"]
     elif not error:
@@ -165,6 +179,7 @@ def render_output(row: dict, *, dest: Location, params: PostprocParams, model_na
         # Post-processed on the GPU (pipelines/gpu_path.py): only encoding and writing are left.
         left, top, bw, bh = (int(v) for v in row["bbox"])
         bbox, t_post = ((left, top, bw, bh) if bw > 0 else None), float(row["t_postprocess"])
+        uncertain = float(row["uncertain"])
         t1 = time.perf_counter()
         data = encode_picture(np.asarray(row["picture"]), params)
         t_encode = time.perf_counter() - t1
@@ -174,6 +189,7 @@ def render_output(row: dict, *, dest: Location, params: PostprocParams, model_na
         t0 = time.perf_counter()
         alpha = refine_alpha(np.asarray(row["prob"], np.float32), rgb.shape[0], rgb.shape[1], params, in_alpha,
                              rgb=rgb)
+        uncertain = uncertain_fraction(row["prob"])
         bbox = bounding_box(alpha)
         t_post = time.perf_counter() - t0
         t1 = time.perf_counter()
@@ -215,6 +231,7 @@ def render_output(row: dict, *, dest: Location, params: PostprocParams, model_na
         "device": str(row.get("device", "")),
         "precision": str(row.get("precision", "")),
         "reused": bool(row["reused_output_key"]),
+        "uncertain_fraction": uncertain,
     }
     record_row(result)
     return result

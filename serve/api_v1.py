@@ -10,6 +10,7 @@ from PIL import Image
 from starlette.requests import Request
 
 from model.specs import get_spec
+from model.tta import TTA_MODES
 from postproc.render import render
 from serve.errors import ApiError, echo
 from serve.params import KNOWN_PRESETS, openapi_parameters, parse_params, parse_preset
@@ -18,7 +19,7 @@ from serve.uploads import read_image_body
 
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "mask": "image/png"}
 # Parameters of the request that are not post-processing parameters.
-_OWN = ("preset", "model")
+_OWN = ("preset", "model", "tta")
 
 OPENAPI_MATTE = {
     "parameters": [
@@ -26,6 +27,9 @@ OPENAPI_MATTE = {
          "description": "a named set of parameters; explicit parameters override it"},
         {"name": "model", "in": "query", "required": False, "schema": {"type": "string"},
          "description": "a served model (GET /v1/models); default: the first"},
+        {"name": "tta", "in": "query", "required": False, "schema": {"type": "string", "enum": list(TTA_MODES)},
+         "description": "test-time augmentation: flip also runs the image mirrored and averages the two (about "
+                        "2× the model time); default: the server's `tta` setting (none unless configured)"},
     ],
     "requestBody": {
         "required": True,
@@ -41,7 +45,7 @@ OPENAPI_MATTE = {
     "responses": {"200": {
         "description": "the cut-out; X-Width, X-Height (of the output), X-Subject-Bbox (left,top,width,height "
                        "in input pixels, or 'none'), "
-                       "X-Model, X-Model-Version, X-Server-Time-Ms and Server-Timing headers",
+                       "X-Model, X-Model-Version, X-TTA, X-Server-Time-Ms and Server-Timing headers",
         "content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}},
 }
 
@@ -63,7 +67,7 @@ def _download_name(filename: str | None, fmt: str) -> str:
     return f"{stem}{'-mask' if fmt == 'mask' else ''}.{'jpg' if fmt == 'jpeg' else 'png' if fmt == 'mask' else fmt}"
 
 
-async def matte(request: Request, pipeline: Pipeline, models: list[str]) -> Response:
+async def matte(request: Request, pipeline: Pipeline, models: list[str], default_tta: str = "none") -> Response:
     timings = Timings()
     data, fields, filename = await read_image_body(request)
     raw = {**dict(request.query_params), **fields}
@@ -71,6 +75,9 @@ async def matte(request: Request, pipeline: Pipeline, models: list[str]) -> Resp
     model = raw.pop("model", None) or models[0]
     if model not in models:
         raise ApiError(422, "bad_parameter", f"model {echo(model)} is not served here; served: {', '.join(models)}")
+    tta = raw.pop("tta", None) or default_tta
+    if tta not in TTA_MODES:
+        raise ApiError(422, "bad_parameter", f"tta must be one of {', '.join(TTA_MODES)}, got {echo(tta)}")
     params = parse_params(raw, preset)
     if not data:
         raise ApiError(400, "undecodable", "the image is empty (0 bytes)")
@@ -79,7 +86,7 @@ async def matte(request: Request, pipeline: Pipeline, models: list[str]) -> Resp
     deadline = pipeline.deadline()  # from here on: decode, inference and rendering
     image, small = await pipeline.decode(data, model, deadline)
     t = timings.mark("decode", t)
-    prob = await pipeline.infer(model, small, deadline)
+    prob = await pipeline.infer(model, small, deadline, tta)
     t = timings.mark("infer", t)
     out = await pipeline.in_thread(deadline, pipeline.render_call(render, deadline, image.rgb, prob, params,
                                                                   image.alpha))
@@ -89,7 +96,7 @@ async def matte(request: Request, pipeline: Pipeline, models: list[str]) -> Resp
     width, height = output_size(out.data)  # crop and max_size make it differ from the input's
     headers = {
         "X-Width": str(width), "X-Height": str(height), "X-Subject-Bbox": bbox,
-        "X-Model": model, "X-Model-Version": get_spec(model).version,
+        "X-Model": model, "X-Model-Version": get_spec(model).version, "X-TTA": tta,
         "X-Server-Time-Ms": f"{timings.total_ms:.1f}", "Server-Timing": timings.server_timing(),
         "Content-Disposition": f'inline; filename="{_download_name(filename, params.format)}"',
     }

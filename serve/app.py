@@ -209,7 +209,7 @@ class MattingIngress:
     async def matte(self, request: Request):
         headers, identity = self.guard(request)
         with self.in_flight.slot(identity, headers):
-            response = await api_v1.matte(request, self.pipeline, self.models)
+            response = await api_v1.matte(request, self.pipeline, self.models, self.args.tta)
         response.headers.update(headers)
         return response
 

@@ -46,8 +46,9 @@ class MattingModel:
 
     def reconfigure(self, user_config: dict) -> None:
         cfg = BatchConfig.model_validate(user_config or {})
-        self.predict.set_max_batch_size(cfg.max_batch_size)
-        self.predict.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+        for method in (self.predict, self.predict_flip):
+            method.set_max_batch_size(cfg.max_batch_size)
+            method.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
         self.batch_config = cfg
         log.info("batching: max_batch_size=%d batch_wait_timeout_s=%g", cfg.max_batch_size, cfg.batch_wait_timeout_s)
 
@@ -56,6 +57,15 @@ class MattingModel:
         batch = np.stack(images)
         prob = await asyncio.to_thread(self.runtime.predict, batch)
         # float16 halves what crosses the object store; 1/2048 is finer than the 8-bit matte.
+        return list(prob.astype(np.float16))
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    async def predict_flip(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """`predict` with flip TTA (model/tta.py): N requests' images and their mirror images in one call.
+        Its own batch queue, so a batch never mixes modes and `predict` stays what it was."""
+        from model.tta import predict as tta_predict
+
+        prob = await asyncio.to_thread(tta_predict, self.runtime, np.stack(images), "flip")
         return list(prob.astype(np.float16))
 
     def describe(self) -> dict:

@@ -111,14 +111,16 @@ class Pipeline:
             status, code = _DECODE_STATUS.get(e.reason, (400, "undecodable"))
             raise ApiError(status, code, str(e)) from None
 
-    async def infer(self, model: str, small: np.ndarray, deadline: Deadline) -> np.ndarray:
-        """One model-sized image → its (h, w) probabilities, batched with other requests on the replica."""
+    async def infer(self, model: str, small: np.ndarray, deadline: Deadline, tta: str = "none") -> np.ndarray:
+        """One model-sized image → its (h, w) probabilities, batched with other requests on the replica
+        (with `tta` "flip", with other flip requests: the replica's predict_flip)."""
         wait = min(self.request_timeout_s, deadline.remaining())
         if wait <= 0:
             deadline.cancel()
             raise deadline.error()
         try:
-            response = self.handles[model].predict.remote(small)
+            handle = self.handles[model]
+            response = (handle.predict_flip if tta == "flip" else handle.predict).remote(small)
             prob = await asyncio.wait_for(response, wait)
         except BackPressureError:
             raise ApiError(503, "overloaded", "the model's queue is full; retry shortly", retry_after_s=1) from None

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 
 from model.config import RuntimeConfig
 from model.specs import MODEL_SPECS, WEIGHTS_SUFFIXES
+from model.tta import check_mode
 
 
 class ImageUrlSettings(BaseModel):
@@ -54,6 +55,8 @@ class AppArgs(BaseModel):
     providers: str | list[str] | None = Field(None, description="ONNX Runtime providers, e.g. tensorrt,cuda")
     trt_cache_dir: str | None = Field(None, description="TensorRT engine cache folder on each node")
     torch_graph: str = Field("auto", description="torch on CUDA: auto (CUDA graphs), eager or compile")
+    tta: str = Field("none", description="/v1/matte's test-time augmentation when a request names none: "
+                                         "none or flip (about 2× the model time per image)")
     # Security on by default: `auth: false` is for a developer's own machine and is logged loudly.
     auth: bool = True
     rate_limit_per_minute: float = Field(120.0, gt=0, description="sustained requests per key")
@@ -115,6 +118,11 @@ class AppArgs(BaseModel):
     @property
     def model_names(self) -> list[str]:
         return list(self._configs)
+
+    @field_validator("tta")
+    @classmethod
+    def _tta(cls, v: str) -> str:
+        return check_mode(v)
 
     @property
     def max_upload_bytes(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import cv2
@@ -138,3 +139,52 @@ def test_settings_and_models_are_parsed_strictly():
         parse_model("u3net")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         parse_model("u2netp=/nonexistent/w.onnx")
+
+
+def test_tta_side_by_side_with_a_report_page(tmp_path, capsys):
+    """--tta none,flip scores both modes from one inference per batch; flip is the shared model/tta.py average;
+    --report writes a page with every picture it names, worst image first."""
+    from model import tta
+
+    data = make_set(tmp_path / "set", trimaps=())
+    out, report = tmp_path / "scores.csv", tmp_path / "report"
+    assert main(["eval", "--data", str(data), "--runtime", "onnxruntime", "--device", "cpu", "--batch-size", "2",
+                 "--tta", "none,flip", "--setting", "plain", "--setting", "tight:alpha_threshold=200",
+                 "--csv", str(out), "--report", str(report)]) == 0
+    printed = capsys.readouterr().out
+    assert "tta" in printed.split("\n")[1] and f"report: {report / 'index.html'}" in printed
+    rows = read_csv(out)
+    means = {(r["tta"], r["setting"]): r for r in rows if r["row"] == "mean"}
+    assert set(means) == {(m, s) for m in ("none", "flip") for s in ("plain", "tight")}
+    assert means[("none", "plain")]["sad"] != means[("flip", "plain")]["sad"]
+    # The flip row is what the job and Serve compute: model/tta.predict, then the same refine_alpha and metrics.
+    rt = create_runtime("u2netp", runtime="onnxruntime", device="cpu")
+    img = decode_image((data / "image" / "s0.jpg").read_bytes())
+    prob = tta.predict(rt, model_input(img, rt.input_size)[None], "flip")[0]
+    mirrored = rt.predict(model_input(img, rt.input_size)[None, :, ::-1].copy())[0, :, ::-1]
+    np.testing.assert_allclose(prob, (rt.predict(model_input(img, rt.input_size)[None])[0] + mirrored) / 2,
+                               atol=1e-5)
+    gt = cv2.imread(str(data / "alpha" / "s0.png"), cv2.IMREAD_GRAYSCALE)
+    row = next(r for r in rows if r["row"] == "image" and r["tta"] == "flip" and r["setting"] == "plain"
+               and r["image"] == "s0")
+    matte = refine_alpha(prob, img.height, img.width, PostprocParams())
+    assert float(row["sad"]) == pytest.approx(metrics.sad(matte, gt), rel=1e-5)
+
+    page = (report / "index.html").read_text()
+    srcs = re.findall(r'<img src="([^"]+)"', page)
+    assert len(srcs) == 3 * (2 + 4 * 2)  # per image: photo, ground truth, cut-out + error map per row
+    assert all((report / s).is_file() and (report / s).stat().st_size > 0 for s in srcs)
+    assert "http" not in page.replace("http-equiv", "") and "<script" not in page
+    assert '<table class="metrics">' in page and page.index("<table") < page.index('<section class="image"')
+    per_image = {}
+    for r in rows:
+        if r["row"] == "image":
+            per_image.setdefault(r["image"], []).append(float(r["sad"]))
+    worst_first = sorted(per_image, key=lambda s: -np.mean(per_image[s]))
+    assert re.findall(r'<section class="image" id="([^"]+)"', page) == worst_first
+
+
+def test_tta_modes_are_checked(tmp_path, capsys):
+    data = make_set(tmp_path / "set", trimaps=(), n=1)
+    assert main(["eval", "--data", str(data), "--tta", "none,mirror"]) == 2
+    assert "tta must be one of none, flip" in capsys.readouterr().err

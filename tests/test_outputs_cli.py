@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import zipfile
 
 import cv2
@@ -173,3 +174,71 @@ def test_cli_run_with_preset_refinement_background_image_crop_and_zip(tmp_path, 
     with zipfile.ZipFile(zpath) as zf:
         assert sorted(n for n in zf.namelist() if not n.startswith("_log/")) == sorted(r["output_key"] for r in ok)
         assert pq.read_table(io.BytesIO(zf.read("_log/manifest.parquet"))).num_rows == 5
+
+
+# -- the contact sheet: `matting report DEST --html FILE` --------------------------------------------
+
+def soft_row(key: str, rgb: np.ndarray, unsure_rows: int) -> dict:
+    """A fake inference whose first `unsure_rows` of 20 rows are 0.5: an unsure model there."""
+    row = fake_row(key, rgb)
+    row["prob"][:unsure_rows] = 0.5
+    return row
+
+
+def test_contact_sheet_least_confident_first_with_links_and_errors(tmp_path, capsys):
+    from pipelines.stages import uncertain_fraction
+
+    dest = open_location(str(tmp_path / "dst"), create=True)
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    params = PostprocParams.create()
+    rows = [render_output(soft_row(k, rgb, n), dest=dest, params=params, model_name="u2netp", model_version="v")
+            for k, n in (("a/sure.jpg", 0), ("b/unsure.jpg", 8), ("c/middle.jpg", 3))]
+    rows.append(render_output(fake_row("bad.jpg", rgb, error="the image data is truncated"), dest=dest,
+                              params=params, model_name="u2netp", model_version="v"))
+    writer = ManifestWriter(dest, "run1")
+    writer.add(pa.Table.from_pylist(rows))
+    writer.flush()
+    table = {r["source_key"]: r for r in read_manifest(dest).to_pylist()}
+    assert table["b/unsure.jpg"]["uncertain_fraction"] == pytest.approx(8 / 20)
+    assert table["a/sure.jpg"]["uncertain_fraction"] == 0.0 == uncertain_fraction(np.eye(4))
+    assert table["bad.jpg"]["uncertain_fraction"] is None  # nothing was inferred
+
+    page_file = tmp_path / "sheet" / "run.html"
+    assert main(["report", str(tmp_path / "dst"), "--html", str(page_file)]) == 0
+    assert f"contact sheet: {page_file}" in capsys.readouterr().out
+    page = page_file.read_text()
+    links = re.findall(r'<a href="([^"]+)"><img src="([^"]+)"', page)
+    assert [href.rsplit("/", 1)[-1] for href, _ in links] == ["unsure.png", "middle.png", "sure.png"]
+    for href, src in links:
+        assert (page_file.parent / href).resolve() == (tmp_path / "dst" / href.split("dst/", 1)[1]).resolve()
+        assert (page_file.parent / href).is_file() and (page_file.parent / src).stat().st_size > 0
+    assert "bad.jpg" in page and "corrupt" in page and "the image data is truncated" in page
+    assert "strictly between 0.05 and 0.95" in page and "<script" not in page and "http" not in page
+
+
+def test_contact_sheet_reads_a_manifest_from_before_the_confidence_column(tmp_path):
+    dest, _ = make_run(tmp_path, PostprocParams.create())
+    part = next((tmp_path / "dst" / "_manifests" / "run1").glob("part-*.parquet"))
+    pq.write_table(pq.read_table(part).drop_columns(["uncertain_fraction"]), part)  # as an older version wrote it
+    assert main(["report", str(tmp_path / "dst"), "--html", str(tmp_path / "old.html")]) == 0
+    page = (tmp_path / "old.html").read_text()
+    assert page.count("unsure n/a") == 2 and len(re.findall(r"<img ", page)) == 2
+
+
+def test_a_large_run_shows_the_least_confident_then_a_sample():
+    from pipelines.contact_sheet import LARGE_RUN, LEAST_CONFIDENT, SAMPLE, choose
+
+    rows = [{"source_key": f"k{i:04d}", "uncertain_fraction": (i % 97) / 97} for i in range(600)]
+    rows += [{"source_key": f"old{i}", "uncertain_fraction": None} for i in range(40)]
+    shown, note = choose(rows)
+    assert len(shown) == LARGE_RUN == LEAST_CONFIDENT + SAMPLE
+    least = [r for r, why in shown if why == "least confident"]
+    assert len(least) == LEAST_CONFIDENT
+    assert min(r["uncertain_fraction"] for r in least) >= max(
+        r["uncertain_fraction"] or 0 for r in rows if r not in least)
+    sample = [r for r, why in shown if why == "sample"]
+    assert len({r["source_key"] for r in sample}) == SAMPLE and not set(map(id, sample)) & set(map(id, least))
+    assert choose(rows)[0] == shown  # a fixed seed: the same page for the same run
+    assert "50 least confident" in note and "random sample of 150 of the other 590" in note
+    small, note = choose(rows[:5])
+    assert [r["source_key"] for r, _ in small] == ["k0004", "k0003", "k0002", "k0001", "k0000"]

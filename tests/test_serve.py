@@ -311,6 +311,32 @@ def test_matte_mask_format(server):
     assert mask.ndim == 2 and has_subject(mask)
 
 
+def test_matte_tta_flip_is_the_shared_tta_and_unknown_modes_are_422(server):
+    """?tta=flip goes through the replica's predict_flip (model/tta.py); its mask is what that function gives
+    here, through the same render; tta=none is the plain predict; a bad mode is a 422 naming the valid ones."""
+    from model.runtime import create_runtime
+    from model.tta import predict as tta_predict
+    from postproc import PostprocParams, decode_image, model_input
+    from postproc.render import render
+
+    data = (SAMPLES / "astronaut.jpg").read_bytes()
+    masks = {}
+    for tta in ("none", "flip"):
+        r = requests.post(f"{server}/v1/matte?format=mask&tta={tta}",
+                          headers={**auth(), "Content-Type": "image/jpeg"}, data=data)
+        assert r.status_code == 200 and r.headers["X-TTA"] == tta, r.text[:300]
+        masks[tta] = decode(r.content).astype(int)
+    img = decode_image(data)
+    rt = create_runtime("u2netp", runtime="onnxruntime", device="cpu")
+    prob = tta_predict(rt, model_input(img, rt.input_size)[None], "flip")[0].astype(np.float16)
+    here = decode(render(img.rgb, prob.astype(np.float32), PostprocParams(format="mask"), img.alpha).data)
+    assert np.abs(masks["flip"] - here).max() <= 2  # float16 on the way from the replica, as in `prob` here
+    assert np.abs(masks["flip"] - masks["none"]).max() > 10  # the mirror image changed the matte
+    assert "tta must be one of none, flip" in assert_error(
+        requests.post(f"{server}/v1/matte?tta=mirror", headers={**auth(), "Content-Type": "image/jpeg"}, data=data),
+        422, "bad_parameter")["message"]
+
+
 @pytest.mark.parametrize("body,ctype,status,code", [
     (b"", "image/jpeg", 400, "undecodable"),
     ("truncated", "image/jpeg", 400, "undecodable"),

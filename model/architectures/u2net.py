@@ -76,25 +76,46 @@ class RSU(nn.Module):
 U2NET_STAGES = [(7, False), (6, False), (5, False), (4, False), (4, True), (4, True)]
 
 
+def stage_channels(mid_ch: int, width: int, encoder_channels, decoder_channels):
+    """(mid, out) channels of every encoder stage (6) and decoder stage (5), top to bottom.
+
+    U²-Netp uses one width everywhere (`mid_ch`, `width`); the full U²-Net widens with depth
+    (encoder 64…512 out, 32…256 mid), so its spec lists them. Explicit lists win over the scalars.
+    """
+    n = len(U2NET_STAGES)
+    enc = [tuple(c) for c in encoder_channels] if encoder_channels else [(mid_ch, width)] * n
+    dec = [tuple(c) for c in decoder_channels] if decoder_channels else [(mid_ch, width)] * (n - 1)
+    if len(enc) != n or len(dec) != n - 1 or any(len(c) != 2 or min(c) < 1 for c in enc + dec):
+        raise ValueError(f"encoder_channels needs {n} and decoder_channels {n - 1} (mid, out) pairs of positive "
+                         f"ints, got {encoder_channels} and {decoder_channels}")
+    return enc, dec
+
+
 class U2Net(nn.Module):
     """Outer U of RSU stages, six side outputs fused by a 1×1 conv; returns probabilities.
 
     `forward` returns the fused map (B, 1, H, W) in [0, 1]; `forward_all` also returns the side
-    outputs, which deep supervision needs in training.
+    outputs, which deep supervision needs in training. Channel widths: see `stage_channels`.
     """
 
-    def __init__(self, in_ch: int = 3, mid_ch: int = 16, width: int = 64, out_ch: int = 1, norm: str = "bn"):
+    def __init__(self, in_ch: int = 3, mid_ch: int = 16, width: int = 64, out_ch: int = 1, norm: str = "bn",
+                 encoder_channels: list | None = None, decoder_channels: list | None = None):
         super().__init__()
         n = len(U2NET_STAGES)
+        enc, dec = stage_channels(mid_ch, width, encoder_channels, decoder_channels)
+        enc_in = [in_ch] + [out for _, out in enc[:-1]]
         self.encoder = nn.ModuleList(
-            RSU(d, in_ch if i == 0 else width, mid_ch, width, dilated, norm)
-            for i, (d, dilated) in enumerate(U2NET_STAGES)
+            RSU(d, enc_in[i], enc[i][0], enc[i][1], dilated, norm) for i, (d, dilated) in enumerate(U2NET_STAGES)
         )
+        # Decoder stage i fuses the stage below it (decoder i+1, or the bottom encoder stage) with encoder stage i.
+        below = [out for _, out in dec[1:]] + [enc[-1][1]]
         self.decoder = nn.ModuleList(
-            RSU(d, width * 2, mid_ch, width, dilated, norm) for d, dilated in U2NET_STAGES[:-1]
+            RSU(d, below[i] + enc[i][1], dec[i][0], dec[i][1], dilated, norm)
+            for i, (d, dilated) in enumerate(U2NET_STAGES[:-1])
         )
         self.pool = nn.MaxPool2d(2, stride=2, ceil_mode=True)
-        self.side = nn.ModuleList(nn.Conv2d(width, out_ch, 3, padding=1) for _ in range(n))
+        side_in = [out for _, out in dec] + [enc[-1][1]]
+        self.side = nn.ModuleList(nn.Conv2d(c, out_ch, 3, padding=1) for c in side_in)
         self.fuse = nn.Conv2d(n * out_ch, out_ch, 1)
 
     def forward_all(self, x: torch.Tensor) -> list[torch.Tensor]:
