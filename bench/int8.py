@@ -73,7 +73,7 @@ def speed(model: str, int8: Path, threads: int, rounds: int) -> dict:
 
     spec = get_spec(model)
     photo = sorted(SAMPLES.glob("*.jpg"))[0]
-    img = model_input(decode_image(photo.read_bytes()), spec.preprocess.input_size)[None]
+    img = model_input(decode_image(photo.read_bytes()), spec.preprocess)[None]
     rts = {"fp32": create_runtime(model, runtime="onnxruntime", device="cpu", threads=threads),
            "int8": create_runtime(model, runtime="onnxruntime", device="cpu", threads=threads, weights=int8)}
     times = {k: [] for k in rts}

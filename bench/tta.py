@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model import tta  # noqa: E402
 from model.runtime import create_runtime  # noqa: E402
+from model.specs import get_spec  # noqa: E402
 from pipelines.evaluate import find_eval_set, read_gray, score  # noqa: E402
 from postproc import PostprocParams, decode_image, model_input  # noqa: E402
 from postproc.render import refine_alpha  # noqa: E402
@@ -47,7 +48,7 @@ SCALES = (256, 320, 384)
 
 
 def speed(args) -> None:
-    photo = model_input(decode_image((SAMPLES / "astronaut.jpg").read_bytes()), (320, 320))[None]
+    photo = model_input(decode_image((SAMPLES / "astronaut.jpg").read_bytes()), get_spec("u2netp").preprocess)[None]
     runtimes = {m: create_runtime(m, runtime="onnxruntime", device="cpu", threads=args.threads) for m in args.models}
     for rt in runtimes.values():  # untimed warm-up: first-call allocations
         tta.predict(rt, photo, "flip")
@@ -79,7 +80,7 @@ def views(rt, img) -> dict[tuple[int, bool], np.ndarray]:
     """The model's answer at each of SCALES, for the photo and its mirror image (flipped back), at 320²."""
     out = {}
     for s in SCALES:
-        both = tta.predict_modes(rt, model_input(img, (s, s))[None], ["none", "flip"])
+        both = tta.predict_modes(rt, model_input(img, rt.spec.preprocess, (s, s))[None], ["none", "flip"])
         plain, flip = both["none"][0], both["flip"][0]
         mirrored = 2 * flip - plain  # flip = (plain + mirrored) / 2
         for key, p in (((s, False), plain), ((s, True), mirrored)):
@@ -138,7 +139,7 @@ def stream(args) -> None:
             trimap = read_gray(s.trimap) if s.trimap else None
             for m, rt in rts.items():
                 t0 = time.process_time()
-                probs = tta.predict_modes(rt, model_input(img, rt.input_size)[None], args.tta)
+                probs = tta.predict_modes(rt, model_input(img, rt.spec.preprocess)[None], args.tta)
                 cpu = time.process_time() - t0
                 for mode, p in probs.items():
                     for st in settings:

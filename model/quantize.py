@@ -160,7 +160,7 @@ def preprocess_photos(paths: Sequence[Path], spec: ModelSpec) -> np.ndarray:
     from model.runtime import normalize_batch
     from postproc import decode_image, model_input
 
-    images = [model_input(decode_image(Path(p).read_bytes()), spec.preprocess.input_size) for p in paths]
+    images = [model_input(decode_image(Path(p).read_bytes()), spec.preprocess) for p in paths]
     return normalize_batch(np.stack(images), spec.preprocess)
 
 

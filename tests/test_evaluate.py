@@ -160,9 +160,9 @@ def test_tta_side_by_side_with_a_report_page(tmp_path, capsys):
     # The flip row is what the job and Serve compute: model/tta.predict, then the same refine_alpha and metrics.
     rt = create_runtime("u2netp", runtime="onnxruntime", device="cpu")
     img = decode_image((data / "image" / "s0.jpg").read_bytes())
-    prob = tta.predict(rt, model_input(img, rt.input_size)[None], "flip")[0]
-    mirrored = rt.predict(model_input(img, rt.input_size)[None, :, ::-1].copy())[0, :, ::-1]
-    np.testing.assert_allclose(prob, (rt.predict(model_input(img, rt.input_size)[None])[0] + mirrored) / 2,
+    prob = tta.predict(rt, model_input(img, rt.spec.preprocess)[None], "flip")[0]
+    mirrored = rt.predict(model_input(img, rt.spec.preprocess)[None, :, ::-1].copy())[0, :, ::-1]
+    np.testing.assert_allclose(prob, (rt.predict(model_input(img, rt.spec.preprocess)[None])[0] + mirrored) / 2,
                                atol=1e-5)
     gt = cv2.imread(str(data / "alpha" / "s0.png"), cv2.IMREAD_GRAYSCALE)
     row = next(r for r in rows if r["row"] == "image" and r["tta"] == "flip" and r["setting"] == "plain"

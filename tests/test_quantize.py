@@ -88,7 +88,7 @@ def test_calibration_input_is_the_inference_input(photo_dir):
 
     spec = get_spec("unet-small")
     paths = q.calibration_photos(2, photo_dir)
-    want = normalize_batch(np.stack([model_input(decode_image(p.read_bytes()), spec.preprocess.input_size)
+    want = normalize_batch(np.stack([model_input(decode_image(p.read_bytes()), spec.preprocess)
                                      for p in paths]), spec.preprocess)
     np.testing.assert_array_equal(q.preprocess_photos(paths, spec), want)
 

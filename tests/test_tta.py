@@ -8,15 +8,19 @@ import pytest
 
 from catalog import real_photos
 from model import tta
+from model.config import RuntimeConfig
 from pipelines.cli import build_parser, job_config
 from pipelines.job import JobConfig
 from pipelines.stages import Predictor
+from model.specs import get_spec
 from postproc import decode_image, model_input
+
+U2NETP_PRE = get_spec("u2netp").preprocess
 
 
 @pytest.fixture(scope="module")
 def photos():
-    return np.stack([model_input(decode_image(data), (320, 320)) for _, data in real_photos(3)])
+    return np.stack([model_input(decode_image(data), U2NETP_PRE) for _, data in real_photos(3)])
 
 
 def test_flip_is_the_mean_of_the_photo_and_its_mirror_image(u2netp_runtime, photos):
@@ -54,20 +58,21 @@ def test_modes_are_checked_and_recorded_in_the_model_version(tmp_path, u2netp_ru
     with pytest.raises(ValueError, match="tta must be one of none, flip"):
         tta.predict(u2netp_runtime, photos, "rotate")
     with pytest.raises(ValueError, match="tta must be one of"):
-        JobConfig(source=str(tmp_path), dest=str(tmp_path / "out"), tta="rotate")
-    plain = JobConfig(source=str(tmp_path), dest=str(tmp_path / "out"))
-    flip = JobConfig(source=str(tmp_path), dest=str(tmp_path / "out"), tta="flip")
+        RuntimeConfig(tta="rotate")
+    paths = {"source": str(tmp_path / "src"), "dest": str(tmp_path / "out")}
+    plain = JobConfig(**paths)
+    flip = JobConfig(**paths, inference=RuntimeConfig(tta="flip"))
     assert plain.model_version == "u2netp-rembg-0.1.3" and flip.model_version == "u2netp-rembg-0.1.3+tta-flip"
     assert plain.fingerprint() != flip.fingerprint()  # --incremental redoes inputs when TTA changes
-    args = build_parser().parse_args(["run", str(tmp_path), str(tmp_path / "out"), "--tta", "flip"])
-    assert job_config(args, args.source, args.dest).tta == "flip"
+    args = build_parser().parse_args(["run", str(tmp_path / "src"), str(tmp_path / "out"), "--tta", "flip"])
+    assert job_config(args, args.source, args.dest).inference.tta == "flip"
 
 
 def test_inference_stage_applies_tta(photos, u2netp_runtime):
     n = len(photos)
     batch = {"source_key": np.array([f"k{i}" for i in range(n)]), "error": np.array([""] * n),
              "reused_output_key": np.array([""] * n), "model_input": photos}
-    out = Predictor("u2netp", runtime="onnxruntime", device="cpu", tta="flip")(batch)
+    out = Predictor(RuntimeConfig("u2netp", runtime="onnxruntime", device="cpu", tta="flip"))(batch)
     expected = tta.predict(u2netp_runtime, photos, "flip").astype(np.float16)
     np.testing.assert_array_equal(out["prob"], expected)
 
@@ -92,7 +97,7 @@ def test_job_with_flip_writes_the_tta_matte_and_records_it(tmp_path, ray_local, 
     row = read_manifest(open_location(str(dst))).to_pylist()[0]
     assert row["status"] == "ok" and row["model_version"] == "u2netp-rembg-0.1.3+tta-flip"
     img = decode_image(data)
-    prob = tta.predict(u2netp_runtime, model_input(img, (320, 320))[None], "flip")[0].astype(np.float16)
+    prob = tta.predict(u2netp_runtime, model_input(img, U2NETP_PRE)[None], "flip")[0].astype(np.float16)
     expected = refine_alpha(prob.astype(np.float32), img.height, img.width, PostprocParams(format="mask"))
     written = cv2.imread(str(dst / row["output_key"]), cv2.IMREAD_UNCHANGED)
     assert np.abs(written.astype(int) - expected).max() <= 1
