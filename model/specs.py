@@ -24,7 +24,7 @@ class PreprocessSpec:
     resize: str = LEGACY_RESIZE
     # Pillow filters only: an axis longer than preshrink × input_size is first averaged down to it
     # with INTER_AREA (cheap), so a 24 MP photo does not make the resize the slowest stage; 0: never.
-    preshrink: float = 2.0
+    preshrink: float = 3.0
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     # "max": divide by the image's own maximum (U²-Net's reference code); "unit": divide by 255.

@@ -106,7 +106,8 @@ def test_model_input_uses_the_specs_filter():
         assert np.array_equal(model_input(img, pre), resize_rgb(img.rgb, (96, 128), f, pre.preshrink))
     # size overrides the spec's input size (the training cache), with the spec's filter
     pre = PreprocessSpec(resize="pil_lanczos")
-    assert np.array_equal(model_input(img, pre, (64, 64)), resize_rgb(img.rgb, (64, 64), "pil_lanczos", 2.0))
+    assert np.array_equal(model_input(img, pre, (64, 64)), resize_rgb(img.rgb, (64, 64), "pil_lanczos",
+                                                                            pre.preshrink))
 
 
 def test_spec_carries_the_filter_and_old_specs_keep_inter_area():
