@@ -179,6 +179,7 @@ class GpuPredictor(Predictor):
         # The spec's filter once PreprocessSpec has one; None keeps today's (area shrinking, else bilinear).
         self.filter = getattr(self.runtime.spec.preprocess, "resize", None)
         torch_ops.filter_name(self.filter, shrinking=True)  # an unknown filter fails here, not mid-job
+        self.preshrink = float(getattr(self.runtime.spec.preprocess, "preshrink", 0.0) or 0.0)
         self.background = None
         if background is not None:
             self.background = self._tensor(np.asarray(background)[..., :3])
@@ -224,7 +225,7 @@ class GpuPredictor(Predictor):
                 rgb, alpha = got
                 height[i], width[i] = rgb.shape[1:]  # the pixels' size, as the CPU path records it
                 images[i] = (rgb, alpha)
-                small = ops.model_input(rgb, self.runtime.input_size, alpha, self.filter)
+                small = ops.model_input(rgb, self.runtime.input_size, alpha, self.filter, self.preshrink)
                 model_inputs[i] = small.permute(1, 2, 0).cpu().numpy()
         t_dec = (time.perf_counter() - t0) / max(len(deferred), 1)
         # Inference on every row that has an input, as Predictor does; then the deferred rows'
