@@ -23,12 +23,11 @@ import torch.nn.functional as F
 
 from postproc.params import PostprocParams
 
-# Filter names a PreprocessSpec may carry (its `resize` field); None keeps today's choice
-# (postproc.decode.model_input): area when shrinking both sides, else bilinear.
-FILTERS = ("area", "bilinear", "bicubic", "lanczos", "nearest", "pil_lanczos", "pil_bilinear", "pil_bicubic")
+# Filter names: OpenCV's (area, bilinear, bicubic, lanczos = INTER_LANCZOS4, nearest) and Pillow's
+# antialiased ones (pil_bilinear, pil_bicubic, pil_lanczos), as a PreprocessSpec's `resize` names
+# them. None keeps today's choice (postproc.decode.model_input): area when shrinking, else bilinear.
+FILTERS = ("area", "bilinear", "bicubic", "lanczos", "nearest", "pil_bilinear", "pil_bicubic", "pil_lanczos")
 _ALIASES = {"linear": "bilinear", "cubic": "bicubic", "lanczos4": "lanczos", "inter_area": "area"}
-# Pillow's antialiased filters (model/preprocess.py's pil_*): kernel support, widened by the scale when shrinking.
-_PIL_SUPPORT = {"pil_bilinear": 1.0, "pil_bicubic": 2.0, "pil_lanczos": 3.0}
 
 
 def spec_filter(preprocess) -> str | None:
@@ -39,7 +38,7 @@ def spec_filter(preprocess) -> str | None:
 
 
 def filter_name(name: str | None, shrinking: bool) -> str:
-    if name is None or name == "auto":
+    if name is None or name == "auto" or name == "area":  # "area": INTER_AREA shrinking, else linear
         return "area" if shrinking else "bilinear"
     key = _ALIASES.get(name.lower(), name.lower())
     if key not in FILTERS:
@@ -47,32 +46,51 @@ def filter_name(name: str | None, shrinking: bool) -> str:
     return key
 
 
+_PIL_SUPPORT = {"pil_bilinear": 1.0, "pil_bicubic": 2.0, "pil_lanczos": 3.0}
+
+
 def _pil_kernel(kind: str, x: np.ndarray) -> np.ndarray:
-    """Pillow's filters (libImaging/Resample.c): triangle, Keys bicubic with a = -0.5, Lanczos-3."""
     ax = np.abs(x)
     if kind == "pil_bilinear":
-        return np.clip(1.0 - ax, 0.0, None)
+        return np.where(ax < 1, 1 - ax, 0.0)
     if kind == "pil_bicubic":
         a = -0.5
         return np.where(ax < 1, ((a + 2) * ax - (a + 3)) * ax * ax + 1,
                         np.where(ax < 2, (((ax - 5) * ax + 8) * ax - 4) * a, 0.0))
-    return np.where(ax < 3, np.sinc(x) * np.sinc(x / 3), 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sinc = lambda v: np.where(v == 0, 1.0, np.sin(np.pi * v) / (np.pi * v))  # noqa: E731
+        return np.where(ax < 3, sinc(x) * sinc(x / 3), 0.0)
 
 
+@lru_cache(maxsize=256)
 def _pil_weights(n_in: int, n_out: int, kind: str) -> np.ndarray:
-    """(n_out, n_in) weights the way Pillow's ImagingResample computes its coefficients."""
+    """Pillow's resampling coefficients (Resample.c precompute_coeffs), in its 22-bit fixed point."""
     scale = n_in / n_out
-    filterscale = max(scale, 1.0)
-    support = _PIL_SUPPORT[kind] * filterscale
+    fscale = max(scale, 1.0)
+    support = _PIL_SUPPORT[kind] * fscale
     w = np.zeros((n_out, n_in))
-    for xx in range(n_out):
-        center = (xx + 0.5) * scale
-        xmin, xmax = max(int(center - support + 0.5), 0), min(int(center + support + 0.5), n_in)
-        x = np.arange(xmin, xmax)
-        k = _pil_kernel(kind, (x - center + 0.5) / filterscale)
+    for i in range(n_out):
+        center = (i + 0.5) * scale
+        lo = max(int(center - support + 0.5), 0)
+        hi = min(int(center + support + 0.5), n_in)
+        k = _pil_kernel(kind, (np.arange(lo, hi) - center + 0.5) / fscale)
         total = k.sum()
-        w[xx, xmin:xmax] = k / total if total else k
-    return w
+        w[i, lo:hi] = k / total if total != 0 else k
+    return np.where(w >= 0, np.trunc(0.5 + w * (1 << 22)), np.trunc(-0.5 + w * (1 << 22)))
+
+
+def _pil_resize(img: torch.Tensor, height: int, width: int, kind: str) -> torch.Tensor:
+    """Pillow's Image.resize with an antialiased filter (reducing_gap=None), to the bit: horizontal
+    pass, rounding to 8 bits, vertical pass; integer sums exact in float64."""
+    x = img.to(torch.float64)
+    h, w = x.shape[-2:]
+    if w != width:
+        k = torch.from_numpy(_pil_weights(w, width, kind)).to(x.device)
+        x = torch.floor((x @ k.T + float(1 << 21)) / float(1 << 22)).clamp_(0, 255)
+    if h != height:
+        k = torch.from_numpy(_pil_weights(h, height, kind)).to(x.device)
+        x = torch.floor((k @ x + float(1 << 21)) / float(1 << 22)).clamp_(0, 255)
+    return x.to(torch.uint8)
 
 
 def _taps(kind: str, x: np.ndarray) -> np.ndarray:
@@ -202,15 +220,8 @@ def resize(img: torch.Tensor, height: int, width: int, filter: str | None = None
     kind = filter_name(filter, shrinking=height <= h and width <= w)
     if kind == "bilinear":
         return _bilinear_u8(img, height, width)
-    if kind in _PIL_SUPPORT:
-        # Pillow's order: the horizontal pass, rounded and clipped to 8 bits (its negative lobes
-        # overshoot at edges), then the vertical one.
-        x = img.float()
-        if w != width:
-            x = _to_uint8(x @ _matrix(w, width, kind, x.device).T).float()
-        if h != height:
-            x = _to_uint8(_matrix(h, height, kind, x.device) @ x).float()
-        return x.to(torch.uint8)
+    if kind.startswith("pil_"):
+        return _pil_resize(img, height, width, kind)
     return _to_uint8(resize_float(img.float(), height, width, kind))
 
 
@@ -218,13 +229,14 @@ def model_input(rgb: torch.Tensor, size: tuple[int, int], alpha: torch.Tensor | 
                 filter: str | None = None, preshrink: float = 0.0) -> torch.Tensor:
     """Twin of postproc.decode.model_input: (3, H, W) uint8 → (3, h, w) uint8, transparency over white.
 
-    `filter` as spec_filter() names the spec's; `preshrink` as PreprocessSpec's (Pillow filters only):
-    an axis longer than preshrink × the input size is first area-averaged down to it."""
+    `preshrink` k > 0 (Pillow's filters only): an axis longer than k × the input's is first shrunk
+    to k × with INTER_AREA, as the spec's numpy resize does.
+    """
     if alpha is not None:
         a = alpha.float()[None] / 255.0
         rgb = torch.round(rgb.float() * a + 255.0 * (1.0 - a)).to(torch.uint8)
     h, w = size
-    if filter in _PIL_SUPPORT and preshrink > 0:
+    if preshrink > 0 and filter is not None and filter.startswith("pil_"):
         ph, pw = min(rgb.shape[-2], round(preshrink * h)), min(rgb.shape[-1], round(preshrink * w))
         if (ph, pw) != tuple(rgb.shape[-2:]):
             rgb = _to_uint8(resize_float(rgb.float(), ph, pw, "area"))

@@ -81,8 +81,10 @@ def test_model_input_composites_transparency_over_white():
 @pytest.mark.parametrize("out", [(320, 320), (100, 137), (900, 1000)])
 def test_each_filter_matches_opencv(name, interp, out):
     rgb = _photo(2)
+    if name == "area" and (out[0] > rgb.shape[0] or out[1] > rgb.shape[1]):
+        interp = cv2.INTER_LINEAR  # the spec's "area" (model/preprocess.py): INTER_LINEAR when enlarging
     want = cv2.resize(rgb, (out[1], out[0]), interpolation=interp)
-    exact = name in ("bilinear", "nearest")  # OpenCV's area sums in float: ties may round apart
+    exact = name in ("bilinear", "nearest") or interp == cv2.INTER_LINEAR  # OpenCV's area sums in float: ties may round apart
     _close(torch_ops.resize(_chw(rgb), *out, filter=name).permute(1, 2, 0), want, 0 if exact else TOL)
 
 
@@ -162,3 +164,16 @@ def test_refinement_and_decontamination_are_not_eligible():
     assert not gpu_eligible(PostprocParams.create(refine="guided"))[0]
     assert not gpu_eligible(PostprocParams.create(decontaminate=True))[0]
     assert gpu_eligible(PostprocParams.create(decontaminate=True, format="mask"))[0]
+
+
+@pytest.mark.parametrize("name,resample", [("pil_lanczos", "LANCZOS"), ("pil_bilinear", "BILINEAR"),
+                                           ("pil_bicubic", "BICUBIC")])
+@pytest.mark.parametrize("out", [(320, 320), (192, 192), (900, 1000)])
+def test_pillow_filters_match_pillow_to_the_bit(name, resample, out):
+    """The spec's Pillow filters (model/preprocess.py's resize names): fixed-point passes as Pillow runs them."""
+    from PIL import Image
+
+    rgb = _photo(0)
+    want = np.asarray(Image.fromarray(rgb).resize((out[1], out[0]), getattr(Image.Resampling, resample),
+                                                  reducing_gap=None))
+    _close(torch_ops.resize(_chw(rgb), *out, filter=name).permute(1, 2, 0), want, 0)
