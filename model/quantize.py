@@ -4,8 +4,9 @@ ONNX Runtime's static quantization (QDQ format, per-channel INT8 weights, UINT8 
 calibrated on training photos preprocessed exactly as inference preprocesses them (the model's
 own spec). `int8_model_path(spec, fp32_onnx_path)` returns the cached INT8 file, building it
 on a miss; `matting weights int8 NAME` builds it at set-up so that no worker builds it at job
-start. The cache key holds everything the file depends on: the FP32 source's checksum, the
-recipe (and RECIPE_VERSION), the calibration photos and onnxruntime's version. Each INT8 file
+start. The cache key holds what the file depends on: the FP32 source's checksum, the recipe
+(and RECIPE_VERSION), onnxruntime's version and an explicitly named calibration folder (the
+photos used are listed in the file's metadata; a reader needs none of them). Each INT8 file
 has a `.sha256` beside it; a file that no longer matches is rebuilt, never used.
 
 Which recipe, and why (bench/RESULTS.md, INT8 section, has the figures): see RECIPES.
@@ -284,8 +285,8 @@ def quantize(spec: ModelSpec, source: Path, output: Path, recipe: Recipe,
         quantized = onnx.load(str(partial))
         shield_float_convs(quantized, keep)
         onnx.save(quantized, str(partial))
-    return {"calibration_photos": len(photos), "kept_fp32": keep, "seconds": round(time.perf_counter() - t0, 1),
-            "partial": str(partial)}
+    return {"calibration_photos": [f"{p.parent.name}/{p.name}" for p in photos], "kept_fp32": keep,
+            "seconds": round(time.perf_counter() - t0, 1), "partial": str(partial)}
 
 
 def shield_float_convs(model, names: Sequence[str]) -> int:
@@ -353,12 +354,15 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def cache_key(spec: ModelSpec, source: Path, recipe: Recipe, calibration: Sequence[Path]) -> str:
+def cache_key(spec: ModelSpec, source: Path, recipe: Recipe, calibration_dir: str | os.PathLike | None = None) -> str:
+    """Over everything the file depends on, except the calibration photos themselves: a worker
+    that only reads a file built at set-up need not have them. A calibration folder named
+    explicitly (not the default) is part of the key; the photos used are in the file's metadata."""
     import onnxruntime
 
     parts = {"source_md5": weights_mod.md5_of(source), "recipe_version": RECIPE_VERSION, "recipe": asdict(recipe),
              "onnxruntime": onnxruntime.__version__, "preprocess": asdict(spec.preprocess),
-             "calibration": [f"{p.parent.name}/{p.name}:{p.stat().st_size}" for p in calibration]}
+             "calibration_dir": str(Path(calibration_dir).expanduser().resolve()) if calibration_dir else None}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -375,8 +379,7 @@ def int8_model_path(spec: ModelSpec | str, fp32_onnx_path: str | os.PathLike | N
     spec = get_spec(spec)
     recipe = recipe or recipe_for(spec)
     source = fp32_source(spec, fp32_onnx_path)
-    photos = calibration_photos(recipe.photos, calibration_dir)
-    key = cache_key(spec, source, recipe, photos)
+    key = cache_key(spec, source, recipe, calibration_dir)
     target = Path(cache_dir or int8_dir()) / f"{spec.name}-int8-{key}.onnx"
     checksum = target.with_suffix(".sha256")
     if not rebuild and target.is_file() and checksum.is_file():
@@ -411,7 +414,7 @@ def _stamp(path: Path, spec: ModelSpec, recipe: Recipe, key: str, info: dict) ->
             entry.value = "int8"
     meta = {"spec": json.dumps(spec.to_json_dict()), "int8_key": key, "int8_recipe_version": str(RECIPE_VERSION),
             "int8_recipe": json.dumps(asdict(recipe), default=str), "int8_kept_fp32": ",".join(info["kept_fp32"]),
-            "int8_calibration_photos": str(info["calibration_photos"])}
+            "int8_calibration_photos": ",".join(info["calibration_photos"])}
     for k, v in meta.items():
         e = model.metadata_props.add()
         e.key, e.value = k, v

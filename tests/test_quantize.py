@@ -129,16 +129,27 @@ def test_int8_file_is_built_once_reused_and_rebuilt_when_corrupted(tiny, photo_d
 def test_cache_key_follows_recipe_source_and_onnxruntime(tiny, photo_dir, monkeypatch):
     spec, recipe = tiny
     source = q.fp32_source(spec)
-    photos = q.calibration_photos(recipe.photos, photo_dir)
-    key = q.cache_key(spec, source, recipe, photos)
-    assert key == q.cache_key(spec, source, recipe, photos)
-    assert key != q.cache_key(spec, source, dataclasses.replace(recipe, method="percentile"), photos)
-    assert key != q.cache_key(spec, source, recipe, photos[:1])
+    key = q.cache_key(spec, source, recipe, photo_dir)
+    assert key == q.cache_key(spec, source, recipe, photo_dir)
+    assert key != q.cache_key(spec, source, dataclasses.replace(recipe, method="percentile"), photo_dir)
+    assert key != q.cache_key(spec, source, dataclasses.replace(recipe, photos=3), photo_dir)
+    assert key != q.cache_key(spec, source, recipe, None)  # the default folder
+    assert key != q.cache_key(spec, q.fp32_source(get_spec("unet-base")), recipe, photo_dir)
     monkeypatch.setattr(q, "RECIPE_VERSION", q.RECIPE_VERSION + 1)
-    assert key != q.cache_key(spec, source, recipe, photos)
+    assert key != q.cache_key(spec, source, recipe, photo_dir)
     monkeypatch.setattr(q, "RECIPE_VERSION", q.RECIPE_VERSION - 1)
     monkeypatch.setattr(ort, "__version__", "0.0.1")
-    assert key != q.cache_key(spec, source, recipe, photos)
+    assert key != q.cache_key(spec, source, recipe, photo_dir)
+
+
+def test_a_built_file_is_found_without_the_calibration_photos(tiny, photo_dir, monkeypatch):
+    """Workers read what set-up built: a cache hit needs neither the photos nor a build."""
+    spec, recipe = tiny
+    monkeypatch.setenv(q.CALIBRATION_ENV, str(photo_dir))
+    path = q.int8_model_path(spec, recipe=recipe)
+    monkeypatch.setenv(q.CALIBRATION_ENV, str(photo_dir.parent / "gone"))
+    monkeypatch.setattr(q, "quantize", lambda *a, **k: pytest.fail("rebuilt on a cache hit"))
+    assert q.int8_model_path(spec, recipe=recipe) == path
 
 
 def test_cli_builds_the_int8_file(tiny, photo_dir, monkeypatch, capsys):
