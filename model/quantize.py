@@ -412,7 +412,7 @@ def _stamp(path: Path, spec: ModelSpec, recipe: Recipe, key: str, info: dict) ->
     for entry in model.metadata_props:
         if entry.key == "precision":
             entry.value = "int8"
-    meta = {"spec": json.dumps(spec.to_json_dict()), "int8_key": key, "int8_recipe_version": str(RECIPE_VERSION),
+    meta = {"int8_key": key, "int8_recipe_version": str(RECIPE_VERSION),
             "int8_recipe": json.dumps(asdict(recipe), default=str), "int8_kept_fp32": ",".join(info["kept_fp32"]),
             "int8_calibration_photos": ",".join(info["calibration_photos"])}
     for k, v in meta.items():
