@@ -25,7 +25,8 @@ from serve.errors import MESSAGE_CHARS, ApiError, echo, error_response
 from serve.fetch import _check_url, address_refusal
 from serve.limits import header_refusal
 from serve.params import param_types, parse_params, parse_preset
-from serve.removebg import _choice, _flag, parse_margin, read_fields
+from serve import removebg_layout as layout
+from serve.removebg import _choice, _flag, _parsed, read_fields
 from serve.settings import AppArgs, ImageUrlSettings
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -69,7 +70,9 @@ def test_parse_params_gives_params_or_a_4xx(raw, preset):
 @UNIT
 @given(values, values, values, values)
 def test_removebg_field_parsers_give_values_or_a_400(margin, size, flag, fmt):
-    for call in (lambda: parse_margin(margin), lambda: _choice({"size": size}, "size", ("auto", "hd"), "auto"),
+    for call in (lambda: _parsed(layout.parse_margin, margin), lambda: _parsed(layout.parse_scale, size),
+                 lambda: _parsed(layout.parse_position, flag), lambda: _parsed(layout.parse_roi, fmt, 1000, 800),
+                 lambda: _choice({"size": size}, "size", ("auto", "hd"), "auto"),
                  lambda: _flag({"crop": flag}, "crop"), lambda: _choice({"format": fmt}, "format", ("png",), "png")):
         try:
             call()
