@@ -33,7 +33,8 @@ from PIL import Image
 
 from model.tta import predict as tta_predict
 from pipelines.stages import Predictor, _skip, decode_input, uncertain_fraction
-from postproc import DecodeError, PostprocParams, decode_image
+from postproc import DecodeError, PostprocParams, decode_image, model_input
+from postproc.decode import DecodedImage
 
 log = logging.getLogger(__name__)
 
@@ -225,8 +226,15 @@ class GpuPredictor(Predictor):
                 rgb, alpha = got
                 height[i], width[i] = rgb.shape[1:]  # the pixels' size, as the CPU path records it
                 images[i] = (rgb, alpha)
-                small = ops.model_input(rgb, self.runtime.input_size, alpha, self.filter, self.preshrink)
-                model_inputs[i] = small.permute(1, 2, 0).cpu().numpy()
+                if self.filter is not None and self.filter.startswith("pil_"):
+                    # The torch twin of Pillow's filters is not yet exact on every photo (torch_ops._pil_resize):
+                    # the model input comes from the numpy reference, at the cost of a copy to the host.
+                    host = DecodedImage(rgb.permute(1, 2, 0).cpu().numpy(),
+                                        None if alpha is None else alpha.cpu().numpy(), "JPEG")
+                    model_inputs[i] = model_input(host, self.runtime.spec.preprocess)
+                else:
+                    small = ops.model_input(rgb, self.runtime.input_size, alpha, self.filter, self.preshrink)
+                    model_inputs[i] = small.permute(1, 2, 0).cpu().numpy()
         t_dec = (time.perf_counter() - t0) / max(len(deferred), 1)
         # Inference on every row that has an input, as Predictor does; then the deferred rows'
         # post-processing on the device, the others' probabilities for the CPU renderer.

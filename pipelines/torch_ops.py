@@ -80,16 +80,26 @@ def _pil_weights(n_in: int, n_out: int, kind: str) -> np.ndarray:
 
 
 def _pil_resize(img: torch.Tensor, height: int, width: int, kind: str) -> torch.Tensor:
-    """Pillow's Image.resize with an antialiased filter (reducing_gap=None), to the bit: horizontal
-    pass, rounding to 8 bits, vertical pass; integer sums exact in float64."""
+    """Pillow's Image.resize with an antialiased filter (reducing_gap=None): one pass per axis,
+    rounding to 8 bits in between; integer sums exact in float64. Exact on most photos, but NOT on
+    all: Pillow 13 orders or crops its passes in a way not reproduced here (an 832×550 photo to 320²
+    differed by up to 10 levels), so the GPU path makes Pillow-filter model inputs with the numpy
+    reference (pipelines/gpu_path.py) until this twin is exact."""
     x = img.to(torch.float64)
     h, w = x.shape[-2:]
-    if w != width:
+
+    def horizontal(x):
         k = torch.from_numpy(_pil_weights(w, width, kind)).to(x.device)
-        x = torch.floor((x @ k.T + float(1 << 21)) / float(1 << 22)).clamp_(0, 255)
-    if h != height:
+        return torch.floor((x @ k.T + float(1 << 21)) / float(1 << 22)).clamp_(0, 255)
+
+    def vertical(x):
         k = torch.from_numpy(_pil_weights(h, height, kind)).to(x.device)
-        x = torch.floor((k @ x + float(1 << 21)) / float(1 << 22)).clamp_(0, 255)
+        return torch.floor((k @ x + float(1 << 21)) / float(1 << 22)).clamp_(0, 255)
+
+    passes = [horizontal] * (w != width), [vertical] * (h != height)
+    horizontal_first = True
+    for step in (passes[0] + passes[1]) if horizontal_first else (passes[1] + passes[0]):
+        x = step(x)
     return x.to(torch.uint8)
 
 

@@ -229,7 +229,7 @@ class MattingIngress:
     @fastapi_app.get("/v1.0/account", summary="remove.bg-compatible account: credits, free calls, sizes",
                      description=removebg.account.__doc__)
     async def account(self, request: Request):
-        headers = self.guard(request)
+        headers, _ = self.guard(request)
         return JSONResponse(removebg.account(self.args, int(headers["X-RateLimit-Remaining"])), headers=headers)
 
 

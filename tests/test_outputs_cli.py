@@ -66,7 +66,9 @@ def test_warmup_command_loads_the_kernels(capsys):
 def fake_row(key: str, rgb: np.ndarray, error: str = "") -> dict:
     prob = np.zeros((20, 20), np.float32)
     prob[5:15, 5:15] = 1.0
-    return {"source_key": key, "error": error, "error_reason": "corrupt" if error else "", "pixels": rgb,
+    # The render stage decodes the compressed bytes once more (full-resolution pixels skip the actor).
+    data = b"" if error else cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))[1].tobytes()
+    return {"source_key": key, "error": error, "error_reason": "corrupt" if error else "", "data": data,
             "prob": prob, "size_bytes": 10, "sha256": "0" * 64, "width": rgb.shape[1], "height": rgb.shape[0],
             "t_read": 0.0, "t_decode": 0.0, "input_etag": "", "reused_output_key": ""}
 

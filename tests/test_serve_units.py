@@ -250,7 +250,7 @@ def test_matting_serve_overrides_host_port_and_auth():
 
 
 def test_unknown_model_in_args_names_the_registered_ones():
-    with pytest.raises(ValueError, match="registered: \\['u2netp'"):
+    with pytest.raises(ValueError, match="registered: \\['u2net', 'u2netp'"):
         AppArgs(models=["u2net-xl"])
 
 
