@@ -347,11 +347,7 @@ def int8_dir() -> Path:
 
 
 def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return weights_mod.file_digest(path, "sha256")
 
 
 def cache_key(spec: ModelSpec, source: Path, recipe: Recipe, calibration_dir: str | os.PathLike | None = None) -> str:

@@ -36,12 +36,17 @@ def weights_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "unet-matting" / "weights"
 
 
-def md5_of(path: Path) -> str:
-    h = hashlib.md5()
+def file_digest(path: Path, algorithm: str = "md5") -> str:
+    """Hex digest of a file, read 1 MiB at a time (weights run to hundreds of MB)."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def md5_of(path: Path) -> str:
+    return file_digest(path, "md5")
 
 
 def cached_path(spec: ModelSpec) -> Path:
