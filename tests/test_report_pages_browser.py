@@ -7,28 +7,21 @@ Set MATTING_SCREENSHOTS=DIR to keep screenshots of the pages.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
 import pytest
 
+from browser import CHROMIUM, FLAGS, require_browser
 from pipelines.cli import main
 from test_evaluate import make_set
 from test_outputs_cli import make_run
 from postproc import PostprocParams
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
 
 pytestmark = [pytest.mark.timeout(420), pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
-_missing = [what for what, ok in (
-    ("Debian's chromium (apt-get install chromium)", Path(CHROMIUM).exists()),
-    ("playwright (pip install playwright)", importlib.util.find_spec("playwright") is not None)) if not ok]
-if _missing and os.environ.get("CI") != "true":
-    pytest.skip(f"browser test needs {', '.join(_missing)}", allow_module_level=True)
+require_browser()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ Set MATTING_SCREENSHOTS=DIR to keep screenshots of the page.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import os
 import re
@@ -23,22 +22,16 @@ import cv2
 import numpy as np
 import pytest
 
+from browser import CHROMIUM, FLAGS, require_browser
 from catalog import SAMPLES
 from serve.settings import AppArgs, ImageUrlSettings
 from serve_harness import running_app
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
 KEY = "browser-test-key-0c4d"
 
 pytestmark = [pytest.mark.timeout(420), pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
-_missing = [what for what, ok in (
-    ("Debian's chromium (apt-get install chromium)", Path(CHROMIUM).exists()),
-    ("playwright (pip install playwright)", importlib.util.find_spec("playwright") is not None)) if not ok]
-if _missing and os.environ.get("CI") != "true":
-    pytest.skip(f"browser test needs {', '.join(_missing)}", allow_module_level=True)
+require_browser()
 
 
 class PhotoHost(BaseHTTPRequestHandler):
