@@ -43,12 +43,10 @@ import shlex
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,77 +60,9 @@ from postproc import PostprocParams, decode_image, model_input  # noqa: E402
 from postproc.alpha import bounding_box  # noqa: E402
 from postproc.render import compose_and_encode, refine_alpha  # noqa: E402
 
-WIDTH, HEIGHT = 1024, 768
+from cpu_time import TreeCPU  # noqa: E402 (bench/ is on the path when run as a script)
+from photos import HEIGHT, WIDTH, make_images  # noqa: E402
 STAGES = ["read", "decode", "infer", "postprocess", "encode", "write"]
-
-
-def make_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    photos = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in sorted((ROOT / "pipelines" / "samples").glob("*.jpg"))]
-    paths = []
-    for i in range(n):
-        img = photos[i % len(photos)]
-        h, w = img.shape[:2]
-        cw = min(w, h * WIDTH / HEIGHT) * rng.uniform(0.8, 1.0)
-        ch = cw * HEIGHT / WIDTH
-        x, y = int(rng.uniform(0, w - cw)), int(rng.uniform(0, h - ch))
-        crop = img[y:y + int(ch), x:x + int(cw)]
-        if rng.random() < 0.5:
-            crop = crop[:, ::-1]
-        out = cv2.resize(crop, (WIDTH, HEIGHT), interpolation=cv2.INTER_CUBIC).astype(np.int16)
-        out = np.clip(out + int(rng.integers(-12, 13)), 0, 255).astype(np.uint8)
-        paths.append(folder / f"img_{i:05d}.jpg")
-        cv2.imwrite(str(paths[-1]), out, [cv2.IMWRITE_JPEG_QUALITY, 90])
-    return paths
-
-
-class TreeCPU:
-    """CPU seconds of this process and every process under it (raylet, GCS, workers), from /proc.
-
-    Ray reaps its workers without adding their time to the raylet's, so live processes are sampled
-    every `every` s: one that exits loses at most its last interval. Also notes which processes
-    served as inference actors (by their process title), to confirm the pool had the size asked for.
-    """
-
-    def __init__(self, every: float = 0.5):
-        self.actors: set[int] = set()
-        self.base, self.last, self.every = self._sample(), {}, every
-        self.old_actors = set(self.actors)  # a previous job's actors, still exiting
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _sample(self) -> dict[int, int]:
-        ticks, kids = {}, {}
-        for d in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                f = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
-            except OSError:  # gone meanwhile
-                continue
-            ticks[int(d)] = int(f[11]) + int(f[12])  # utime + stime
-            kids.setdefault(int(f[1]), []).append(int(d))
-        out, todo = {}, [os.getpid()]
-        while todo:
-            pid = todo.pop()
-            out[pid] = ticks.get(pid, 0)
-            todo += kids.get(pid, [])
-            try:
-                if "MapBatches(Predictor)" in open(f"/proc/{pid}/cmdline").read():
-                    self.actors.add(pid)
-            except OSError:
-                pass
-        return out
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every):
-            self.last.update(self._sample())
-
-    def stop(self) -> float:
-        self._stop.set()
-        self._thread.join()
-        self.last.update(self._sample())
-        return sum(t - self.base.get(pid, 0) for pid, t in self.last.items()) / os.sysconf("SC_CLK_TCK")
 
 
 def plain_loop(src: Path, keys: list[str], out: Path, cfg: JobConfig, threads: int | None) -> dict:
@@ -189,7 +119,7 @@ def job_run(cfg: JobConfig) -> dict:
     t_epoch, start, tree = time.time(), time.perf_counter(), TreeCPU()
     res = run_job(cfg)
     wall = time.perf_counter() - start
-    cpu = tree.stop()
+    cpu = sum(tree.stop())
     done = sorted(p.stat().st_mtime for p in out.glob("*" + cfg.params.extension))
     # Outputs land in bursts, one per inference batch: count from the end of one burst to the end of
     # another (the k-th batch's worth of outputs), from the 10 % to the 90 % mark of the run.
@@ -204,7 +134,7 @@ def job_run(cfg: JobConfig) -> dict:
             "wall_s": wall, "images_per_s": n / wall, "cpu_s_per_image": cpu / n,
             "first_output_s": (done[0] - t_epoch) if done else None,
             "steady_images_per_s": (k_hi - k_lo) * bs / span if span > 0 else None, "stage_s": stage,
-            "actors_used": len(tree.actors - tree.old_actors), "loadavg": [load0, os.getloadavg()[0]]}
+            "actors_used": tree.actors_used, "loadavg": [load0, os.getloadavg()[0]]}
 
 
 def machine() -> dict:

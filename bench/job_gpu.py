@@ -38,91 +38,15 @@ import sys
 import tempfile
 import threading
 import time
-from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
 
+from cpu_time import TreeCPU  # bench/ is on the path when run as a script
+from photos import HEIGHT, WIDTH, make_images
+
 HERE = Path(__file__).resolve().parents[1]
-WIDTH, HEIGHT = 1024, 768
 STAGES = ("read", "decode", "infer", "postprocess", "encode", "write")
-
-
-def _make_one(args) -> None:
-    import cv2
-
-    i, folder, seed = args
-    rng = np.random.default_rng(seed + i)
-    photos = sorted((HERE / "pipelines" / "samples").glob("*.jpg"))
-    img = cv2.imread(str(photos[i % len(photos)]), cv2.IMREAD_COLOR)
-    h, w = img.shape[:2]
-    cw = min(w, h * WIDTH / HEIGHT) * rng.uniform(0.8, 1.0)
-    ch = cw * HEIGHT / WIDTH
-    x, y = int(rng.uniform(0, w - cw)), int(rng.uniform(0, h - ch))
-    crop = img[y:y + int(ch), x:x + int(cw)]
-    if rng.random() < 0.5:
-        crop = crop[:, ::-1]
-    out = cv2.resize(crop, (WIDTH, HEIGHT), interpolation=cv2.INTER_CUBIC).astype(np.int16)
-    out = np.clip(out + int(rng.integers(-12, 13)), 0, 255).astype(np.uint8)
-    cv2.imwrite(str(Path(folder) / f"img_{i:05d}.jpg"), out, [cv2.IMWRITE_JPEG_QUALITY, 90])
-
-
-def make_images(folder: Path, n: int, seed: int = 0) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    with Pool(os.cpu_count()) as pool:
-        pool.map(_make_one, [(i, str(folder), seed) for i in range(n)], chunksize=64)
-
-
-class TreeCPU:
-    """CPU seconds of this process and all under it, split into inference actors and the rest."""
-
-    def __init__(self, every: float = 0.5):
-        self.first: dict[int, int] = {}
-        self.last: dict[int, int] = {}
-        self.actor: set[int] = set()
-        self.every = every
-        self._stop = threading.Event()
-        self._sample()
-        self.first = dict(self.last)
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-
-    def _sample(self) -> None:
-        ticks, kids = {}, {}
-        for d in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                f = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            ticks[int(d)] = int(f[11]) + int(f[12])
-            kids.setdefault(int(f[1]), []).append(int(d))
-        todo = [os.getpid()]
-        while todo:
-            pid = todo.pop()
-            if pid in ticks:
-                self.last[pid] = ticks[pid]
-                self.first.setdefault(pid, 0)  # born during the run: all its time counts
-            todo += kids.get(pid, [])
-            if pid not in self.actor:
-                try:
-                    if "MapBatches(" in open(f"/proc/{pid}/cmdline").read():
-                        self.actor.add(pid)
-                except OSError:
-                    pass
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every):
-            self._sample()
-
-    def stop(self) -> tuple[float, float]:
-        """(seconds in inference actors, seconds elsewhere)."""
-        self._stop.set()
-        self._t.join()
-        self._sample()
-        hz = os.sysconf("SC_CLK_TCK")
-        actor = sum(self.last[p] - self.first.get(p, 0) for p in self.last if p in self.actor) / hz
-        total = sum(self.last[p] - self.first.get(p, 0) for p in self.last) / hz
-        return actor, total - actor
 
 
 class GpuBusy:
