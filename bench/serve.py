@@ -20,25 +20,41 @@ Method:
    errors = non-200 answers and exceptions.
 The clients run on the same machine as the server and share its cores, so absolute numbers are
 lower than on a dedicated host; compare the two modes side by side, within one run.
+
+Against the peer (--peer rembg), the issue-18 comparison, as a user would run both servers:
+    python bench/serve.py --peer rembg [--duration 60] [--clients 8]
+1. `rembg s --no-ui` (rembg[cpu,cli]==bench/peer.py's REMBG_VERSION in its own venv under --work,
+   U2NET_HOME pointing at our cached U²-Netp file, as bench/peer.py sets them up), then
+   `matting serve` with its default config (serve/config.yaml) and one API key per client, each a
+   separate process on a free loopback port, one after the other (never both at once).
+2. Each gets a warm-up of 2 × clients requests, then `--clients` threads POST the same 1024×768
+   JPEG (bench/photos.py's photo 0) back to back for --duration seconds: rembg's
+   `POST /api/remove` (multipart `file`, `model=u2netp`), ours `POST /v1/matte` (raw body, PNG out,
+   each client with its own key). Successful requests/s, latency and errors per server, then the
+   ratio ours/rembg.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `python bench/serve.py` from the repository root or anywhere
 
-from serve.local import running_app  # noqa: E402
+from serve.local import free_port, running_app  # noqa: E402
 from serve.settings import AppArgs  # noqa: E402
 
 KEY = "bench-" + os.urandom(8).hex()
@@ -95,7 +111,16 @@ def warm_up(base: str, n: int) -> list[str]:
     return problems
 
 
-def load(base: str, clients: int, duration: float) -> dict:
+def matte_request(base: str, keys: list[str]):
+    """Our /v1/matte with a raw JPEG body: client i sends with keys[i % len(keys)]."""
+    def post(session: requests.Session, i: int, n: int) -> requests.Response:
+        return session.post(f"{base}/v1/matte", data=PHOTOS[n % len(PHOTOS)], timeout=120,
+                            headers={"X-Api-Key": keys[i % len(keys)], "Content-Type": "image/jpeg"})
+    return post
+
+
+def load(post, clients: int, duration: float) -> dict:
+    """`clients` threads call post(session, client, n) back to back for `duration` seconds."""
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
@@ -109,8 +134,7 @@ def load(base: str, clients: int, duration: float) -> dict:
             if t0 >= stop_at:
                 return
             try:
-                r = s.post(f"{base}/v1/matte", data=PHOTOS[n % len(PHOTOS)], timeout=120,
-                           headers={"X-Api-Key": KEY, "Content-Type": "image/jpeg"})
+                r = post(s, i, n)
                 ok, why = r.status_code == 200, f"HTTP {r.status_code}"
             except requests.RequestException as e:
                 ok, why = False, type(e).__name__
@@ -132,6 +156,104 @@ def load(base: str, clients: int, duration: float) -> dict:
             "error_kinds": sorted(set(errors))}
 
 
+# -- against the peer ---------------------------------------------------------------------------
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float) -> float:
+    """Seconds until GET url answers 200 (a server's start-up), or raise naming the log."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before it was ready")
+        try:
+            if requests.get(url, timeout=5).status_code == 200:
+                return time.monotonic() - t0
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} not ready within {timeout_s:.0f} s")
+
+
+@contextlib.contextmanager
+def server(cmd: list[str], env: dict, ready_url: str, log: Path):
+    """A server process (its own process group), ready; stopped with SIGINT, then SIGKILL."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            yield wait_ready(ready_url, proc, 300)
+        finally:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def one_server(name: str, post, clients: int, duration: float) -> dict:
+    problems = []
+    with requests.Session() as s:
+        for n in range(2 * clients):  # warm-up: sessions made, arenas at size (not counted)
+            try:
+                r = post(s, n % clients, n)
+                if r.status_code != 200:
+                    problems.append(f"HTTP {r.status_code} {r.text[:120]}")
+            except requests.RequestException as e:
+                problems.append(type(e).__name__)
+    if problems:
+        print(f"{name}: warm-up problems {sorted(set(problems))}", flush=True)
+    r = load(post, clients, duration)
+    r["server"] = name
+    print(f"{name:8s} clients={clients}  {r['rps']:6.2f} req/s  p50 {r['p50_ms']:7.0f} ms  p95 {r['p95_ms']:7.0f} ms  "
+          f"errors {r['errors']} {r['error_kinds'] or ''}", flush=True)
+    return r
+
+
+def against_rembg(a) -> list[dict]:
+    from peer import REMBG_VERSION, machine, rembg_venv, u2net_home  # bench/ is on the path as a script
+    from photos import make_photo
+
+    work = Path(a.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    rembg, home = rembg_venv(work, REMBG_VERSION), u2net_home(work)
+    ok, jpeg = cv2.imencode(".jpg", make_photo(0), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    photo = jpeg.tobytes()
+    info = machine()
+    print(f"machine: {info}; load average {os.getloadavg()[0]:.1f} at start", flush=True)
+    print(f"command: {' '.join(sys.argv)}", flush=True)
+    results = []
+
+    port = free_port()
+    env = {**os.environ, "U2NET_HOME": str(home)}
+    def rembg_post(session, i, n):
+        return session.post(f"http://127.0.0.1:{port}/api/remove", files={"file": ("photo.jpg", photo, "image/jpeg")},
+                            data={"model": "u2netp"}, timeout=120)
+    with server([str(rembg), "s", "--host", "127.0.0.1", "--port", str(port), "--no-ui", "--log_level", "warning"],
+                env, f"http://127.0.0.1:{port}/api", work / "rembg-s.log") as ready_s:
+        print(f"rembg s ready in {ready_s:.1f} s", flush=True)
+        results.append(one_server("rembg", rembg_post, a.clients[0], a.duration) | {"ready_s": ready_s})
+
+    port = free_port()
+    keys = [f"bench-{i}-" + os.urandom(6).hex() for i in range(a.clients[0])]
+    env = {**os.environ, "MATTING_API_KEYS": ",".join(keys)}
+    matting = Path(sys.executable).parent / "matting"
+    def our_post(session, i, n):
+        return session.post(f"http://127.0.0.1:{port}/v1/matte", data=photo, timeout=120,
+                            headers={"X-Api-Key": keys[i % len(keys)], "Content-Type": "image/jpeg"})
+    with server([str(matting), "serve", "--port", str(port)], env, f"http://127.0.0.1:{port}/healthz",
+                work / "matting-serve.log") as ready_s:
+        print(f"matting serve ready in {ready_s:.1f} s", flush=True)
+        results.append(one_server("ours", our_post, a.clients[0], a.duration) | {"ready_s": ready_s})
+
+    theirs, ours = results
+    ratio = ours["rps"] / theirs["rps"] if theirs["rps"] else float("nan")
+    print("\n| server | clients | successful req/s | p50 ms | p95 ms | errors | ready after |\n|---|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['server']} | {r['clients']} | {r['rps']:.2f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | "
+              f"{r['errors']} | {r['ready_s']:.1f} s |")
+    print(f"ours / rembg: {ratio:.2f}×; load average at end {os.getloadavg()[0]:.1f}")
+    return results + [{"ratio": ratio, "machine": info}]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--duration", type=float, default=20.0, help="seconds per client count (default 20)")
@@ -139,7 +261,15 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--wait", type=float, default=0.02, help="batch_wait_timeout_s when batching (default 0.02)")
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--peer", choices=["rembg"], help="compare `matting serve` with `rembg s` instead (first --clients "
+                                                      "value only; see the module's docstring)")
+    ap.add_argument("--work", default=str(ROOT / "bench" / ".work"), help="rembg's venv and the logs (git-ignored)")
     a = ap.parse_args()
+    if a.peer:
+        results = against_rembg(a)
+        if a.json:
+            Path(a.json).write_text(json.dumps(results, indent=2))
+        return 0
 
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start (shared machines "
           "give noisy figures)", flush=True)
@@ -170,7 +300,7 @@ def main() -> int:
             mem_start = serve_rss_mb()
             print(f"{name:13s} Serve RSS MB after warm-up   {json.dumps(mem_start)}", flush=True)
             for c in a.clients:
-                r = load(base, c, a.duration)
+                r = load(matte_request(base, [KEY]), c, a.duration)
                 r.update(mode=name, **user_config, rss_mb=serve_rss_mb())
                 results.append(r)
                 print(f"{name:13s} clients={c}  {r['rps']:6.2f} req/s  p50 {r['p50_ms']:7.0f} ms  p95 "
