@@ -68,7 +68,8 @@ fastapi_app.add_middleware(BodyLimitMiddleware, limit=lambda: fastapi_app.state.
 fastapi_app.add_middleware(HeaderLimitMiddleware, limits=lambda: fastapi_app.state.header_limits)
 # Outside the header and body limits, so that their refusals under /v1.0/ carry the rate-limit headers too.
 fastapi_app.state.rate_limit_headers = lambda scope: None  # set by the ingress: it holds the limiters
-fastapi_app.add_middleware(RateLimitHeadersMiddleware, headers=lambda scope: fastapi_app.state.rate_limit_headers(scope))
+fastapi_app.add_middleware(RateLimitHeadersMiddleware,
+                           headers=lambda scope: fastapi_app.state.rate_limit_headers(scope))
 fastapi_app.add_middleware(SecurityHeadersMiddleware)
 fastapi_app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -248,7 +249,7 @@ class MattingIngress:
         return response
 
     @fastapi_app.post("/v1.0/removebg", summary="remove.bg-compatible background removal",
-                      description=removebg.__doc__)
+                      description=removebg.__doc__, openapi_extra=removebg.openapi_removebg())
     async def removebg_endpoint(self, request: Request):
         headers, identity = self.guard(request)
         try:

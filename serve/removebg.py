@@ -63,6 +63,30 @@ KNOWN = {*SOURCES, *BACKGROUNDS, "size", "type", "type_level", "format", "roi", 
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
 
 
+def openapi_removebg() -> dict:
+    """The request body of POST /v1.0/removebg for the OpenAPI document: every parameter KNOWN here, the
+    choices as enums (format: remove.bg's names for the formats table, plus auto and zip)."""
+    text, binary = {"type": "string"}, {"type": "string", "format": "binary"}
+
+    def choice(values: tuple, default: str) -> dict:
+        return {"type": "string", "enum": list(values), "default": default}
+
+    fields = {
+        "image_file": binary, "image_file_b64": text, "image_url": text,
+        "size": choice(SIZES, "preview"), "type": choice(TYPES, "auto"), "type_level": choice(TYPE_LEVELS, "1"),
+        "format": choice(FORMATS, "auto"), "channels": choice(CHANNELS, "rgba"),
+        "roi": text, "crop": {"type": "boolean", "default": False}, "crop_margin": text, "scale": text,
+        "position": text, "bg_color": text, "bg_image_url": text, "bg_image_file": binary,
+        **{name: text for name in IGNORED},
+    }
+    as_text = {k: v for k, v in fields.items() if k not in FILES}  # file parts come in multipart only
+    return {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "properties": fields}},
+        "application/x-www-form-urlencoded": {"schema": {"type": "object", "properties": as_text}},
+        "application/json": {"schema": {"type": "object", "properties": as_text}},
+    }}}
+
+
 def bad(message: str, code: str = "invalid_parameter") -> ApiError:
     return ApiError(400, code, message)
 

@@ -104,6 +104,9 @@ def test_remove_bg_api_maps_its_names_onto_the_table():
     pictures = {f.name for f in OUTPUT_FORMATS.values() if not f.matte}
     assert set(removebg.ALIASES.values()) == pictures and removebg.ALIASES["jpg"] == "jpeg"
     assert set(removebg.FORMATS) == {"auto", "zip", *removebg.ALIASES}
+    body = removebg.openapi_removebg()["requestBody"]["content"]
+    assert body["multipart/form-data"]["schema"]["properties"]["format"]["enum"] == list(removebg.FORMATS)
+    assert set(body["multipart/form-data"]["schema"]["properties"]) == removebg.KNOWN  # every parameter documented
     rgb, alpha = scene()
     prob = alpha.astype(np.float32) / 255.0
     common = dict(megapixels=None, roi_text=None, crop=False, margin=layout.parse_margin(None), scale=None,

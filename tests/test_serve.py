@@ -324,6 +324,8 @@ def test_every_output_format_is_offered_by_both_apis_the_schema_and_the_page_end
     assert {p["name"]: p for p in matte["parameters"]}["format"]["schema"]["enum"] == list(OUTPUT_FORMATS)
     assert {f.media_type for f in OUTPUT_FORMATS.values()} <= set(matte["responses"]["200"]["content"])
     assert "/v1/formats" in spec["paths"]
+    removebg_body = spec["paths"]["/v1.0/removebg"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert set(ALIASES) < set(removebg_body["schema"]["properties"]["format"]["enum"])
     assert set(ALIASES.values()) == {f.name for f in OUTPUT_FORMATS.values() if not f.matte}
     data = photo()
     for f in OUTPUT_FORMATS.values():

@@ -291,7 +291,7 @@ async function matte(src, onProgress = () => {}, onWait = () => {}) {
 function downloadName(result, name) {
   const cd = result.header("Content-Disposition") || "";
   const m = cd.match(/filename="([^"]+)"/);
-  return m ? m[1] : name.replace(/\.[^.]*$/, "") + ".png";
+  return m ? m[1] : name.replace(/\.[^.]*$/, "") + formats[transport].extension; // remove.bg's: what was asked
 }
 
 function saveBlob(blob, name) {
