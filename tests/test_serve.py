@@ -631,7 +631,8 @@ def assert_rate_limit_headers(r: requests.Response, limit: int, now: float) -> N
 
 
 def test_removebg_rate_limit_headers_on_every_answer(server):
-    """Also on what never reaches the handler: a refused key, a body over the limit, an unknown path or method."""
+    """Also on what never reaches the handler: a refused key, a body or headers over the limit, an unknown
+    path or method."""
     now = time.time()
     big = b"\xff\xd8" + b"\0" * int(MAX_UPLOAD_MB * 2**20 + 10)
     keyed = {
@@ -641,9 +642,12 @@ def test_removebg_rate_limit_headers_on_every_answer(server):
                                               files={"image_file": ("big.jpg", big)}),
         "unknown path": requests.get(f"{server}/v1.0/nothing-here", headers=auth()),
         "wrong method": requests.get(f"{server}/v1.0/removebg", headers=auth()),
+        "too many headers": requests.get(f"{server}/v1.0/account",
+                                         headers={**auth(), **{f"X-Filler-{i}": "1" for i in range(100)}}),
     }
     expected = {"bad parameter": (400, "invalid_parameter"), "too large (declared)": (400, "too_large"),
-                "unknown path": (404, "not_found"), "wrong method": (405, "method_not_allowed")}
+                "unknown path": (404, "not_found"), "wrong method": (405, "method_not_allowed"),
+                "too many headers": (431, "headers_too_large")}
     for what, r in keyed.items():
         assert_removebg_error(r, *expected[what])
         assert_rate_limit_headers(r, BURST, now)  # the key's own bucket
