@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 RECIPE_VERSION = 1
 QDQ_MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (axis attribute)
 CALIBRATION_ENV = "MATTING_CALIBRATION_DIR"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 # ../shared/train beside the checkout: the project's training photos (never ../shared/eval).
 DEFAULT_CALIBRATION_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "train"
 
@@ -132,14 +131,16 @@ def calibration_photos(n: int, folder: str | os.PathLike | None = None) -> list[
                                 "never the eval photos.")
     if "eval" in root.resolve().parts:
         raise ValueError(f"{root} looks like an eval set; calibrate on training photos, never on eval photos")
+    from postproc.formats import PHOTO_EXTENSIONS  # the one list of photo extensions (lazy, like decoding)
+
     groups: dict[Path, list[Path]] = {}
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root).parts
-        if (p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+        if (p.is_file() and p.suffix.lower() in PHOTO_EXTENSIONS and not p.name.startswith(".")
                 and not any(part.lower().startswith("mask") for part in rel[:-1])):
             groups.setdefault(p.parent, []).append(p)
     if not groups:
-        raise FileNotFoundError(f"calibration folder {root} holds no photos ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise FileNotFoundError(f"calibration folder {root} holds no photos ({', '.join(sorted(PHOTO_EXTENSIONS))})")
     pools = [groups[k] for k in sorted(groups)]
     picked: list[Path] = []
     # Evenly spaced within each pool (not the first n: those are often one category).

@@ -31,6 +31,7 @@ from model import metrics
 from model.config import RuntimeConfig
 from postproc import PostprocParams, decode_image, model_input
 from postproc.decode import DecodeError
+from postproc.formats import PHOTO_EXTENSIONS
 from postproc.render import refine_alpha
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,6 @@ ALPHA_PARAMS = ("alpha_threshold", "erode", "feather", "refine", "trimap_fg", "t
                 "guided_radius", "guided_eps", "refine_max_megapixels")
 _FLOAT_PARAMS = ("feather", "guided_eps", "refine_max_megapixels")
 MATTING = ("sad", "mse", "mad", "grad", "conn")
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
 
 # Preprocessing a --model entry may override (MODEL:resize=pil_lanczos,preshrink=0), to compare
@@ -154,7 +154,7 @@ class EvalSet:
 def _images_by_stem(folder: Path) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith((".", "_")):
+        if p.is_file() and p.suffix.lower() in PHOTO_EXTENSIONS and not p.name.startswith((".", "_")):
             if p.stem in out:
                 raise ValueError(f"{folder} holds two files with the stem {p.stem!r}: {out[p.stem].name} and {p.name}")
             out[p.stem] = p

@@ -89,7 +89,7 @@ def gpu_eligible(params: PostprocParams) -> tuple[bool, str]:
     """Whether post-processing with these parameters can run on the GPU, and why not when it cannot."""
     if params.refine != "none":
         return False, f"refine={params.refine} (pymatting) runs on the CPU"
-    if params.decontaminate and params.format != "mask":
+    if params.decontaminate and not params.output.matte:
         return False, "decontamination (pymatting) runs on the CPU"
     return True, ""
 

@@ -9,53 +9,119 @@ from __future__ import annotations
 import io
 import posixpath
 import time
+import typing
 import uuid
 from collections import Counter
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
 from pipelines.storage import MANIFEST_DIR, Location
 
-SCHEMA = pa.schema([
-    ("source_key", pa.string()),
-    ("output_key", pa.string()),
+@dataclass(frozen=True, kw_only=True)
+class ManifestRow:
+    """One input's row in the run manifest: the Parquet schema (SCHEMA) is generated from these fields,
+    in this order, with these types; render_output (the job's last stage) builds one per input.
+
+    Every field is required: a row missing one, or carrying one the manifest does not know, fails
+    where it is built (TypeError), not in the writer's cast.
+    """
+
+    source_key: str
+    output_key: str
     # ok | error | skipped (by rule: hidden files) | pruned (the input is gone and its output was removed)
-    ("status", pa.string()),
-    ("error", pa.string()),
-    ("error_reason", pa.string()),
-    ("size_bytes", pa.int64()),
-    ("input_etag", pa.string()),  # S3 ETag or local mtime: the identity --incremental compares
-    ("sha256", pa.string()),
-    ("width", pa.int64()),
-    ("height", pa.int64()),
-    ("model", pa.string()),
-    ("model_version", pa.string()),
-    ("params_hash", pa.string()),
-    ("params_json", pa.string()),  # effective post-processing values (preset + overrides), sorted JSON
-    ("bbox_left", pa.int64()),
-    ("bbox_top", pa.int64()),
-    ("bbox_width", pa.int64()),
-    ("bbox_height", pa.int64()),
-    ("t_read", pa.float64()),
-    ("t_decode", pa.float64()),
-    ("t_infer", pa.float64()),
-    ("t_postprocess", pa.float64()),
-    ("t_encode", pa.float64()),
-    ("t_write", pa.float64()),
-    ("inference_node", pa.string()),
-    ("worker_node", pa.string()),
-    ("worker_pid", pa.int64()),
-    ("device", pa.string()),
-    ("precision", pa.string()),  # what inference ran in: fp32, fp16 or int8 (RuntimeConfig.precision resolved)
-    ("reused", pa.bool_()),  # the input's bytes were unchanged: its existing output was kept
+    status: str
+    error: str
+    error_reason: str  # a name of postproc/reasons.py, or ""
+    size_bytes: int
+    input_etag: str  # S3 ETag or local mtime: the identity --incremental compares
+    sha256: str
+    width: int
+    height: int
+    model: str
+    model_version: str
+    params_hash: str
+    params_json: str  # effective post-processing values (preset + overrides), sorted JSON
+    bbox_left: int
+    bbox_top: int
+    bbox_width: int
+    bbox_height: int
+    t_read: float
+    t_decode: float
+    t_infer: float
+    t_postprocess: float
+    t_encode: float
+    t_write: float
+    inference_node: str
+    worker_node: str
+    worker_pid: int
+    device: str
+    precision: str  # what inference ran in: fp32, fp16 or int8 (RuntimeConfig.precision resolved)
+    reused: bool  # the input's bytes were unchanged: its existing output was kept
     # How unsure the model was: the share of its probabilities (at the model's input size) strictly between
     # 0.05 and 0.95. Null where nothing was inferred (errors, reused outputs) and in manifests written
     # before the column existed. The contact sheet (`matting report --html`) shows the highest first.
-    ("uncertain_fraction", pa.float64()),
-])
+    uncertain_fraction: float | None
+
+    def as_dict(self) -> dict:
+        """The row as Ray Data's map stages return it (a dict, in SCHEMA's order)."""
+        return {name: getattr(self, name) for name in SCHEMA.names}
+
+
+# Python type → Arrow type of a manifest column; `X | None` is the same type (every column is nullable).
+_ARROW_TYPES = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
+
+
+def _arrow_type(hint) -> pa.DataType:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    base = args[0] if args else hint
+    if base not in _ARROW_TYPES:
+        raise TypeError(f"manifest column type {hint!r} has no Arrow type; known: {list(_ARROW_TYPES)}")
+    return _ARROW_TYPES[base]
+
+
+ROW_TYPES: dict[str, type] = typing.get_type_hints(ManifestRow)
+SCHEMA = pa.schema([(f.name, _arrow_type(ROW_TYPES[f.name])) for f in fields(ManifestRow)])
+
+
+class InFlightRow(typing.TypedDict, total=False):
+    """The row as it travels through the batch job's stages (pipelines/stages.py, pipelines/gpu_path.py),
+    before render_output turns it into a ManifestRow. Each key, by the stage that adds it:"""
+
+    # read_input (stage 1)
+    source_key: str
+    input_etag: str
+    error: str  # set from the stage that failed onwards; later stages pass the row through
+    error_reason: str  # postproc/reasons.py
+    reused_output_key: str  # same bytes as the previous run's: its output is kept, nothing recomputed
+    sha256: str
+    output_key: str  # decided here, from the run's OutputNaming
+    data: bytes  # the compressed input; b"" once refused, reused or rendered on the GPU
+    size_bytes: int
+    t_read: float
+    # decode_input / gpu_path.decode_or_defer (stage 2)
+    model_input: np.ndarray  # (h, w, 3) uint8 at the model's input size; dropped by the predictor
+    width: int
+    height: int
+    t_decode: float
+    gpu_decode: bool  # GPU path only: the actor decodes these bytes (nvJPEG); dropped by it
+    # Predictor / gpu_path.GpuPredictor (stage 3)
+    prob: np.ndarray  # (h, w) float16 probabilities at the model's input size
+    t_infer: float
+    inference_node: str
+    device: str
+    precision: str  # reaches ManifestRow.precision
+    # GpuPredictor only: post-processed on the device, only encoding and writing are left
+    rendered: bool
+    picture: np.ndarray  # the composed picture to encode
+    bbox: np.ndarray  # (left, top, width, height); width 0: no subject
+    uncertain: float
+    t_postprocess: float
+
 
 STAGE_COLUMNS = ["t_read", "t_decode", "t_infer", "t_postprocess", "t_encode", "t_write"]
 

@@ -18,6 +18,7 @@ from model.tta import predict as tta_predict
 from postproc import DecodeError, PostprocParams, decode_image, model_input
 from postproc.alpha import bounding_box
 from postproc.render import compose_and_encode, encode_picture, refine_alpha
+from pipelines.manifest import ManifestRow
 from pipelines.metrics import record_row
 from pipelines.storage import InputRefused, Location, OutputNaming, output_key, write_failure_reason
 from postproc.reasons import reason as known_reason
@@ -160,7 +161,8 @@ def uncertain_fraction(prob: np.ndarray) -> float:
 
 def render_output(row: dict, *, dest: Location, params: PostprocParams, model_name: str,
                   model_version: str, background: np.ndarray | None = None) -> dict:
-    """Stage 4: post-process, encode and write one output atomically; return its manifest row."""
+    """Stage 4: post-process, encode and write one output atomically; return its manifest row
+    (a ManifestRow, as the dict Ray Data's map returns). `row` is an InFlightRow (pipelines/manifest.py)."""
     t0 = time.perf_counter()
     key = row["source_key"]
     error, reason = row["error"], row["error_reason"]
@@ -203,35 +205,35 @@ def render_output(row: dict, *, dest: Location, params: PostprocParams, model_na
             error, reason, out_key = f"could not write output: {e}", write_failure_reason(e), ""
         t_write = time.perf_counter() - t1
     left, top, bw, bh = bbox if bbox else (-1, -1, 0, 0)
-    result = {
-        "source_key": key,
-        "output_key": out_key,
-        "status": (known_reason(reason).status if reason else "error") if error else "ok",
-        "error": error,
-        "error_reason": reason,
-        "size_bytes": int(row["size_bytes"]),
-        "input_etag": row["input_etag"],
-        "sha256": row["sha256"],
-        "width": int(row["width"]),
-        "height": int(row["height"]),
-        "model": model_name,
-        "model_version": model_version,
-        "params_hash": params.params_hash(),
-        "params_json": params.to_json(),  # the effective values the hash was taken of
-        "bbox_left": left, "bbox_top": top, "bbox_width": bw, "bbox_height": bh,
-        "t_read": float(row["t_read"]),
-        "t_decode": t_decode,
-        "t_infer": float(row.get("t_infer", 0.0)),
-        "t_postprocess": t_post,
-        "t_encode": t_encode,
-        "t_write": t_write,
-        "inference_node": str(row.get("inference_node", "")),
-        "worker_node": _node_id(),
-        "worker_pid": os.getpid(),
-        "device": str(row.get("device", "")),
-        "precision": str(row.get("precision", "")),
-        "reused": bool(row["reused_output_key"]),
-        "uncertain_fraction": uncertain,
-    }
+    result = ManifestRow(
+        source_key=key,
+        output_key=out_key,
+        status=(known_reason(reason).status if reason else "error") if error else "ok",
+        error=error,
+        error_reason=reason,
+        size_bytes=int(row["size_bytes"]),
+        input_etag=row["input_etag"],
+        sha256=row["sha256"],
+        width=int(row["width"]),
+        height=int(row["height"]),
+        model=model_name,
+        model_version=model_version,
+        params_hash=params.params_hash(),
+        params_json=params.to_json(),  # the effective values the hash was taken of
+        bbox_left=left, bbox_top=top, bbox_width=bw, bbox_height=bh,
+        t_read=float(row["t_read"]),
+        t_decode=t_decode,
+        t_infer=float(row.get("t_infer", 0.0)),
+        t_postprocess=t_post,
+        t_encode=t_encode,
+        t_write=t_write,
+        inference_node=str(row.get("inference_node", "")),
+        worker_node=_node_id(),
+        worker_pid=os.getpid(),
+        device=str(row.get("device", "")),
+        precision=str(row.get("precision", "")),
+        reused=bool(row["reused_output_key"]),
+        uncertain_fraction=uncertain,
+    ).as_dict()
     record_row(result)
     return result

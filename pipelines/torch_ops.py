@@ -356,7 +356,7 @@ def compose(rgb: torch.Tensor, alpha: torch.Tensor, params: PostprocParams,
             background: torch.Tensor | None = None) -> torch.Tensor:
     """Twin of postproc.render.compose_and_encode up to the encoder: (3, H, W) + (H, W) uint8 →
     the (h, w, C) uint8 picture to encode (C = 1 for a mask, 3 or 4 otherwise). No decontamination."""
-    if params.decontaminate and params.format != "mask":
+    if params.decontaminate and not params.output.matte:
         raise ValueError("decontamination runs on the CPU (postproc.refine.decontaminate); see pipelines.gpu_path.gpu_eligible")
     if params.crop:
         bbox = bounding_box(alpha)
@@ -370,7 +370,7 @@ def compose(rgb: torch.Tensor, alpha: torch.Tensor, params: PostprocParams,
     h, w = fit_size(*alpha.shape, params.max_size)
     # geometry.resize: area when shrinking (max_size never enlarges)
     rgb, alpha = resize(rgb, h, w, "area"), resize(alpha, h, w, "area")
-    if params.format == "mask":
+    if params.output.matte:
         return alpha[..., None]
     a = alpha.float()[None] / 255.0
     color = params.background_rgba

@@ -22,10 +22,10 @@ import numpy as np
 from model.atomic import atomic_path, write_bytes_atomic
 from model.preprocess import LEGACY_RESIZE, resize_rgb
 from postproc import DecodeError, decode_image, model_input
+from postproc.formats import PHOTO_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
 
 def list_images(dirs: list[str | os.PathLike], max_images: int | None = None) -> list[Path]:
@@ -38,9 +38,9 @@ def list_images(dirs: list[str | os.PathLike], max_images: int | None = None) ->
         d = Path(d)
         if not d.is_dir():
             raise ValueError(f"image folder {d} does not exist")
-        files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+        files = sorted(p for p in d.iterdir() if p.suffix.lower() in PHOTO_EXTENSIONS and not p.name.startswith("."))
         if not files:
-            raise ValueError(f"image folder {d} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise ValueError(f"image folder {d} holds no images ({', '.join(sorted(PHOTO_EXTENSIONS))})")
         per_dir.append(files)
     out = [lst[i] for i in range(max(map(len, per_dir), default=0)) for lst in per_dir if i < len(lst)]
     return out[:max_images] if max_images else out
@@ -63,7 +63,7 @@ def find_pairs(pairs_dir: str | os.PathLike) -> list[Pair]:
     targets = {}
     for kind in reversed(kinds):  # alpha/ wins over mask/ where both have the stem
         for p in (root / kind).iterdir():
-            if p.suffix.lower() in IMAGE_SUFFIXES:
+            if p.suffix.lower() in PHOTO_EXTENSIONS:
                 targets[p.stem] = (p, kind == "mask")
     pairs, missing = [], 0
     for img in list_images([images]):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
+from postproc import formats as output_formats
 from postproc.colors import parse_color, to_hex
 
-FORMATS = ("png", "jpeg", "webp", "mask")
-EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "mask": ".png"}
+FORMATS = output_formats.NAMES  # the formats table's names (postproc/formats.py), for the CLI's imports
 REFINERS = ("none", "trimap", "guided")
 
 # Fields that only matter under some setting: left out of the effective values (and so of the
@@ -22,8 +22,9 @@ _ONLY_WHEN = {
     "guided_eps": lambda p: p.refine == "guided",
     "refine_max_megapixels": lambda p: p.refine != "none" or p.decontaminate,
     "crop_margin": lambda p: p.crop,
-    "png_compression": lambda p: p.format in ("png", "mask"),
-    "quality": lambda p: p.format in ("jpeg", "webp"),
+    # Encoder settings count only for the formats whose encoder reads them (postproc/formats.py).
+    "png_compression": lambda p: "png_compression" in output_formats.output_format(p.format).settings,
+    "quality": lambda p: "quality" in output_formats.output_format(p.format).settings,
 }
 
 
@@ -54,7 +55,7 @@ class PostprocParams:
     # A background image: its path or URI, recorded and hashed; the caller decodes it and passes
     # the pixels to compose_and_encode (post-processing does no I/O).
     background_image: str | None = None
-    format: str = "png"
+    format: str = field(default=output_formats.DEFAULT, metadata={"choices": output_formats.NAMES})
     # None: the fastest lossless writer (fpng); 0–9: zlib level through OpenCV.
     png_compression: int | None = None
     quality: int = 90  # JPEG / WebP quality
@@ -86,8 +87,8 @@ class PostprocParams:
         within("crop_margin", 0, 100_000, " px")
         if self.max_size is not None:
             within("max_size", 1, 100_000, " px")
-        if self.format not in FORMATS:
-            errors.append(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if self.format not in output_formats.OUTPUT_FORMATS:
+            errors.append(f"format must be one of {', '.join(output_formats.NAMES)}, got {self.format!r}")
         if self.png_compression is not None:
             within("png_compression", 0, 9, " (or unset for the fast writer)")
         within("quality", 1, 100)
@@ -99,16 +100,18 @@ class PostprocParams:
                 errors.append(f"background: {e}")
         if self.background is not None and self.background_image is not None:
             errors.append("give either background (a colour) or background_image, not both")
-        if self.format == "jpeg" and color is not None and color[3] < 255:
-            errors.append(f"JPEG has no alpha channel: background {self.background!r} is translucent; "
-                          "use an opaque colour or format png/webp")
+        fmt = output_formats.OUTPUT_FORMATS.get(self.format)
+        if fmt is not None and not fmt.alpha and not fmt.matte and color is not None and color[3] < 255:
+            with_alpha = "/".join(f.name for f in output_formats.OUTPUT_FORMATS.values() if f.alpha)
+            errors.append(f"{fmt.label} has no alpha channel: background {self.background!r} is translucent; "
+                          f"use an opaque colour or format {with_alpha}")
         if errors:
             raise ValueError("; ".join(errors))
 
     @classmethod
     def create(cls, preset: str | None = None, **kwargs) -> "PostprocParams":
         """Build from user input: a preset's values, overridden by every explicit (non-None) value,
-        then what a format implies (JPEG has no alpha, so it gets white)."""
+        then what a format implies (one without alpha, JPEG, gets white)."""
         names = {f.name for f in fields(cls)}
         unknown = set(kwargs) - names
         if unknown:
@@ -123,13 +126,18 @@ class PostprocParams:
             values.pop("background", None)  # an explicit image replaces a preset's colour
         values.update(explicit)
         p = cls(**values)
-        if p.format == "jpeg" and p.background is None and p.background_image is None:
+        if not p.output.alpha and not p.output.matte and p.background is None and p.background_image is None:
             p = replace(p, background="white")
         return p
 
     @property
+    def output(self) -> output_formats.OutputFormat:
+        """The output format's entry in the formats table (postproc/formats.py)."""
+        return output_formats.output_format(self.format)
+
+    @property
     def extension(self) -> str:
-        return EXTENSIONS[self.format]
+        return self.output.extension
 
     @property
     def background_rgba(self) -> tuple[int, int, int, int] | None:

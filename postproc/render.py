@@ -17,7 +17,6 @@ import numpy as np
 from postproc import alpha as alpha_ops
 from postproc import geometry, refine
 from postproc.composite import cutout, over_color, over_image
-from postproc.encode import encode_jpeg, encode_png, encode_webp
 from postproc.alpha import WorkLimit
 from postproc.params import PostprocParams
 
@@ -86,14 +85,14 @@ def compose_and_encode(rgb: np.ndarray, alpha: np.ndarray, params: PostprocParam
         if bbox is not None:  # an empty matte has no subject to crop to: the frame is kept
             box = geometry.crop_box(bbox, params.crop_margin, *alpha.shape)
             rgb, alpha = geometry.crop(rgb, box), geometry.crop(alpha, box)
-    if params.decontaminate and params.format != "mask":
+    if params.decontaminate and not params.output.matte:
         rgb = refine.decontaminate(rgb, alpha, max_pixels=_max_pixels(params))
         checkpoint()
     h, w = geometry.fit_size(*alpha.shape, params.max_size)
     rgb, alpha = geometry.resize(rgb, h, w), geometry.resize(alpha, h, w)
     checkpoint()
 
-    if params.format == "mask":
+    if params.output.matte:
         return encode_picture(alpha, params)
     color = params.background_rgba
     if params.background_image is not None:
@@ -107,15 +106,9 @@ def compose_and_encode(rgb: np.ndarray, alpha: np.ndarray, params: PostprocParam
 
 
 def encode_picture(img: np.ndarray, params: PostprocParams) -> bytes:
-    """The composed picture ((H, W) matte for format mask, else (H, W, 3|4)) → the output file."""
-    if params.format == "mask":
-        alpha = img[..., 0] if img.ndim == 3 else img
-        return encode_png(np.ascontiguousarray(alpha), params.png_compression if params.png_compression is not None else 1)
-    if params.format == "png":
-        return encode_png(np.ascontiguousarray(img), params.png_compression)
-    if params.format == "jpeg":
-        return encode_jpeg(img, params.quality)
-    return encode_webp(img, params.quality)
+    """The composed picture ((H, W) matte for a matte format (mask), else (H, W, 3|4)) → the output file,
+    by the format's encoder in the formats table (postproc/formats.py)."""
+    return params.output.encode(img, params.quality, params.png_compression)
 
 
 def render(rgb: np.ndarray, prob: np.ndarray, params: PostprocParams,

@@ -11,15 +11,12 @@ from starlette.requests import Request
 
 from model.specs import get_spec
 from model.tta import TTA_MODES
+from postproc.formats import OUTPUT_FORMATS
 from postproc.render import render
 from serve.errors import ApiError, echo
 from serve.params import KNOWN_PRESETS, openapi_parameters, parse_params, parse_preset
 from serve.pipeline import Pipeline, Timings
 from serve.uploads import read_image_body
-
-MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "mask": "image/png"}
-# Parameters of the request that are not post-processing parameters.
-_OWN = ("preset", "model", "tta")
 
 OPENAPI_MATTE = {
     "parameters": [
@@ -46,7 +43,8 @@ OPENAPI_MATTE = {
         "description": "the cut-out; X-Width, X-Height (of the output), X-Subject-Bbox (left,top,width,height "
                        "in input pixels, or 'none'), "
                        "X-Model, X-Model-Version, X-TTA, X-Server-Time-Ms and Server-Timing headers",
-        "content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}},
+        # One entry per media type of the formats table (postproc/formats.py).
+        "content": {t: {} for t in dict.fromkeys(f.media_type for f in OUTPUT_FORMATS.values())}}},
 }
 
 
@@ -63,8 +61,10 @@ def output_size(data: bytes) -> tuple[int, int]:
 
 
 def _download_name(filename: str | None, fmt: str) -> str:
+    """The name a browser saves the answer under: the upload's stem, `-<format>` for a matte, the format's extension."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", (filename or "image").rsplit(".", 1)[0])[:100] or "image"
-    return f"{stem}{'-mask' if fmt == 'mask' else ''}.{'jpg' if fmt == 'jpeg' else 'png' if fmt == 'mask' else fmt}"
+    out = OUTPUT_FORMATS[fmt]
+    return f"{stem}{f'-{out.name}' if out.matte else ''}{out.extension}"
 
 
 async def matte(request: Request, pipeline: Pipeline, models: list[str], default_tta: str = "none") -> Response:
@@ -102,4 +102,4 @@ async def matte(request: Request, pipeline: Pipeline, models: list[str], default
     }
     if preset:
         headers["X-Preset"] = preset
-    return Response(out.data, media_type=MEDIA_TYPES[params.format], headers=headers)
+    return Response(out.data, media_type=params.output.media_type, headers=headers)

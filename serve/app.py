@@ -27,10 +27,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
 from postproc import PRESETS
+from postproc import formats
 from postproc.alpha import WorkLimit
 from serve import api_v1, removebg
 from serve.errors import ApiError, error_response, is_removebg_path
-from serve.limits import HeaderLimitMiddleware, InFlight, SecurityHeadersMiddleware, csp, inline_script_hashes
+from serve.limits import (HeaderLimitMiddleware, InFlight, RateLimitHeadersMiddleware, SecurityHeadersMiddleware, csp,
+                          inline_script_hashes)
 from serve.model_deployment import MattingModel
 from serve.pipeline import Pipeline
 from serve.security import ApiKeys, RateLimiter, fingerprint
@@ -64,6 +66,10 @@ fastapi_app.add_middleware(BodyLimitMiddleware, limit=lambda: fastapi_app.state.
 # Added last, so outermost: headers are counted before anything else runs, and every response
 # (errors from the inner middleware included) gets the security headers.
 fastapi_app.add_middleware(HeaderLimitMiddleware, limits=lambda: fastapi_app.state.header_limits)
+# Outside the header and body limits, so that their refusals under /v1.0/ carry the rate-limit headers too.
+fastapi_app.state.rate_limit_headers = lambda scope: None  # set by the ingress: it holds the limiters
+fastapi_app.add_middleware(RateLimitHeadersMiddleware,
+                           headers=lambda scope: fastapi_app.state.rate_limit_headers(scope))
 fastapi_app.add_middleware(SecurityHeadersMiddleware)
 fastapi_app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -108,6 +114,7 @@ class MattingIngress:
         self.in_flight = InFlight(self.args.max_in_flight_per_key)
         fastapi_app.state.max_upload_bytes = self.args.max_upload_bytes
         fastapi_app.state.header_limits = (self.args.max_header_count, self.args.max_header_bytes)
+        fastapi_app.state.rate_limit_headers = lambda scope: self.current_rate_headers(Request(scope))
         if self.args.auth:
             keys = load_api_keys()
             if not keys:
@@ -126,15 +133,41 @@ class MattingIngress:
                         f"; also allowed: {self.args.image_url.allow_networks}" if self.args.image_url.allow_networks
                         else "")
 
+    @staticmethod
+    def _presented_key(request: Request) -> str | None:
+        key = request.headers.get("x-api-key")
+        auth = request.headers.get("authorization", "")
+        if key is None and auth.lower().startswith("bearer "):
+            key = auth[7:].strip()
+        return key
+
+    @staticmethod
+    def _rate_headers(d, path: str) -> dict[str, str]:
+        # remove.bg's X-RateLimit-Reset is a Unix time; our API's is seconds from now.
+        reset = int(time.time()) + d.reset_s if is_removebg_path(path) else d.reset_s
+        return {"X-RateLimit-Limit": str(d.limit), "X-RateLimit-Remaining": str(d.remaining),
+                "X-RateLimit-Reset": str(reset)}
+
+    def current_rate_headers(self, request: Request) -> dict[str, str]:
+        """The rate-limit headers of an answer that did not pass `guard` (RateLimitHeadersMiddleware): the
+        bucket that limits this caller, as it stands, nothing taken. A valid key's (or, without auth,
+        the address's) request bucket; for a missing or refused key, the address's failed-authentication
+        bucket, the limit such requests meet."""
+        address = request.client.host if request.client else "unknown"
+        if self.keys is None:
+            d = self.limiter.peek("ip:" + address)
+        else:
+            key = self._presented_key(request)
+            d = (self.limiter.peek("key:" + fingerprint(key)) if self.keys.check(key)
+                 else self.auth_failures.peek(address))
+        return self._rate_headers(d, request.url.path)
+
     def guard(self, request: Request) -> tuple[dict[str, str], str]:
         """403 without a valid key, 429 over the key's rate (or the address's failed authentications);
         returns the rate-limit headers and the caller's identity."""
         address = request.client.host if request.client else "unknown"
         if self.keys is not None:
-            key = request.headers.get("x-api-key")
-            auth = request.headers.get("authorization", "")
-            if key is None and auth.lower().startswith("bearer "):
-                key = auth[7:].strip()
+            key = self._presented_key(request)
             failures = self.auth_failures.peek(address)
             if not failures.allowed:  # even a right key is not checked: a guesser learns nothing more
                 raise ApiError(429, "too_many_auth_failures",
@@ -149,10 +182,7 @@ class MattingIngress:
         else:
             identity = "ip:" + address
         d = self.limiter.hit(identity)
-        # remove.bg's X-RateLimit-Reset is a Unix time; our API's is seconds from now.
-        reset = int(time.time()) + d.reset_s if is_removebg_path(request.url.path) else d.reset_s
-        headers = {"X-RateLimit-Limit": str(d.limit), "X-RateLimit-Remaining": str(d.remaining),
-                   "X-RateLimit-Reset": str(reset)}
+        headers = self._rate_headers(d, request.url.path)
         if not d.allowed:
             raise ApiError(429, "rate_limited", f"rate limit of {self.args.rate_limit_per_minute:g}/min "
                                                 f"(burst {self.args.rate_limit_burst}) exceeded; retry in "
@@ -198,6 +228,11 @@ class MattingIngress:
     async def presets(self):
         return {name: dict(values) for name, values in PRESETS.items()}
 
+    @fastapi_app.get("/v1/formats", summary="The output formats: name, extension, media type, alpha (no key needed)")
+    async def list_formats(self):
+        # The page builds its format picker from this: the formats table (postproc/formats.py), one place.
+        return {"default": formats.DEFAULT, "formats": formats.describe()}
+
     @fastapi_app.get("/v1/models", summary="The served models, their versions and devices")
     async def list_models(self, request: Request):
         headers, _ = self.guard(request)
@@ -214,7 +249,7 @@ class MattingIngress:
         return response
 
     @fastapi_app.post("/v1.0/removebg", summary="remove.bg-compatible background removal",
-                      description=removebg.__doc__)
+                      description=removebg.__doc__, openapi_extra=removebg.openapi_removebg())
     async def removebg_endpoint(self, request: Request):
         headers, identity = self.guard(request)
         try:

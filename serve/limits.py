@@ -166,3 +166,36 @@ class SecurityHeadersMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+# -- rate-limit headers on every remove.bg response ------------------------------------------------
+
+class RateLimitHeadersMiddleware:
+    """Adds X-RateLimit-Limit, -Remaining and -Reset to every response under /v1.0/ that lacks them.
+
+    remove.bg's clients read them on every answer, errors included. The ingress's guard sets them on
+    what passes it; this covers what does not: a refused key (403), a body over the limit (413, from
+    BodyLimitMiddleware, before routing), an unknown path (404) or method (405). `headers(scope)`
+    gives the caller's bucket as it stands, taking nothing from it (None: not ready, none added).
+    """
+
+    def __init__(self, app: ASGIApp, headers, applies=lambda path: path.startswith("/v1.0/")):
+        self.app = app
+        self.headers = headers  # (scope) -> dict[str, str] | None, read per request like the body limit
+        self.applies = applies
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.applies(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers") or [])
+                if b"x-ratelimit-limit" not in {k.lower() for k, _ in headers}:
+                    extra = self.headers(scope) or {}
+                    headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

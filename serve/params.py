@@ -32,11 +32,17 @@ def param_types() -> dict[str, typing.Any]:
 
 
 def openapi_parameters() -> list[dict]:
-    """The query parameters of POST /v1/matte for the OpenAPI document."""
+    """The query parameters of POST /v1/matte for the OpenAPI document.
+
+    A field whose metadata names its `choices` (the output format: postproc/formats.py) is an enum.
+    """
     out = []
     defaults = PostprocParams()
+    choices = {f.name: f.metadata["choices"] for f in fields(PostprocParams) if "choices" in f.metadata}
     for name, hint in param_types().items():
         schema = TypeAdapter(hint).json_schema()
+        if name in choices:
+            schema["enum"] = list(choices[name])
         schema["default"] = getattr(defaults, name)
         out.append({"name": name, "in": "query", "required": False, "schema": schema,
                     "description": "post-processing parameter (also accepted as a multipart form field)"})

@@ -26,7 +26,8 @@ from postproc import DecodeError, PostprocParams, decode_image, refine_alpha
 from postproc.alpha import WorkLimit, bounding_box
 from postproc.colors import parse_color
 from postproc.composite import cutout, over_color, over_image
-from postproc.encode import encode_jpeg, encode_png, encode_webp
+from postproc.encode import encode_jpeg, encode_png
+from postproc.formats import OUTPUT_FORMATS, OutputFormat
 from postproc.geometry import cover, resize
 from serve import removebg_layout as layout
 from serve.errors import ApiError, echo, echo_names
@@ -39,7 +40,17 @@ SIZES = tuple(layout.SIZE_MEGAPIXELS)
 TYPES = ("auto", "person", "product", "animal", "car", "car_interior", "car_part", "transportation", "graphic",
          "graphics", "other")
 TYPE_LEVELS = ("none", "1", "2", "latest")
-FORMATS = ("auto", "png", "jpg", "jpeg", "webp", "zip")
+# remove.bg's format names, mapped onto the formats table (postproc/formats.py): remove.bg calls JPEG
+# "jpg" (our "jpeg" is accepted too), and its own "auto" (PNG where the result has transparency, else
+# JPG) and "zip" (color.jpg + alpha.png) are this API's. Matte formats are not remove.bg formats:
+# its channels=alpha asks for the matte in any of them.
+_REMOVEBG_NAMES = {"jpeg": "jpg"}
+ALIASES = {_REMOVEBG_NAMES.get(f.name, f.name): f.name for f in OUTPUT_FORMATS.values() if not f.matte}
+ALIASES.update({f.name: f.name for f in OUTPUT_FORMATS.values() if not f.matte})  # our own names work too
+FORMATS = ("auto", *ALIASES, "zip")
+ZIP_MEDIA_TYPE = "application/zip"
+QUALITY = 90  # of JPEG and WebP answers; a JPEG matte gets 95 (JPEG's blocks show most on a matte's edges)
+MATTE_QUALITY = {"jpeg": 95}
 CHANNELS = ("rgba", "alpha")
 SOURCES = ("image_file", "image_file_b64", "image_url")
 BACKGROUNDS = ("bg_color", "bg_image_url", "bg_image_file")
@@ -49,8 +60,31 @@ FILES = ("image_file", "bg_image_file")  # the multipart file parts we read
 IGNORED = ("semitransparency", "add_shadow", "shadow_type", "shadow_opacity")
 KNOWN = {*SOURCES, *BACKGROUNDS, "size", "type", "type_level", "format", "roi", "crop", "crop_margin", "scale",
          "position", "channels", *IGNORED}
-MEDIA = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp", "zip": "application/zip"}
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
+
+
+def openapi_removebg() -> dict:
+    """The request body of POST /v1.0/removebg for the OpenAPI document: every parameter KNOWN here, the
+    choices as enums (format: remove.bg's names for the formats table, plus auto and zip)."""
+    text, binary = {"type": "string"}, {"type": "string", "format": "binary"}
+
+    def choice(values: tuple, default: str) -> dict:
+        return {"type": "string", "enum": list(values), "default": default}
+
+    fields = {
+        "image_file": binary, "image_file_b64": text, "image_url": text,
+        "size": choice(SIZES, "preview"), "type": choice(TYPES, "auto"), "type_level": choice(TYPE_LEVELS, "1"),
+        "format": choice(FORMATS, "auto"), "channels": choice(CHANNELS, "rgba"),
+        "roi": text, "crop": {"type": "boolean", "default": False}, "crop_margin": text, "scale": text,
+        "position": text, "bg_color": text, "bg_image_url": text, "bg_image_file": binary,
+        **{name: text for name in IGNORED},
+    }
+    as_text = {k: v for k, v in fields.items() if k not in FILES}  # file parts come in multipart only
+    return {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "properties": fields}},
+        "application/x-www-form-urlencoded": {"schema": {"type": "object", "properties": as_text}},
+        "application/json": {"schema": {"type": "object", "properties": as_text}},
+    }}}
 
 
 def bad(message: str, code: str = "invalid_parameter") -> ApiError:
@@ -198,9 +232,11 @@ def produce(rgb, prob, in_alpha, *, megapixels, roi_text, crop, margin, scale, p
     if channels == "alpha":
         fmt = "png" if fmt == "auto" else fmt
         a = np.ascontiguousarray(alpha)
-        data = {"png": lambda: encode_png(a, 1), "jpg": lambda: encode_jpeg(a, 95), "webp": lambda: encode_webp(a),
-                "zip": lambda: _zip(rgb, a)}[fmt]()
-        return data, fmt, size, box
+        if fmt == "zip":
+            return _zip(rgb, a), fmt, size, box
+        # The matte alone, greyscale (PNG: zlib level 1, as the mask format writes it).
+        out = output_of(fmt)
+        return out.encode(a, MATTE_QUALITY.get(out.name, QUALITY), 1), fmt, size, box
     if bg_image is not None:
         img = over_image(rgb, alpha, cover(np.asarray(bg_image)[..., :3], size[1], size[0]))
     elif bg_color is not None:
@@ -212,11 +248,19 @@ def produce(rgb, prob, in_alpha, *, megapixels, roi_text, crop, margin, scale, p
     if fmt == "zip":
         color = img if img.shape[2] == 3 else rgb
         return _zip(color, alpha), fmt, size, box
-    if fmt == "jpg" and img.shape[2] == 4:  # JPEG has no alpha: the transparent parts become white
+    out = output_of(fmt)
+    if not out.alpha and img.shape[2] == 4:  # JPEG has no alpha: the transparent parts become white
         img = over_color(img[..., :3], img[..., 3], (255, 255, 255, 255))
-    img = np.ascontiguousarray(img)
-    data = encode_png(img) if fmt == "png" else encode_jpeg(img, 90) if fmt == "jpg" else encode_webp(img)
-    return data, fmt, size, box
+    return out.encode(np.ascontiguousarray(img), QUALITY, None), fmt, size, box
+
+
+def output_of(fmt: str) -> OutputFormat:
+    """The formats table's entry for one of remove.bg's format names (not auto or zip)."""
+    return OUTPUT_FORMATS[ALIASES[fmt]]
+
+
+def media_type_of(fmt: str) -> str:
+    return ZIP_MEDIA_TYPE if fmt == "zip" else output_of(fmt).media_type
 
 
 def success_headers(size: tuple[int, int], box: tuple[int, int, int, int], x_type: str) -> dict[str, str]:
@@ -240,7 +284,7 @@ async def removebg(request: Request, pipeline: Pipeline, args: AppArgs) -> Respo
     fg_type = _choice(fields, "type", TYPES, "auto")
     _choice(fields, "type_level", TYPE_LEVELS, "1")
     fmt = _choice(fields, "format", FORMATS, "auto")
-    fmt = "jpg" if fmt == "jpeg" else fmt
+    fmt = _REMOVEBG_NAMES.get(ALIASES.get(fmt, fmt), fmt)  # one spelling from here on: jpeg → jpg
     channels = _choice(fields, "channels", CHANNELS, "rgba")
     crop = _flag(fields, "crop")
     margin = _parsed(layout.parse_margin, fields.get("crop_margin"))
@@ -270,7 +314,7 @@ async def removebg(request: Request, pipeline: Pipeline, args: AppArgs) -> Respo
         return JSONResponse({"data": {"result_b64": base64.b64encode(body).decode(), "type": x_type,
                                       "foreground_top": top, "foreground_left": left,
                                       "foreground_width": bw, "foreground_height": bh}}, headers=headers)
-    return Response(body, media_type=MEDIA[fmt], headers=headers)
+    return Response(body, media_type=media_type_of(fmt), headers=headers)
 
 
 def account(args: AppArgs, remaining: int) -> dict:

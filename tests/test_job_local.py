@@ -89,3 +89,6 @@ def test_a_normal_run_prints_no_warnings_of_ours_or_rays_avoidable_ones(tmp_path
             if any(f"{level} {name}" in line for level in ("WARNING", "ERROR") for name in ("pipelines.", "model."))]
     warnings = [line for line in out.splitlines() if "Warning: " in line]  # Python warnings.warn output
     assert ours == [] and warnings == [], out[-3000:]
+    # No error-level line from anyone (Ray's core, Ray Data, a worker's traceback) in a run that went well.
+    errors = [line for line in out.splitlines() if " ERROR " in line or "\tERROR " in line or "Traceback" in line]
+    assert errors == [], out[-3000:]

@@ -33,7 +33,7 @@ KEY = "test-key-main-7f3a"
 RATE_KEY = "test-key-rate-91c2"
 LOAD_KEY = "test-key-load-5d0e"
 DOCS_KEY = "INSERT_YOUR_API_KEY_HERE"  # remove.bg's docs' placeholder, configured so its curl runs verbatim
-BURST = 200  # the whole module on one key stays below it (about 120 requests); the refill is slow (20/min)
+BURST = 200  # the whole module on one key stays below it (about 140 requests); the refill is slow (20/min)
 RATE_PER_MINUTE = 20
 MAX_UPLOAD_MB = 1.0
 
@@ -311,6 +311,42 @@ def test_matte_mask_format(server):
     assert mask.ndim == 2 and has_subject(mask)
 
 
+def test_every_output_format_is_offered_by_both_apis_the_schema_and_the_page_endpoint(server):
+    """The formats table (postproc/formats.py) is the one list: a new entry shows up in every place here."""
+    from postproc.formats import OUTPUT_FORMATS, describe
+    from serve.removebg import ALIASES
+
+    listed = requests.get(f"{server}/v1/formats")  # what the page builds its picker from; no key needed
+    assert listed.status_code == 200 and listed.json() == {"default": "png", "formats": describe()}
+    assert [f["name"] for f in listed.json()["formats"]] == list(OUTPUT_FORMATS)
+    spec = requests.get(f"{server}/openapi.json").json()
+    matte = spec["paths"]["/v1/matte"]["post"]
+    assert {p["name"]: p for p in matte["parameters"]}["format"]["schema"]["enum"] == list(OUTPUT_FORMATS)
+    assert {f.media_type for f in OUTPUT_FORMATS.values()} <= set(matte["responses"]["200"]["content"])
+    assert "/v1/formats" in spec["paths"]
+    removebg_body = spec["paths"]["/v1.0/removebg"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert set(ALIASES) < set(removebg_body["schema"]["properties"]["format"]["enum"])
+    assert set(ALIASES.values()) == {f.name for f in OUTPUT_FORMATS.values() if not f.matte}
+    data = photo()
+    for f in OUTPUT_FORMATS.values():
+        r = requests.post(f"{server}/v1/matte", params={"format": f.name}, headers=auth(),
+                          files={"file": ("shot.jpg", data, "image/jpeg")})
+        assert r.status_code == 200, (f.name, r.text[:300])
+        assert r.headers["content-type"] == f.media_type, f.name
+        assert r.headers["content-disposition"].endswith(f'{f.extension}"'), r.headers["content-disposition"]
+        out = decode(r.content)
+        assert (out.ndim == 2) if f.matte else out.shape[2] == (4 if f.alpha else 3), (f.name, out.shape)
+    for name, ours in ALIASES.items():  # remove.bg's names (jpg) and ours (jpeg) for every picture format
+        f = OUTPUT_FORMATS[ours]
+        r = requests.post(f"{server}/v1.0/removebg", headers=auth(), files={"image_file": data},
+                          data={"format": name, "size": "preview"})
+        out = assert_removebg_success(r)
+        assert r.headers["content-type"] == f.media_type and out.shape[2] == (4 if f.alpha else 3), (name, out.shape)
+    r = requests.post(f"{server}/v1.0/removebg", headers=auth(), files={"image_file": data},
+                      data={"format": "png", "channels": "alpha", "size": "preview"})
+    assert assert_removebg_success(r).ndim == 2  # remove.bg's way to the matte alone: channels=alpha
+
+
 def test_matte_tta_flip_is_the_shared_tta_and_unknown_modes_are_422(server):
     """?tta=flip goes through the replica's predict_flip (model/tta.py); its mask is what that function gives
     here, through the same render; tta=none is the plain predict; a bad mode is a 422 naming the valid ones."""
@@ -585,6 +621,44 @@ def test_removebg_rate_limit_headers_on_errors_too(server):
     assert_removebg_error(r, 400, "invalid_parameter")
     assert int(r.headers["X-RateLimit-Limit"]) == BURST and int(r.headers["X-RateLimit-Remaining"]) < BURST
     assert now - 5 <= int(r.headers["X-RateLimit-Reset"]) <= now + 3600  # remove.bg's: a Unix time
+
+
+def assert_rate_limit_headers(r: requests.Response, limit: int, now: float) -> None:
+    for name in ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"):
+        assert r.headers.get(name, "").isdigit(), (r.status_code, name, dict(r.headers))
+    assert int(r.headers["X-RateLimit-Limit"]) == limit and 0 <= int(r.headers["X-RateLimit-Remaining"]) <= limit
+    assert now - 5 <= int(r.headers["X-RateLimit-Reset"]) <= now + 3600  # remove.bg's: a Unix time
+
+
+def test_removebg_rate_limit_headers_on_every_answer(server):
+    """Also on what never reaches the handler: a refused key, a body or headers over the limit, an unknown
+    path or method."""
+    now = time.time()
+    big = b"\xff\xd8" + b"\0" * int(MAX_UPLOAD_MB * 2**20 + 10)
+    keyed = {
+        "bad parameter": requests.post(f"{server}/v1.0/removebg", headers=auth(), files={"image_file": photo()},
+                                       data={"format": "gif"}),
+        "too large (declared)": requests.post(f"{server}/v1.0/removebg", headers=auth(),
+                                              files={"image_file": ("big.jpg", big)}),
+        "unknown path": requests.get(f"{server}/v1.0/nothing-here", headers=auth()),
+        "wrong method": requests.get(f"{server}/v1.0/removebg", headers=auth()),
+        "too many headers": requests.get(f"{server}/v1.0/account",
+                                         headers={**auth(), **{f"X-Filler-{i}": "1" for i in range(100)}}),
+    }
+    expected = {"bad parameter": (400, "invalid_parameter"), "too large (declared)": (400, "too_large"),
+                "unknown path": (404, "not_found"), "wrong method": (405, "method_not_allowed"),
+                "too many headers": (431, "headers_too_large")}
+    for what, r in keyed.items():
+        assert_removebg_error(r, *expected[what])
+        assert_rate_limit_headers(r, BURST, now)  # the key's own bucket
+    # Without a valid key there is no key bucket: the address's failed-authentication one is the limit met.
+    failures = AppArgs().auth_failures_burst
+    for r in (requests.get(f"{server}/v1.0/account"),
+              requests.post(f"{server}/v1.0/removebg", headers=auth("not-a-key"), files={"image_file": photo()})):
+        assert_removebg_error(r, 403)
+        assert_rate_limit_headers(r, failures, now)
+    # Our API keeps its own convention (seconds from now), set where guard passes, as before.
+    assert int(requests.get(f"{server}/v1/models", headers=auth()).headers["X-RateLimit-Reset"]) < 3600
 
 
 def test_removebg_account(server):

@@ -241,6 +241,47 @@ def wait_result(page, count: int) -> None:
                            "document.querySelector('#result-img').naturalWidth > 0")
 
 
+def test_format_picker_is_the_servers_table_and_each_format_downloads_as_it_says(server, page):
+    """The picker is built from GET /v1/formats (postproc/formats.py): each entry downloads with its
+    extension, with alpha where it keeps it, over white where it does not, as the matte for a matte format."""
+    from postproc.formats import DEFAULT, OUTPUT_FORMATS
+
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    sign_in(page, server)
+    wait_until(page, "document.querySelectorAll('#format option').length > 0")
+    assert page.eval_on_selector_all("#format option", "os => os.map(o => o.value)") == list(OUTPUT_FORMATS)
+    assert page.input_value("#format") == DEFAULT
+    assert page.inner_text("#format option[value=png]") == "PNG (transparent)"  # the page's own translation
+    photo = SAMPLES / "chelsea.jpg"
+    h, w = cv2.imread(str(photo)).shape[:2]
+    page.set_input_files("#file-input", str(photo))
+    wait_result(page, 1)
+    results, transparent_where = 1, None
+    # Formats with alpha first: a format without it is checked against where their cut-out was clear.
+    for f in sorted(OUTPUT_FORMATS.values(), key=lambda f: not f.alpha):
+        page.select_option("#format", f.name)
+        if f.matte:  # the matte comes from the server: ask again
+            page.click("#rerun")
+            results += 1
+            wait_result(page, results)
+        with page.expect_download() as download:
+            page.click("#download-link")
+        name = download.value.suggested_filename
+        out = decoded(Path(download.value.path()).read_bytes())
+        assert name.endswith(f.extension) and out.shape[:2] == (h, w), (f.name, name, out.shape)
+        if f.matte:
+            assert out.ndim == 2, (f.name, out.shape)
+        elif f.alpha:
+            assert out.shape[2] == 4 and out[..., 3].min() == 0 and out[..., 3].max() == 255, f.name
+            transparent_where = out[..., 3] if transparent_where is None else transparent_where  # the PNG's
+        else:
+            assert out.ndim == 3 and out.shape[2] == 3, (f.name, out.shape)
+            clear = transparent_where == 0  # where the cut-out with alpha was fully transparent: white now
+            assert clear.mean() > 0.05 and out[clear].min(axis=1).mean() > 240, f.name
+    assert not errors, errors
+
+
 def test_key_field_follows_hidden_and_the_favicon_is_served(server, page):
     missing = []
     page.on("response", lambda r: r.status >= 400 and missing.append(r.url))

@@ -3,7 +3,7 @@
 // progress, retries, a log and one ZIP (built here by the vendored client-zip). Plain ES modules,
 // no build step, no inline script or style (the page works under a strict Content-Security-Policy).
 import { downloadZip } from "./vendor/client-zip.js";
-import { applyLanguage, initialLanguage, language, t } from "./i18n.js";
+import { STRINGS, applyLanguage, initialLanguage, language, t } from "./i18n.js";
 
 const $ = (sel) => document.querySelector(sel);
 const KEY_STORE = "matting-api-key";
@@ -62,6 +62,29 @@ $("#api-key").addEventListener("change", (e) => {
   loadModels();
 });
 
+// --- output formats: the server's table (GET /v1/formats, postproc/formats.py), not a list here ----
+// name → {name, extension, media_type, alpha, matte, label}
+let formats = {};
+// What the page asks the server for when it composes and encodes the download itself: a format with
+// transparency, the server's default where it has one (PNG: lossless).
+let transport = null;
+
+async function loadFormats() {
+  const body = await (await fetch("/v1/formats")).json();
+  formats = Object.fromEntries(body.formats.map((f) => [f.name, f]));
+  transport = formats[body.default].alpha ? body.default : body.formats.find((f) => f.alpha && !f.matte).name;
+  const select = $("#format");
+  select.replaceChildren(...body.formats.map((f) => {
+    const option = new Option(f.label, f.name, f.name === body.default, f.name === body.default);
+    const key = `fmt${f.name[0].toUpperCase()}${f.name.slice(1)}`; // a translated label where there is one
+    if (key in STRINGS.en) { option.dataset.i18n = key; option.textContent = t(key); }
+    return option;
+  }));
+  showValue(select);
+}
+function chosenFormat() { return formats[$("#format").value] || formats[transport]; }
+function matteChosen() { return Boolean(chosenFormat() && chosenFormat().matte); }
+
 // --- parameters: only those the user changed are sent, so a preset's values apply to the rest ----
 const COLOURS = { white: "#ffffff", black: "#000000" };
 let presets = {};
@@ -78,7 +101,7 @@ function showPreset() {
     if (touched.has(input.name)) return;
     const v = values[input.name];
     if (input.type === "checkbox") input.checked = v === undefined ? input.defaultChecked : Boolean(v);
-    else if (input.tagName === "SELECT") input.value = v === undefined ? input.options[0].value : v;
+    else if (input.tagName === "SELECT") input.value = v === undefined ? (input.options[0]?.value ?? "") : v;
     else input.value = v === undefined ? input.defaultValue : v;
     showValue(input);
   });
@@ -129,7 +152,7 @@ function showBackground() {
   box.style.backgroundImage = bg.mode === "image" && composing() ? `url("${bg.imageUrl}")` : "";
   box.classList.toggle("bg-image", bg.mode === "image" && composing());
 }
-function composing() { return bg.mode !== "transparent" && $("#format").value !== "mask"; }
+function composing() { return bg.mode !== "transparent" && !matteChosen(); }
 
 document.querySelectorAll("input[name=bg-mode]").forEach((radio) => radio.addEventListener("change", () => {
   if (radio.value === "image" && !bg.imageUrl) { $("#bg-file").click(); return; }
@@ -149,8 +172,6 @@ $("#bg-file").addEventListener("change", (e) => {
 });
 $("#format").addEventListener("input", showBackground);
 
-const MIME = { png: "image/png", jpeg: "image/jpeg", webp: "image/webp" };
-
 function loadImage(url) {
   return new Promise((resolve, reject) => {
     const img = new Image();
@@ -161,10 +182,12 @@ function loadImage(url) {
 }
 
 // The cut-out over the chosen background, as a file of the chosen format. The server's file is
-// kept as it is where nothing is to be composed (transparent PNG, or a mask).
+// kept as it is where nothing is to be composed (a transparent file in the format asked for, or a matte).
 async function composed(entry) {
-  const format = $("#format").value in MIME ? $("#format").value : "png";
-  if (!entry.transparent || (bg.mode === "transparent" && format === "png")) return { blob: entry.blob, name: entry.name };
+  const format = matteChosen() ? formats[transport] : chosenFormat();
+  if (!entry.transparent || (bg.mode === "transparent" && format.name === transport)) {
+    return { blob: entry.blob, name: entry.name };
+  }
   const url = entry.resultUrl || URL.createObjectURL(entry.blob);
   const fg = await loadImage(url);
   if (!entry.resultUrl) URL.revokeObjectURL(url);
@@ -172,7 +195,7 @@ async function composed(entry) {
   canvas.width = fg.naturalWidth;
   canvas.height = fg.naturalHeight;
   const ctx = canvas.getContext("2d");
-  if (bg.mode === "color" || (bg.mode === "transparent" && format === "jpeg")) { // JPEG has no alpha: white
+  if (bg.mode === "color" || (bg.mode === "transparent" && !format.alpha)) { // no alpha (JPEG): white
     ctx.fillStyle = bg.mode === "color" ? $("#background").value : "#ffffff";
     ctx.fillRect(0, 0, canvas.width, canvas.height);
   } else if (bg.mode === "image") {
@@ -182,23 +205,23 @@ async function composed(entry) {
     ctx.drawImage(img, (canvas.width - w) / 2, (canvas.height - h) / 2, w, h);
   }
   ctx.drawImage(fg, 0, 0);
-  const blob = await new Promise((resolve) => canvas.toBlob(resolve, MIME[format], 0.92));
-  return { blob, name: entry.name.replace(/\.[^.]*$/, format === "jpeg" ? ".jpg" : `.${format}`) };
+  const blob = await new Promise((resolve) => canvas.toBlob(resolve, format.media_type, 0.92));
+  return { blob, name: entry.name.replace(/\.[^.]*$/, format.extension) };
 }
 
-// The server is asked for a transparent PNG (or a mask): backgrounds and the file format are the
+// The server is asked for a transparent PNG (or a matte): backgrounds and the file format are the
 // page's, so a change of background shows at once and costs no request.
 function requestFields() {
   const fields = [];
   if ($("#preset").value) fields.push(["preset", $("#preset").value]);
   if (!$("#model-box").hidden && $("#model").value) fields.push(["model", $("#model").value]);
-  const mask = $("#format").value === "mask";
+  const mask = matteChosen();
   for (const name of touched) {
     if (name === "background" || name === "format") continue;
     const el = document.getElementById(name);
     fields.push([name, el.type === "checkbox" ? String(el.checked) : el.value]);
   }
-  fields.push(...(mask ? [["format", "mask"]] : [["background", "transparent"], ["format", "png"]]));
+  fields.push(...(mask ? [["format", $("#format").value]] : [["background", "transparent"], ["format", transport]]));
   return { fields, transparent: !mask };
 }
 
@@ -221,7 +244,7 @@ function send(src, fields, onProgress) {
       xhr.setRequestHeader("Content-Type", "application/json");
       const p = Object.fromEntries(fields);
       body = JSON.stringify({
-        image_url: src.url, size: "full", format: "png", channels: p.format === "mask" ? "alpha" : "rgba",
+        image_url: src.url, size: "full", format: transport, channels: formats[p.format].matte ? "alpha" : "rgba",
         crop: p.crop === "true", crop_margin: p.crop_margin ? `${p.crop_margin}px` : undefined,
       });
     }
@@ -268,7 +291,7 @@ async function matte(src, onProgress = () => {}, onWait = () => {}) {
 function downloadName(result, name) {
   const cd = result.header("Content-Disposition") || "";
   const m = cd.match(/filename="([^"]+)"/);
-  return m ? m[1] : name.replace(/\.[^.]*$/, "") + ".png";
+  return m ? m[1] : name.replace(/\.[^.]*$/, "") + formats[transport].extension; // remove.bg's: what was asked
 }
 
 function saveBlob(blob, name) {
@@ -590,4 +613,5 @@ $("#lang").addEventListener("click", () => { applyLanguage(language() === "zh" ?
 applyLanguage(initialLanguage());
 updateBatch();
 loadStatus();
-loadPresets();
+// A preset may name a format: the picker holds the formats before the presets come.
+loadFormats().catch((e) => console.error("GET /v1/formats:", e)).then(loadPresets);
