@@ -19,7 +19,7 @@ from catalog import corrupt_files, real_photos
 from pipelines.bundle import write_bundle
 from pipelines.cli import build_parser, main, params_from_args
 from pipelines.manifest import ManifestWriter, read_manifest
-from pipelines.stages import render_output
+from pipelines.batch.stages import render_output
 from pipelines.storage import open_location
 from postproc import PostprocParams
 from postproc.geometry import crop_box
@@ -188,7 +188,7 @@ def soft_row(key: str, rgb: np.ndarray, unsure_rows: int) -> dict:
 
 
 def test_contact_sheet_least_confident_first_with_links_and_errors(tmp_path, capsys):
-    from pipelines.stages import uncertain_fraction
+    from pipelines.batch.stages import uncertain_fraction
 
     dest = open_location(str(tmp_path / "dst"), create=True)
     rgb = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)

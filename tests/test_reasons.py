@@ -25,7 +25,7 @@ def _named_reasons() -> set[str]:
     positions = {"DecodeError": 0, "InputRefused": 0, "ListedInput": 3}
     helpers = {"classify_local", "write_failure_reason", "key_problem"}
     named: set[str] = set()
-    for path in [*(REPO / "pipelines").glob("*.py"), *(REPO / "postproc").glob("*.py")]:
+    for path in [*(REPO / "pipelines").rglob("*.py"), *(REPO / "postproc").glob("*.py")]:  # sub-packages too
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Call):
@@ -49,7 +49,7 @@ def test_every_reason_the_code_names_is_in_the_table():
 
 
 def test_derived_views_follow_the_table():
-    from pipelines import state
+    from pipelines.batch import state
     from serve import pipeline
 
     assert state.PERMANENT_REASONS == PERMANENT_REASONS == {n for n, r in REASONS.items() if r.permanent}

@@ -10,8 +10,8 @@ from catalog import real_photos
 from model import tta
 from model.config import RuntimeConfig
 from pipelines.cli import build_parser, job_config
-from pipelines.job import JobConfig
-from pipelines.stages import Predictor
+from pipelines.batch.job import JobConfig
+from pipelines.batch.stages import Predictor
 from model.specs import get_spec
 from postproc import decode_image, model_input
 

@@ -4,7 +4,7 @@ The folder holds image/ and alpha/ (files matched by stem, so GT01.png pairs wit
 optionally, trimaps in trimap/ or the first trimap*/ folder (alphamatting.com ships trimap1/
 and trimap2/). Each image goes through exactly what the job does — decode_image + model_input,
 the runtime's batched predict, refine_alpha at full resolution to a uint8 matte — and the
-matte is scored with model/metrics.py over the whole image, inside the trimap's unknown band
+matte is scored with pipelines/evaluation/metrics.py over the whole image, inside the trimap's unknown band
 (trimap == 128) when there is one, and with MAE and maxF when the ground truth is a binary mask.
 
 Inference runs once per model; every setting re-runs only refine_alpha on the same
@@ -14,7 +14,7 @@ after one untimed warm-up batch; loading the model and computing metrics are not
 `tta` compares test-time augmentation modes side by side (model/tta.py): one inference call per
 batch serves them all (the flipped copies ride along with the plain batch), and each mode's
 images/s charges it the share of that call its images took (flip: all 2N, none: N of them).
-A `report` (pipelines/eval_report.py) receives every matte as it is scored, for the HTML page.
+A `report` (pipelines/evaluation/eval_report.py) receives every matte as it is scored, for the HTML page.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model import metrics
+from pipelines.evaluation import metrics
 from model.config import RuntimeConfig
 from postproc import PostprocParams, decode_image, model_input
 from postproc.decode import DecodeError

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-SAMPLES = Path(__file__).parent / "samples"
+SAMPLES = Path(__file__).parent.parent / "samples"
 
 
 def add_postproc_arguments(p: argparse.ArgumentParser) -> None:
@@ -164,7 +164,7 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def job_config(args: argparse.Namespace, source: str, dest: str):
-    from pipelines.job import JobConfig
+    from pipelines.batch.job import JobConfig
 
     params = params_from_args(args)
     return JobConfig(source=source, dest=dest, inference=runtime_config(args, tta=args.tta), gpu_path=args.gpu_path,
@@ -189,7 +189,7 @@ def warm_refinement(params) -> None:
 
 
 def cmd_run(args: argparse.Namespace, source: str | None = None, dest: str | None = None) -> int:
-    from pipelines.job import JobStalled, init_ray, run_job
+    from pipelines.batch.job import JobStalled, init_ray, run_job
     from pipelines.logs import filtered_stderr
 
     cfg = job_config(args, source or args.source, dest or args.dest)  # validate before starting Ray
@@ -243,7 +243,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from pipelines.manifest import list_runs, read_manifest, summarize
-    from pipelines.state import consolidated
+    from pipelines.batch.state import consolidated
     from pipelines.storage import open_location
 
     dest = open_location(args.dest, args.s3_endpoint)
@@ -295,7 +295,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     from model.config import DEVICES, RUNTIMES
-    from pipelines.train import TrainConfig
+    from pipelines.training.train import TrainConfig
 
     d = TrainConfig(images=("-",), out="-.safetensors")  # the defaults, shown in --help
     p.add_argument("images", nargs="+", help="folders of unlabelled training photos (files directly inside)")
@@ -344,8 +344,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pipelines.train import TrainConfig, default_cache_dir, run_training
-    from pipelines.train_data import list_images, precompute_teacher
+    from pipelines.training.train import TrainConfig, default_cache_dir, run_training
+    from pipelines.training.train_data import list_images, precompute_teacher
 
     cfg = TrainConfig(images=tuple(args.images), out=args.out, pairs=args.pairs, name=args.name,
                       base_width=args.base_width, depth=args.depth, input_size=args.input_size,
@@ -372,7 +372,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     return local.run(args.config, args.host, args.port, auth=not args.no_auth, address=args.address)
 def cmd_eval(args: argparse.Namespace) -> int:
-    from pipelines.evaluate import evaluate, find_eval_set, format_table, parse_model, parse_setting, write_csv
+    from pipelines.evaluation.evaluate import evaluate, find_eval_set, format_table, parse_model, parse_setting, write_csv
     from postproc import PostprocParams
 
     base = PostprocParams.create(alpha_threshold=args.alpha_threshold, erode=args.erode, feather=args.feather)
@@ -383,7 +383,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data = find_eval_set(args.data, args.trimap_dir, args.limit)
     report = None
     if args.report:
-        from pipelines.eval_report import EvalReport
+        from pipelines.evaluation.eval_report import EvalReport
 
         report = EvalReport(args.report)
     print(f"eval set {data.root}: {len(data.samples)} images" +

@@ -5,7 +5,7 @@
    colour jitter); a composite of a teacher-matted foreground over another photo or a plain or
    gradient background (its alpha is exact by construction); or, with --pairs, a photo with its
    own alpha or mask (supervised).
-3. The student trains with BCE + L1 + gradient loss (model/training.py), on CPU in float32 or on
+3. The student trains with BCE + L1 + gradient loss (pipelines/training/loss.py), on CPU in float32 or on
    CUDA with autocast FP16 and a GradScaler; it logs losses and a held-out MAE against the teacher,
    and writes a .safetensors checkpoint carrying its spec every --checkpoint-every steps and at the end.
 """
@@ -28,9 +28,9 @@ from model.config import RuntimeConfig
 from model.runtime import normalize_batch, resolve_device
 from model.preprocess import resize_rgb
 from model.specs import ModelSpec, PreprocessSpec, get_spec
-from pipelines import synth
+from pipelines.training import synth
 from postproc import DecodeError
-from pipelines.train_data import (CachedPhotos, Pair, PackedPhotos, find_pairs, list_images, pack_cache,
+from pipelines.training.train_data import (CachedPhotos, Pair, PackedPhotos, find_pairs, list_images, pack_cache,
                                   precompute_teacher, read_alpha, read_rgb, read_rgba)
 
 log = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ def run_training(cfg: TrainConfig) -> dict:
     from torch.utils.data import DataLoader
 
     from model.factory import build_architecture
-    from model.training import Trainer
+    from pipelines.training.loss import Trainer
     from model.weights import save_safetensors
 
     device = resolve_device(cfg.device)

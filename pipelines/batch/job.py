@@ -22,11 +22,11 @@ from ray.data import ActorPoolStrategy
 
 from model.config import GPU_PROVIDERS, RuntimeConfig
 from pipelines.logs import quiet_token_auth_notice
-from pipelines.gpu_path import GPU_PATH_SETTINGS, GpuPredictor, decode_or_defer, use_gpu_path
+from pipelines.batch.gpu_path import GPU_PATH_SETTINGS, GpuPredictor, decode_or_defer, use_gpu_path
 from pipelines.manifest import ManifestWriter, new_run_id
-from pipelines.planning import Plan, plan_inputs
-from pipelines.stages import Predictor, decode_input, read_input, render_output
-from pipelines.state import JobFingerprint, job_file, success_file, unfinished_run
+from pipelines.batch.planning import Plan, plan_inputs
+from pipelines.batch.stages import Predictor, decode_input, read_input, render_output
+from pipelines.batch.state import JobFingerprint, job_file, success_file, unfinished_run
 from pipelines.storage import Location, check_disjoint, open_location, retry_transient
 from postproc import PostprocParams
 from postproc.decode import DEFAULT_MAX_PIXELS
@@ -45,7 +45,7 @@ class JobConfig:
     # The model and how to run it (model/config.py). Its threads: intra-op threads per CPU actor,
     # default its CPU share (plan_pool); its weights may be remote (each actor fetches them once).
     inference: RuntimeConfig = field(default_factory=RuntimeConfig)
-    # Decode and post-process on the inference GPU (pipelines/gpu_path.py): auto = on GPU pools where
+    # Decode and post-process on the inference GPU (pipelines/batch/gpu_path.py): auto = on GPU pools where
     # the parameters allow; on = also on CPU tensors (tests, bench); off = the CPU path everywhere.
     gpu_path: str = "auto"
     batch_size: int = 8
@@ -219,7 +219,7 @@ def actor_config(cfg: JobConfig, pool: PoolPlan) -> RuntimeConfig:
 
 
 def read_planned_chunk(row: dict, *, fs) -> list[dict]:
-    """One Parquet chunk of planned inputs (pipelines.planning) → its rows."""
+    """One Parquet chunk of planned inputs (pipelines.batch.planning) → its rows."""
     import pyarrow.parquet as pq
 
     table = retry_transient(lambda: pq.read_table(row["chunk"], filesystem=fs), f"reading {row['chunk']}")
