@@ -22,7 +22,7 @@ from __future__ import annotations
 import csv
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 # colour at the edge) do not, so eval refuses them.
 ALPHA_PARAMS = ("alpha_threshold", "erode", "feather", "refine", "trimap_fg", "trimap_bg", "trimap_erode",
                 "guided_radius", "guided_eps", "refine_max_megapixels")
-_FLOAT_PARAMS = ("feather", "guided_eps", "refine_max_megapixels")
 MATTING = ("sad", "mse", "mad", "grad", "conn")
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
@@ -128,12 +127,11 @@ def parse_setting(text: str, base: PostprocParams) -> Setting:
         key = key.strip().replace("-", "_")
         if not eq or key not in ALPHA_PARAMS:
             raise ValueError(f"--setting {text!r}: {part!r} is not KEY=VALUE with KEY one of {', '.join(ALPHA_PARAMS)}")
-        try:
-            value = value.strip()
-            changes[key] = value if key == "refine" else float(value) if key in _FLOAT_PARAMS else int(value)
-        except ValueError:
-            raise ValueError(f"--setting {text!r}: {key} must be a number, got {value!r}") from None
-    return Setting(name, replace(base, **changes))  # replace() re-runs PostprocParams validation
+        changes[key] = value.strip()
+    try:  # typed and validated by PostprocParams, as the CLI's flags and Serve's parameters are
+        return Setting(name, PostprocParams.from_strings(changes, base=base))
+    except ValueError as e:
+        raise ValueError(f"--setting {text!r}: {e}") from None
 
 
 @dataclass(frozen=True)
