@@ -68,7 +68,7 @@ def quality(model: str, int8: Path, data: Path) -> dict:
 
 
 def speed(model: str, int8: Path, threads: int, rounds: int) -> dict:
-    from pipelines.cli import SAMPLES
+    from pipelines.cli.common import SAMPLES
     from postproc import decode_image, model_input
 
     spec = get_spec(model)

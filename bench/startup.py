@@ -126,6 +126,7 @@ t_start = float(sys.argv[3])  # when the parent launched this process
 now = lambda: time.time() - t_start
 marks = {"interpreter": now()}
 from pipelines import cli
+from pipelines.cli.run import job_config
 marks["import pipelines.cli"] = now()
 import ray, ray.data
 marks["import ray, ray.data"] = now()
@@ -133,7 +134,7 @@ from pipelines import manifest
 from pipelines.batch import job
 marks["import pipelines.batch.job"] = now()
 args = cli.build_parser().parse_args(["run", sys.argv[1], sys.argv[2]])
-cfg = cli.job_config(args, args.source, args.dest)
+cfg = job_config(args, args.source, args.dest)
 marks["config"] = now()
 job.init_ray(None)
 marks["ray.init"] = now()

@@ -17,7 +17,8 @@ import pytest
 
 from catalog import corrupt_files, real_photos
 from pipelines.bundle import write_bundle
-from pipelines.cli import build_parser, main, params_from_args
+from pipelines.cli import build_parser, main
+from pipelines.cli.common import params_from_args
 from pipelines.manifest import ManifestWriter, read_manifest
 from pipelines.batch.stages import render_output
 from pipelines.storage import open_location
