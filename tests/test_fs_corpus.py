@@ -297,7 +297,7 @@ def test_corpus_through_the_job_gives_one_row_per_entry_and_writes_only_under_de
 def test_bundle_leaves_out_keys_with_a_backslash_and_says_so(tmp_path):
     import zipfile
 
-    from pipelines.bundle import write_bundle
+    from pipelines.batch.bundle import write_bundle
     from pipelines.manifest import ManifestWriter, conform
 
     dest = open_location(str(tmp_path / "dst"), create=True)

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from catalog import corrupt_files, real_photos
-from pipelines.bundle import write_bundle
+from pipelines.batch.bundle import write_bundle
 from pipelines.cli import build_parser, main
 from pipelines.cli.common import params_from_args
 from pipelines.manifest import ManifestWriter, read_manifest
@@ -229,7 +229,7 @@ def test_contact_sheet_reads_a_manifest_from_before_the_confidence_column(tmp_pa
 
 
 def test_a_large_run_shows_the_least_confident_then_a_sample():
-    from pipelines.contact_sheet import LARGE_RUN, LEAST_CONFIDENT, SAMPLE, choose
+    from pipelines.batch.contact_sheet import LARGE_RUN, LEAST_CONFIDENT, SAMPLE, choose
 
     rows = [{"source_key": f"k{i:04d}", "uncertain_fraction": (i % 97) / 97} for i in range(600)]
     rows += [{"source_key": f"old{i}", "uncertain_fraction": None} for i in range(40)]

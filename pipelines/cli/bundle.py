@@ -1,4 +1,4 @@
-"""`matting bundle DEST OUT.zip`: one ZIP of a run's outputs with its log (pipelines/bundle.py)."""
+"""`matting bundle DEST OUT.zip`: one ZIP of a run's outputs with its log (pipelines/batch/bundle.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pipelines.cli.common import add_s3_endpoint_flag
 
 
 def command(args: argparse.Namespace) -> int:
-    from pipelines.bundle import write_bundle
+    from pipelines.batch.bundle import write_bundle
 
     print(write_bundle(args.dest, args.out, run_id=args.run_id, s3_endpoint=args.s3_endpoint,
                        current=args.current).summary())

@@ -20,7 +20,7 @@ def command(args: argparse.Namespace) -> int:
         table, label = read_manifest(dest, run_id), run_id or ""
     print(summarize(table, label))
     if args.html:
-        from pipelines.contact_sheet import write_contact_sheet
+        from pipelines.batch.contact_sheet import write_contact_sheet
 
         print(f"contact sheet: {write_contact_sheet(dest, table, args.html, f'matting run {label}')}")
     return 0

@@ -68,7 +68,7 @@ def command(args: argparse.Namespace, source: str | None = None, dest: str | Non
         return 3
     print(result.summary())
     if zip_path:
-        from pipelines.bundle import write_bundle
+        from pipelines.batch.bundle import write_bundle
 
         print(write_bundle(cfg.dest, zip_path, run_id=result.run_id, s3_endpoint=cfg.s3_endpoint).summary())
     return 0
