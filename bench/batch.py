@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT))  # `python bench/batch.py` from the repository roo
 
 from model.config import RuntimeConfig  # noqa: E402
 from model.runtime import create_runtime  # noqa: E402
-from pipelines.job import JobConfig, run_job  # noqa: E402
+from pipelines.batch.job import JobConfig, run_job  # noqa: E402
 from pipelines.storage import open_location  # noqa: E402
 from postproc import PostprocParams, decode_image, model_input  # noqa: E402
 from postproc.alpha import bounding_box  # noqa: E402
@@ -159,7 +159,7 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--actors", type=int)
     p.add_argument("--threads", type=int)
-    p.add_argument("--actor-cpus", type=float, help="default: the job's (see pipelines.job.plan_pool)")
+    p.add_argument("--actor-cpus", type=float, help="default: the job's (see pipelines.batch.job.plan_pool)")
     p.add_argument("--decode-cpus", type=float, default=0.5)
     p.add_argument("--warmup", type=int, help="images in the untimed warm-up job (default 2 batches; 0: none)")
     p.add_argument("--worker-niceness", type=int, help="niceness of Ray's workers (default: this process's)")

@@ -7,8 +7,8 @@
 Builds (or reuses) each model's INT8 file with its shipped recipe (model/quantize.py:
 int8_model_path, calibrated on ../shared/train, never on the eval photos), then:
 
-Quality: `matting eval`'s own code (pipelines/evaluate.py: decode, model_input, the runtime's
-predict, refine_alpha with default settings, model/metrics.py) on each eval set, FP32 (the
+Quality: `matting eval`'s own code (pipelines/evaluation/evaluate.py: decode, model_input, the runtime's
+predict, refine_alpha with default settings, pipelines/evaluation/metrics.py) on each eval set, FP32 (the
 model's usual ONNX Runtime graph) and INT8 (the INT8 file through the same runtime). MAE is
 `MAD` on alphamatting27 (soft ground truth) and `MAE` on ecssd60 (binary masks); "rel" is
 INT8/FP32 − 1. These figures are deterministic.
@@ -51,7 +51,7 @@ def cpu_name() -> str:
 
 
 def quality(model: str, int8: Path, data: Path) -> dict:
-    from pipelines.evaluate import ModelChoice, evaluate, find_eval_set, parse_setting
+    from pipelines.evaluation.evaluate import ModelChoice, evaluate, find_eval_set, parse_setting
     from postproc import PostprocParams
 
     rows = evaluate(find_eval_set(data), [ModelChoice("fp32", model), ModelChoice("int8", model, str(int8))],
@@ -68,7 +68,7 @@ def quality(model: str, int8: Path, data: Path) -> dict:
 
 
 def speed(model: str, int8: Path, threads: int, rounds: int) -> dict:
-    from pipelines.cli import SAMPLES
+    from pipelines.cli.common import SAMPLES
     from postproc import decode_image, model_input
 
     spec = get_spec(model)

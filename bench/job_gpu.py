@@ -133,7 +133,7 @@ def job_config(JobConfig, **kw):
 
 
 def run_one(args, src: Path, dest: Path, model: str, fmt: str, gpu_path: str, n: int) -> dict:
-    import pipelines.job as job
+    import pipelines.batch.job as job
     from pipelines.manifest import read_manifest
     from pipelines.storage import open_location
     from postproc import PostprocParams
@@ -189,7 +189,7 @@ def run_one(args, src: Path, dest: Path, model: str, fmt: str, gpu_path: str, n:
 def actor_bytes(args, src: Path, model: str, gpu_path: str, n: int = 8) -> dict:
     """Bytes per image in the rows going into and out of the inference actor, counted column by column."""
     from model.specs import get_spec
-    from pipelines import stages
+    from pipelines.batch import stages
     from pipelines.storage import open_location
     from postproc import PostprocParams
 
@@ -198,7 +198,7 @@ def actor_bytes(args, src: Path, model: str, gpu_path: str, n: int = 8) -> dict:
     keys = sorted(p.name for p in src.glob("*.jpg"))[:n]
     gpu = gpu_path == "on"
     if gpu:
-        from pipelines.gpu_path import GpuPredictor, decode_or_defer as decode
+        from pipelines.batch.gpu_path import GpuPredictor, decode_or_defer as decode
     else:
         decode = stages.decode_input
     rows = [decode(stages.read_input({"key": k, "size": -1}, source=source, max_bytes=10**9),
@@ -293,7 +293,7 @@ def main() -> None:
             ray.shutdown()
             if attempt == 2:
                 raise
-    where = ray.get(ray.remote(lambda: __import__("pipelines.stages").stages.__file__).remote())
+    where = ray.get(ray.remote(lambda: __import__("pipelines.batch.stages").batch.stages.__file__).remote())
     print(f"Ray workers import {where}", flush=True)
     if not where.startswith(str(code)):
         raise SystemExit(f"Ray's workers import {where}, not the code under {code}")
@@ -319,7 +319,7 @@ def main() -> None:
         ray.shutdown()
     if not args.no_bytes:
         path = "on" if (args.gpu_path == "on" or (args.gpu_path == "auto" and gpus)) else "off"
-        if "gpu_path" not in {f.name for f in dataclasses.fields(__import__("pipelines.job").job.JobConfig)}:
+        if "gpu_path" not in {f.name for f in dataclasses.fields(__import__("pipelines.batch.job").batch.job.JobConfig)}:
             path = "off"  # code from before the GPU path
         report["actor_rows_bytes_per_image"] = actor_bytes(args, src, args.models[0], path)
         print(json.dumps(report["actor_rows_bytes_per_image"]), flush=True)

@@ -126,7 +126,7 @@ def measure(n: int, model: str, batch_size: int) -> dict:
     import ray
 
     from model.config import RuntimeConfig
-    from pipelines.job import JobConfig, run_job
+    from pipelines.batch.job import JobConfig, run_job
 
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "src", Path(tmp) / "dst"

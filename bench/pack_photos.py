@@ -25,7 +25,7 @@ import cv2
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model.specs import get_spec  # noqa: E402
-from pipelines.train_data import list_images, read_alpha, read_rgb  # noqa: E402
+from pipelines.training.train_data import list_images, read_alpha, read_rgb  # noqa: E402
 from postproc import DecodeError  # noqa: E402
 
 TEACHER = "u2netp"  # matting train's default teacher: its resize filter makes the cached photos

@@ -10,8 +10,8 @@ whose u2netp.onnx is a link to the U²-Netp file our weights cache holds (`matti
 u2netp`), checked against the md5 rembg itself expects: both tools run the very same weights.
 
 Quality (--sets): `rembg p -m u2netp IMAGES OUT` and `matting run IMAGES OUT` on each eval set's
-image/ folder; the alpha channel of every cut-out is scored against alpha/ by pipelines/evaluate.py's
-`score` (model/metrics.py: SAD, MSE, MAD, Grad, Conn, the same in the trimap's unknown band, MAE and
+image/ folder; the alpha channel of every cut-out is scored against alpha/ by pipelines/evaluation/evaluate.py's
+`score` (pipelines/evaluation/metrics.py: SAD, MSE, MAD, Grad, Conn, the same in the trimap's unknown band, MAE and
 maxF on binary masks), the table `matting eval` prints. The scores are deterministic.
 
 Speed (--speed N ...): N photos at 1024×768 made from the eval sets' photos and masks (portraits
@@ -45,10 +45,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from model import metrics  # noqa: E402
+from pipelines.evaluation import metrics  # noqa: E402
 from model.specs import get_spec  # noqa: E402
 from model.weights import md5_of, resolve  # noqa: E402
-from pipelines.evaluate import Row, find_eval_set, format_table, read_gray, score  # noqa: E402
+from pipelines.evaluation.evaluate import Row, find_eval_set, format_table, read_gray, score  # noqa: E402
 
 REMBG_VERSION = "2.0.86"  # the version these figures were taken with
 REMBG_U2NETP_MD5 = "8e83ca70e441ab06c318d82300c84806"  # rembg/sessions/u2netp.py: the file it downloads

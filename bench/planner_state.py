@@ -2,7 +2,7 @@
 
 The planner of a nightly run consults each input's current manifest row. Until 2026-11-27 it held
 them as a dict of row dicts (`{key: row}` from `Table.to_pylist()`); now it keeps the Arrow table
-and a sorted 64-bit key hash (pipelines/state.py: PreviousState). Both are measured here side by
+and a sorted 64-bit key hash (pipelines/batch/state.py: PreviousState). Both are measured here side by
 side, each in a fresh process, on the same synthetic consolidated view: N rows of the state
 columns with catalog-like keys, ETags, SHA-256s, one model version and one parameters hash.
 
@@ -63,8 +63,8 @@ def child(layout: str, n: int) -> dict:
     sys.path.insert(0, str(ROOT))
     import pyarrow as pa
 
-    from pipelines.planning import LOOKUP_BATCH, batched
-    from pipelines.state import PreviousState
+    from pipelines.batch.planning import LOOKUP_BATCH, batched
+    from pipelines.batch.state import PreviousState
 
     pool = pa.default_memory_pool()
     arrow_base = pool.bytes_allocated()
@@ -120,7 +120,7 @@ def child_consolidate(layout: str, root: str) -> dict:
     sys.path.insert(0, str(ROOT))
     import pyarrow as pa
 
-    from pipelines import state
+    from pipelines.batch import state
     from pipelines.manifest import list_runs, read_run
     from pipelines.storage import open_location
 

@@ -11,7 +11,7 @@ Method:
    PostprocParams), except "rembg defaults", which re-implements rembg's alpha_matting_cutout
    (scipy binary_erosion of alpha > 240 and alpha < 10 with a 10×10 square, border 1 for the
    background, then pymatting's estimate_alpha_cf on the whole image).
-3. Metrics from model/metrics.py (what `matting eval` reports) on the whole image, alpha in
+3. Metrics from pipelines/evaluation/metrics.py (what `matting eval` reports) on the whole image, alpha in
    [0, 1], mean over images: SAD, Grad, Conn as sums / 1000, MSE as a per-pixel mean; plus
    SAD_t, the SAD inside the set's own trimap1 unknown band (edge quality alone, the
    alphamatting.com convention). `matting eval --setting NAME:refine=trimap,...` scores the
@@ -65,10 +65,10 @@ SETTINGS: dict[str, dict | None] = {
 }
 
 
-# -- metrics (model/metrics.py, as `matting eval` computes them) ---------------------------------
+# -- metrics (pipelines/evaluation/metrics.py, as `matting eval` computes them) ---------------------------------
 
 def scores(pred_u8: np.ndarray, gt_u8: np.ndarray, unknown: np.ndarray | None) -> dict:
-    from model import metrics
+    from pipelines.evaluation import metrics
 
     m = metrics.matting_metrics(pred_u8, gt_u8)
     out = {"SAD": m["sad"], "MSE": m["mse"], "Grad": m["grad"], "Conn": m["conn"]}

@@ -126,13 +126,15 @@ t_start = float(sys.argv[3])  # when the parent launched this process
 now = lambda: time.time() - t_start
 marks = {"interpreter": now()}
 from pipelines import cli
+from pipelines.cli.run import job_config
 marks["import pipelines.cli"] = now()
 import ray, ray.data
 marks["import ray, ray.data"] = now()
-from pipelines import job, manifest
-marks["import pipelines.job"] = now()
+from pipelines import manifest
+from pipelines.batch import job
+marks["import pipelines.batch.job"] = now()
 args = cli.build_parser().parse_args(["run", sys.argv[1], sys.argv[2]])
-cfg = cli.job_config(args, args.source, args.dest)
+cfg = job_config(args, args.source, args.dest)
 marks["config"] = now()
 job.init_ray(None)
 marks["ray.init"] = now()
@@ -166,8 +168,8 @@ marks = {"interpreter": time.time() - t_start}
 t = time.perf_counter()
 import ray  # an actor's worker process has Ray imported before our code runs
 marks["import ray"] = time.perf_counter() - t; t = time.perf_counter()
-import pipelines.stages
-marks["import pipelines.stages (postproc, storage)"] = time.perf_counter() - t; t = time.perf_counter()
+import pipelines.batch.stages
+marks["import pipelines.batch.stages (postproc, storage)"] = time.perf_counter() - t; t = time.perf_counter()
 import onnxruntime
 marks["import onnxruntime"] = time.perf_counter() - t; t = time.perf_counter()
 from model.runtime import create_runtime
@@ -194,7 +196,7 @@ def child_marks(code: str, *argv: str, tree: Path = REPO) -> tuple[dict, str]:
 
 def top_imports(n: int = 12, tree: Path = REPO) -> list[tuple[str, float]]:
     """-X importtime's cumulative seconds of the largest top-level packages the driver imports."""
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import pipelines.cli, pipelines.job"],
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import pipelines.cli, pipelines.batch.job"],
                           cwd=tree, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(tree)})
     totals: dict[str, float] = {}
     for line in proc.stderr.splitlines():

@@ -21,8 +21,8 @@ import cv2
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model.specs import get_spec  # noqa: E402
-from pipelines.train import DistillDataset  # noqa: E402
-from pipelines.train_data import CachedPhotos, pack_cache  # noqa: E402
+from pipelines.training.train import DistillDataset  # noqa: E402
+from pipelines.training.train_data import CachedPhotos, pack_cache  # noqa: E402
 
 
 def main() -> int:

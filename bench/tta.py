@@ -10,7 +10,7 @@
 
     python bench/tta.py multiscale --data ../shared/eval/ecssd60 [--model u2netp] [--limit N]
         Quality of candidate multi-scale TTA modes against none and flip, scored exactly as `matting
-        eval` scores (refine_alpha at full size, model/metrics.py): "scales" averages the model's
+        eval` scores (refine_alpha at full size, pipelines/evaluation/metrics.py): "scales" averages the model's
         answers at 256², 320² and 384² (each resized back to 320² before averaging), "flip+scales"
         does that for the photo and its mirror image. Only if one beats flip would it become a mode.
 
@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from model import tta  # noqa: E402
 from model.runtime import create_runtime  # noqa: E402
 from model.specs import get_spec  # noqa: E402
-from pipelines.evaluate import find_eval_set, read_gray, score  # noqa: E402
+from pipelines.evaluation.evaluate import find_eval_set, read_gray, score  # noqa: E402
 from postproc import PostprocParams, decode_image, model_input  # noqa: E402
 from postproc.render import refine_alpha  # noqa: E402
 
@@ -110,7 +110,7 @@ def multiscale(args) -> None:
             if curve is not None:
                 curves[m].append(curve)
         print(f"{k + 1}/{len(data.samples)} {s.stem}", flush=True)
-    from model import metrics
+    from pipelines.evaluation import metrics
 
     n = len(data.samples)
     keys = [k for k in ("sad", "mse", "grad", "conn", "unk_sad", "mae", "maxf") if k in sums["none"]]
@@ -127,7 +127,7 @@ def multiscale(args) -> None:
 def stream(args) -> None:
     import json
 
-    from pipelines.evaluate import parse_setting
+    from pipelines.evaluation.evaluate import parse_setting
 
     data = find_eval_set(args.data, limit=args.limit)
     settings = [parse_setting(t, PostprocParams()) for t in (args.setting or ["default"])]

@@ -16,7 +16,7 @@ import importlib.util
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from model.specs import WEIGHTS_SUFFIXES, ModelSpec, get_spec
@@ -73,19 +73,40 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 class RuntimeConfig:
     """Which model, which weights, and how to run them: the one config every caller passes whole."""
 
-    model: str = "u2netp"  # a registered name, or a .safetensors/.onnx file that carries its spec
-    weights: str | None = None  # other weights for the model: a local file, or a URI the storage layer fetches
-    runtime: str = "auto"  # auto: torch on CUDA, onnxruntime on CPU
-    device: str = "auto"  # auto: CUDA where usable, else CPU; cuda fails at start where it is not
-    precision: str = "auto"  # see PRECISIONS
-    threads: int | None = None  # intra-op threads on CPU (None: the runtime's default)
-    providers: tuple[str, ...] | None = None  # ONNX Runtime providers in order; each one named must start
-    trt_cache_dir: str | None = None  # where TensorRT keeps its engines (default beside the weights cache)
-    torch_graph: str = "auto"  # torch on CUDA: auto = CUDA graphs, eager, or compile
+    # Each field's metadata carries its command-line help and choices: `matting run`, `demo`, `eval`
+    # derive their flags from them (pipelines/cli/flags.py).
+    model: str = field(default="u2netp", metadata={
+        "metavar": "NAME|PATH", "help": "a registered model (`matting models` lists them) or a .safetensors/.onnx "
+                                       "file with its spec (in its metadata or a .spec.json beside it)"})
+    # Other weights for the model: a local file, or a URI the storage layer fetches.
+    weights: str | None = field(default=None, metadata={
+        "help": "weights file or s3:// URI instead of the packaged cache"})
+    runtime: str = field(default="auto", metadata={
+        "help": "auto: torch FP16 on CUDA, onnxruntime on CPU", "choices": RUNTIMES})
+    device: str = field(default="auto", metadata={
+        "help": "cuda fails at start where CUDA is not usable; auto falls back to CPU", "choices": DEVICES})
+    precision: str = field(default="auto", metadata={
+        "help": "auto: FP16 on CUDA; on CPU INT8 where the CPU has fast integer dot products and the model's INT8 "
+                "holds its quality, else FP32", "choices": PRECISIONS})
+    # Intra-op threads on CPU (None: the runtime's default; the batch job: each actor's CPU share).
+    threads: int | None = field(default=None, metadata={
+        "help": "intra-op threads for CPU inference (default: in `matting run`, the CPUs each inference actor "
+                "reserves, at least 1; elsewhere the runtime's own)"})
+    # ONNX Runtime providers in order; each one named must start.
+    providers: tuple[str, ...] | None = field(default=None, metadata={
+        "help": "ONNX Runtime providers in order, e.g. tensorrt,cuda or cpu; each must start (default on a GPU: "
+                "TensorRT → CUDA → CPU, whichever this build has)"})
+    trt_cache_dir: str | None = field(default=None, metadata={
+        "help": "TensorRT engine cache folder on each inference node (default ~/.cache/unet-matting/trt-engines)"})
+    torch_graph: str = field(default="auto", metadata={
+        "help": "how torch launches the model on CUDA: auto = CUDA graphs (captured once per batch shape); "
+                "compile = torch.compile, 30-45 s per shape", "choices": TORCH_GRAPHS})
     # Overrides of the spec's PreprocessSpec fields, e.g. (("resize", "area"),): `matting eval` compares
     # input filters side by side with them (--model u2netp:resize=area); the job and Serve use the spec's own.
-    preprocess: tuple[tuple[str, object], ...] = ()
-    tta: str = "none"  # test-time augmentation (model/tta.py): none, or flip (2× the inference per image)
+    preprocess: tuple[tuple[str, object], ...] = field(default=(), metadata={"cli": False})
+    tta: str = field(default="none", metadata={
+        "help": "test-time augmentation: flip also runs each image mirrored and averages the two (2× the "
+                "inference per image; gain and cost in bench/RESULTS.md)", "choices": TTA_MODES})
 
     def __post_init__(self) -> None:
         model = str(self.model)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import typing
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from postproc import formats as output_formats
 from postproc.colors import parse_color, to_hex
 
-FORMATS = output_formats.NAMES  # the formats table's names (postproc/formats.py), for the CLI's imports
 REFINERS = ("none", "trimap", "guided")
 
 # Fields that only matter under some setting: left out of the effective values (and so of the
@@ -28,37 +29,49 @@ _ONLY_WHEN = {
 }
 
 
+def _field(default, help: str, **meta):
+    """A field with its help (and choices): the CLI derives its flags from them (pipelines/cli/flags.py)."""
+    return field(default=default, metadata={"help": help, **meta})
+
+
 @dataclass(frozen=True)
 class PostprocParams:
     # -- refinement of the predicted matte, before the alpha ops below (postproc/refine.py)
-    refine: str = "none"  # none | trimap (closed-form matting on a band) | guided (guided filter)
+    refine: str = _field("none", "edge refinement: trimap (closed-form matting on a band; slow), guided (guided "
+                                 "filter; fast)", choices=REFINERS)
     # Defaults from bench/refine.py's figures on alphamatting27: 192/64 with 10 px beat rembg's
     # 240/10 (whose band spreads over whole regions where the model is unsure, and costs 2× more)
     # on every metric, and a band cut at one half (128/127) on every metric at about the same cost.
-    trimap_fg: int = 192  # alpha ≥ this is sure foreground (before erosion)
-    trimap_bg: int = 64  # alpha ≤ this is sure background (before erosion)
-    trimap_erode: int = 10  # px both sure regions are eroded by, at the working resolution
-    guided_radius: int = 8  # box radius in px at the working resolution
-    guided_eps: float = 1e-4  # regularisation: larger smooths more, smaller follows the image more
-    refine_max_megapixels: float = 1.0  # refinement and decontamination run at most at this size
-    decontaminate: bool = False  # estimate the foreground colour at semi-transparent pixels
+    trimap_fg: int = _field(192, "trimap: alpha ≥ N is sure foreground")  # before erosion
+    trimap_bg: int = _field(64, "trimap: alpha ≤ N is sure background")  # before erosion
+    trimap_erode: int = _field(10, "trimap: px the sure regions are eroded by, at the working size")
+    guided_radius: int = _field(8, "guided filter radius in px")  # box radius at the working resolution
+    # Larger smooths more, smaller follows the image more.
+    guided_eps: float = _field(1e-4, "guided filter regularisation")
+    refine_max_megapixels: float = _field(1.0, "refinement and decontamination work at most at this many "
+                                               "megapixels", flag="--refine-max-mp")
+    decontaminate: bool = _field(False, "estimate the subject's own colour at semi-transparent edge pixels (no "
+                                        "background bleed)")
     # -- alpha ops (the seed's)
-    alpha_threshold: int = 0  # 0–255: alpha below it becomes 0
-    erode: int = 0  # px the subject's edge is pulled in
-    feather: float = 0.0  # Gaussian sigma in px applied to the alpha edge
+    alpha_threshold: int = _field(0, "0–255: alpha below it becomes 0")
+    erode: int = _field(0, "pull the subject's edge in by N px")
+    feather: float = _field(0.0, "Gaussian feathering of the edge, sigma in px")
     # -- geometry
-    crop: bool = False  # crop to the subject's bounding box ...
-    crop_margin: int = 0  # ... plus this many px on each side (clipped to the image)
-    max_size: int | None = None  # longest side in px of the output; aspect preserved; never enlarges
+    crop: bool = _field(False, "crop to the subject's bounding box")
+    crop_margin: int = _field(0, "px kept around the subject when cropping")  # clipped to the image
+    # Aspect preserved; never enlarges.
+    max_size: int | None = _field(None, "longest side of the output in px, aspect kept (default: input size)")
     # -- output
-    background: str | None = None  # None: transparent; else a colour name or hex
+    background: str | None = _field(None, "background colour: a CSS name or #rgb/#rrggbb/#rrggbbaa "
+                                          "(default transparent)")
     # A background image: its path or URI, recorded and hashed; the caller decodes it and passes
     # the pixels to compose_and_encode (post-processing does no I/O).
-    background_image: str | None = None
-    format: str = field(default=output_formats.DEFAULT, metadata={"choices": output_formats.NAMES})
+    background_image: str | None = _field(None, "background picture (a file or s3:// URI), scaled to cover "
+                                                "the output")
+    format: str = _field(output_formats.DEFAULT, "output format (postproc/formats.py)", choices=output_formats.NAMES)
     # None: the fastest lossless writer (fpng); 0–9: zlib level through OpenCV.
-    png_compression: int | None = None
-    quality: int = 90  # JPEG / WebP quality
+    png_compression: int | None = _field(None, "zlib level 0–9 (default: fpng, the fastest lossless writer)")
+    quality: int = _field(90, "JPEG/WebP quality 1–100")
 
     def __post_init__(self) -> None:
         errors = []
@@ -130,6 +143,34 @@ class PostprocParams:
             p = replace(p, background="white")
         return p
 
+    @classmethod
+    def from_strings(cls, mapping: Mapping[str, object], *, preset: str | None = None,
+                     base: "PostprocParams | None" = None) -> "PostprocParams":
+        """Build from text: a command line, a query string or form, an eval --setting. The one place
+        strings become parameters.
+
+        Each string is converted by its field's type ("10" → 10, "1.5" → 1.5, "true"/"off" → bool);
+        an empty string means 'not set'; a value that is already typed (a CLI's bool flag) is taken
+        as it is. Unknown names and unconvertible values raise ValueError naming the valid ones. The
+        values then go on top of `base` (eval's settings), or on top of a preset (`create`).
+        """
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(mapping) - set(names))
+        if unknown:
+            raise ValueError(f"unknown post-processing parameter(s) {', '.join(map(repr, unknown))}; "
+                             f"known: {', '.join(names)}")
+        hints = _field_types()
+        values = {}
+        for name, value in mapping.items():
+            if value is None or value == "":
+                continue
+            values[name] = _convert(name, hints[name], value) if isinstance(value, str) else value
+        if base is not None:
+            if preset is not None:
+                raise ValueError("give a preset or a base, not both")
+            return replace(base, **values)  # replace() re-runs the validation
+        return cls.create(preset=preset, **values)
+
     @property
     def output(self) -> output_formats.OutputFormat:
         """The output format's entry in the formats table (postproc/formats.py)."""
@@ -164,3 +205,44 @@ class PostprocParams:
         'white' and '#fff' count as the same setting; an unused field does not count.
         """
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+
+_TRUE = ("1", "true", "t", "yes", "y", "on")
+_FALSE = ("0", "false", "f", "no", "n", "off")
+
+
+def _field_types() -> dict[str, type]:
+    """Each field's value type, Optional unwrapped (int | None → int)."""
+    out = {}
+    for name, hint in typing.get_type_hints(PostprocParams).items():
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        out[name] = args[0] if args else hint
+    return out
+
+
+def _convert(name: str, kind: type, text: str):
+    """One string → the field's type, or a ValueError that names the field and what it takes."""
+    t = text.strip()
+    if kind is bool:
+        if t.lower() in _TRUE:
+            return True
+        if t.lower() in _FALSE:
+            return False
+        raise ValueError(f"{name} must be true or false ({'/'.join(_TRUE)} or {'/'.join(_FALSE)}), got {text!r}")
+    if kind is int:
+        try:
+            return int(t)
+        except ValueError:
+            try:
+                number = float(t)
+            except ValueError:
+                number = None
+            if number is not None and number.is_integer():
+                return int(number)  # '10.0' is ten
+            raise ValueError(f"{name} must be a whole number, got {text!r}") from None
+    if kind is float:
+        try:
+            return float(t)
+        except ValueError:
+            raise ValueError(f"{name} must be a number, got {text!r}") from None
+    return text  # str fields: choices and colours are checked by __post_init__, which lists the valid values

@@ -2,7 +2,7 @@
 run retries it, the HTTP answer of the online API, and what it means.
 
 postproc.decode raises the decoding reasons, pipelines/ (listing, reading, writing) the others;
-pipelines.state.PERMANENT_REASONS and serve.pipeline's status map are derived from this table,
+pipelines.batch.state.PERMANENT_REASONS and serve.pipeline's status map are derived from this table,
 and docs/operations.md lists every row (tests/test_reasons.py checks it does). It lives in
 postproc/ because that is the base both pipelines/ and serve/ may import.
 """
@@ -32,7 +32,7 @@ _TABLE = (
            "not an image in a format we read (JPEG, PNG, WebP, GIF, TIFF, BMP, ...)"),
     Reason("too_many_pixels", "error", True, (413, "too_large"),
            "over `--max-megapixels`, checked from the header before decoding (also decompression bombs)"),
-    # Reading (pipelines.stages, pipelines.storage).
+    # Reading (pipelines.batch.stages, pipelines.storage).
     Reason("too_large", "error", True, (413, "too_large"), "over `--max-megabytes`, checked before reading"),
     Reason("unsafe_key", "error", True, None,
            "the key has `.`, `..` or empty path components, which could escape DEST"),
@@ -51,7 +51,7 @@ _TABLE = (
            "a folder of SOURCE that could not be listed (permissions); its key ends with `/`"),
     Reason("undecodable_name", "error", True, None,
            "the file name is not valid UTF-8; the key shows its bytes escaped as `\\xNN`"),
-    # Writing (pipelines.stages, pipelines.storage).
+    # Writing (pipelines.batch.stages, pipelines.storage).
     Reason("output_collision", "error", False, None,
            "the output key is held by another input's current output (from an earlier run), or by a "
            "folder in DEST"),

@@ -1,7 +1,9 @@
 """HTTP strings → postproc.PostprocParams, with 422s that name the parameter.
 
 The fields are read from PostprocParams itself, so a parameter added to postproc is accepted, typed
-and documented here without a change. Validation of values stays in postproc (create/__post_init__).
+and documented here without a change. Strings are typed by `PostprocParams.from_strings` (as the CLI's
+flags and eval's settings are) and validated in postproc (create/__post_init__); this module adds only
+what is HTTP's: the parameters a caller may not set, and the bounds on what a message echoes.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import typing
 from dataclasses import fields
 from functools import lru_cache
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 
 from postproc import PRESETS, PostprocParams
 from serve.errors import ApiError, echo, echo_names
@@ -70,19 +72,11 @@ def parse_params(raw: dict[str, str], preset: str | None = None) -> PostprocPara
     unknown = sorted(set(raw) - set(types))
     if unknown:
         raise ApiError(422, "bad_parameter", f"unknown parameter(s) {echo_names(unknown)}; known: {sorted(types)}")
-    values = {}
     for name, text in raw.items():
-        if text == "":
-            continue
         if len(text) > MAX_VALUE_CHARS:
             raise ApiError(422, "bad_parameter", f"{name}: the value is {len(text)} characters long; no parameter "
                                                  f"takes more than {MAX_VALUE_CHARS}")
-        try:
-            values[name] = TypeAdapter(types[name]).validate_python(text)
-        except ValidationError as e:
-            msg = e.errors()[0]["msg"]
-            raise ApiError(422, "bad_parameter", f"{name}: {msg} (got {echo(text)})") from None
     try:
-        return PostprocParams.create(preset=preset, **values)
+        return PostprocParams.from_strings(raw, preset=preset)
     except ValueError as e:
         raise ApiError(422, "bad_parameter", str(e)) from None

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from badinputs import MAX_BYTES, MAX_PIXELS, generate
-from pipelines.job import JobConfig, run_job
+from pipelines.batch.job import JobConfig, run_job
 from pipelines.manifest import read_run
 from pipelines.storage import open_location
 

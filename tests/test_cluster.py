@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from catalog import catalog
-from pipelines.job import JobConfig, run_job
+from pipelines.batch.job import JobConfig, run_job
 from pipelines.manifest import read_manifest
 from pipelines.storage import open_location
 

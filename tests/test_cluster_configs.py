@@ -36,7 +36,7 @@ LAUNCHER = CLUSTER / "aws" / "cluster-launcher.yaml"
 DOCKERFILE = CLUSTER / "Dockerfile"
 SERVE_CONFIG = ROOT / "serve" / "config.gpu.yaml"  # the RayService runs on GPU workers
 
-# `matting run` options that the configs use and that issue 6 is adding to pipelines/cli.py now
+# `matting run` options that the configs use and that issue 6 is adding to pipelines/cli/ now
 # (name: number of values). Until the parser has one, entrypoints are parsed without it and
 # test_pending_run_options_exist skips with its name. Delete entries once they are merged.
 def load_docs(path: Path) -> list[dict]:
@@ -324,7 +324,7 @@ def test_entrypoint_parses_with_the_matting_cli(label, entrypoint, capsys):
     try:
         args = parser.parse_args(argv)
     except SystemExit:
-        pytest.fail(f"{label}: `matting {' '.join(argv)}` is rejected by pipelines/cli.py:\n{capsys.readouterr().err}")
+        pytest.fail(f"{label}: `matting {' '.join(argv)}` is rejected by pipelines/cli/:\n{capsys.readouterr().err}")
     assert args.source.startswith("s3://") and args.dest.startswith("s3://")
     assert args.device == "cuda", "on a GPU cluster, fail at start rather than fall back to CPU unnoticed"
 
@@ -380,7 +380,7 @@ def test_dockerfile_bakes_the_weights_with_commands_the_cli_has():
         try:
             build_parser().parse_args(argv)
         except SystemExit:
-            pytest.fail(f"the Dockerfile runs `matting {' '.join(argv)}`, which pipelines/cli.py rejects")
+            pytest.fail(f"the Dockerfile runs `matting {' '.join(argv)}`, which pipelines/cli/ rejects")
 
 
 # --- Serve --------------------------------------------------------------------------------------

@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from model import metrics
+from pipelines.evaluation import metrics
 from model.runtime import create_runtime
 from pipelines.cli import main
-from pipelines.evaluate import find_eval_set, parse_model, parse_setting
+from pipelines.evaluation.evaluate import find_eval_set, parse_model, parse_setting
 from postproc import PostprocParams, decode_image, model_input
 from postproc.render import refine_alpha
 

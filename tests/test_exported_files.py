@@ -72,8 +72,8 @@ def test_eval_takes_an_exported_file_by_its_path(exported, tmp_path, capsys):
 def test_the_job_runs_an_exported_file_by_its_path(exported, tmp_path, monkeypatch):
     """What `matting run --model FILE.onnx` does, stage by stage in this process (the Ray job runs these)."""
     from model.config import RuntimeConfig
-    from pipelines.job import JobConfig
-    from pipelines.stages import Predictor, decode_input, read_input, render_output
+    from pipelines.batch.job import JobConfig
+    from pipelines.batch.stages import Predictor, decode_input, read_input, render_output
     from pipelines.storage import open_location
 
     monkeypatch.chdir(exported[True].parent)

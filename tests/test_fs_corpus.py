@@ -297,7 +297,7 @@ def test_corpus_through_the_job_gives_one_row_per_entry_and_writes_only_under_de
 def test_bundle_leaves_out_keys_with_a_backslash_and_says_so(tmp_path):
     import zipfile
 
-    from pipelines.bundle import write_bundle
+    from pipelines.batch.bundle import write_bundle
     from pipelines.manifest import ManifestWriter, conform
 
     dest = open_location(str(tmp_path / "dst"), create=True)
@@ -320,7 +320,7 @@ def test_bundle_leaves_out_keys_with_a_backslash_and_says_so(tmp_path):
 
 def test_the_skipped_status_is_counted_reported_and_not_redone():
     from pipelines.manifest import STAGE_COLUMNS, conform, summarize
-    from pipelines.state import is_done
+    from pipelines.batch.state import is_done
     from pipelines.storage import ListedInput
 
     rows = [{"source_key": "a.jpg", "status": "ok", "error": "", "error_reason": "", "output_key": "a.png"},

@@ -1,4 +1,4 @@
-"""The GPU data path (pipelines/gpu_path.py) run on CPU tensors, against the CPU path on the same inputs."""
+"""The GPU data path (pipelines/batch/gpu_path.py) run on CPU tensors, against the CPU path on the same inputs."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from model.config import RuntimeConfig
 from model.specs import get_spec
 
 from catalog import corrupt_files, real_photos
-from pipelines.gpu_path import GpuPredictor, JpegDecoder, decode_or_defer, gpu_decodable, use_gpu_path
-from pipelines.stages import Predictor, decode_input, read_input, render_output
+from pipelines.batch.gpu_path import GpuPredictor, JpegDecoder, decode_or_defer, gpu_decodable, use_gpu_path
+from pipelines.batch.stages import Predictor, decode_input, read_input, render_output
 from pipelines.storage import open_location
 from postproc import PostprocParams
 
@@ -187,7 +187,7 @@ def test_gpu_path_keeps_full_resolution_pixels_out_of_the_object_store(tmp_path)
 def test_gpu_path_through_ray_gives_the_cpu_paths_rows(tmp_path, ray_local):
     """The lazy chain read → defer → GpuPredictor → render on a real local Ray, on CPU tensors: Ray
     carries the mixed-shape columns (model input, probabilities, pictures) and every input gets its row."""
-    from pipelines.job import JobConfig, run_job
+    from pipelines.batch.job import JobConfig, run_job
     from pipelines.manifest import read_manifest
 
     files = {f"a/{name}": data for name, data in real_photos(3)}

@@ -15,9 +15,9 @@ import pytest
 
 from catalog import catalog
 from raystate import inference_actors_started
-from pipelines.job import JobConfig, run_job
+from pipelines.batch.job import JobConfig, run_job
 from pipelines.manifest import list_runs, read_run
-from pipelines.state import consolidated
+from pipelines.batch.state import consolidated
 from pipelines.storage import open_location
 from postproc import PostprocParams
 

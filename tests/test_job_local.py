@@ -9,7 +9,7 @@ import pytest
 from catalog import catalog, check_outputs
 from raystate import inference_actors_started
 from model.config import RuntimeConfig
-from pipelines.job import JobConfig, run_job
+from pipelines.batch.job import JobConfig, run_job
 from pipelines.manifest import read_manifest
 from pipelines.storage import open_location
 

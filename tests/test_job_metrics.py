@@ -10,7 +10,7 @@ import pytest
 
 from catalog import catalog
 from conftest import free_port
-from pipelines.job import JobConfig, run_job
+from pipelines.batch.job import JobConfig, run_job
 
 pytestmark = pytest.mark.timeout(600)
 

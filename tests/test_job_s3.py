@@ -6,7 +6,7 @@ import boto3
 import pytest
 
 from catalog import catalog, check_outputs
-from pipelines.job import JobConfig, run_job
+from pipelines.batch.job import JobConfig, run_job
 from pipelines.manifest import read_manifest
 from pipelines.storage import open_location
 

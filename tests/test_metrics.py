@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from model import metrics
+from pipelines.evaluation import metrics
 
 # A 4×4 ground truth with a 2×2 foreground, and a prediction that gets three pixels wrong:
 # (1,2) is 0.2 instead of 1, (2,2) is 0.8 instead of 1, background pixel (2,3) is 0.6.

@@ -16,10 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from catalog import corrupt_files, real_photos
-from pipelines.bundle import write_bundle
-from pipelines.cli import build_parser, main, params_from_args
+from pipelines.batch.bundle import write_bundle
+from pipelines.cli import build_parser, main
+from pipelines.cli.common import params_from_args
 from pipelines.manifest import ManifestWriter, read_manifest
-from pipelines.stages import render_output
+from pipelines.batch.stages import render_output
 from pipelines.storage import open_location
 from postproc import PostprocParams
 from postproc.geometry import crop_box
@@ -188,7 +189,7 @@ def soft_row(key: str, rgb: np.ndarray, unsure_rows: int) -> dict:
 
 
 def test_contact_sheet_least_confident_first_with_links_and_errors(tmp_path, capsys):
-    from pipelines.stages import uncertain_fraction
+    from pipelines.batch.stages import uncertain_fraction
 
     dest = open_location(str(tmp_path / "dst"), create=True)
     rgb = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
@@ -228,7 +229,7 @@ def test_contact_sheet_reads_a_manifest_from_before_the_confidence_column(tmp_pa
 
 
 def test_a_large_run_shows_the_least_confident_then_a_sample():
-    from pipelines.contact_sheet import LARGE_RUN, LEAST_CONFIDENT, SAMPLE, choose
+    from pipelines.batch.contact_sheet import LARGE_RUN, LEAST_CONFIDENT, SAMPLE, choose
 
     rows = [{"source_key": f"k{i:04d}", "uncertain_fraction": (i % 97) / 97} for i in range(600)]
     rows += [{"source_key": f"old{i}", "uncertain_fraction": None} for i in range(40)]

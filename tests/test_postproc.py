@@ -404,3 +404,38 @@ def test_effective_values_leave_out_unused_fields_and_hash_tracks_them():
     assert PostprocParams.create(preset="avatar").params_hash() == PostprocParams.create(
         alpha_threshold=6, erode=1, background="#F0F0F0").params_hash()
     assert base.params_hash() == hashlib.sha256(base.to_json().encode()).hexdigest()[:16]
+
+
+# --- PostprocParams.from_strings: the one way text becomes parameters (CLI, Serve, eval) ---------------
+
+def test_from_strings_types_each_value_by_its_field():
+    p = PostprocParams.from_strings({"erode": "2", "feather": "1.5", "crop": "yes", "decontaminate": "off",
+                                     "max_size": "", "quality": " 80 ", "trimap_fg": "200.0", "format": "webp"})
+    assert (p.erode, p.feather, p.crop, p.decontaminate, p.max_size, p.quality, p.trimap_fg, p.format) == (
+        2, 1.5, True, False, None, 80, 200, "webp")
+    assert PostprocParams.from_strings({}) == PostprocParams()
+    # Already-typed values (a CLI's bool flag) are taken as they are; a preset fills what is not given.
+    p = PostprocParams.from_strings({"erode": "5", "crop": True}, preset="id-photo")
+    assert (p.erode, p.crop, p.alpha_threshold, p.format, p.background) == (5, True, 20, "jpeg", "white")
+    base = PostprocParams(erode=1, feather=2.0)
+    assert PostprocParams.from_strings({"alpha_threshold": "7"}, base=base) == PostprocParams(
+        erode=1, feather=2.0, alpha_threshold=7)
+
+
+@pytest.mark.parametrize("mapping,fragments", [
+    ({"sharpen": "3"}, ["unknown post-processing parameter(s) 'sharpen'", "known: refine, trimap_fg"]),
+    ({"erode": "two"}, ["erode must be a whole number, got 'two'"]),
+    ({"erode": "1.5"}, ["erode must be a whole number"]),
+    ({"feather": "soft"}, ["feather must be a number, got 'soft'"]),
+    ({"crop": "maybe"}, ["crop must be true or false", "yes", "off"]),
+    ({"refine": "magic"}, ["refine must be one of none, trimap, guided, got 'magic'"]),
+    ({"format": "gif"}, ["format must be one of png, jpeg, webp, mask"]),
+    ({"quality": "0"}, ["quality must be within 1–100"]),
+])
+def test_from_strings_refuses_bad_values_naming_the_valid_ones(mapping, fragments):
+    with pytest.raises(ValueError) as e:
+        PostprocParams.from_strings(mapping)
+    for fragment in fragments:
+        assert fragment in str(e.value)
+    with pytest.raises(ValueError, match="unknown preset 'nope'; presets: id-photo"):
+        PostprocParams.from_strings({}, preset="nope")

@@ -137,8 +137,8 @@ def test_transparent_input_goes_over_white_before_any_filter():
 
 def test_training_makes_its_photos_with_the_teachers_filter(tmp_path):
     from model.specs import get_spec
-    from pipelines.train import TrainConfig
-    from pipelines.train_data import cache_path, read_rgb
+    from pipelines.training.train import TrainConfig
+    from pipelines.training.train_data import cache_path, read_rgb
 
     p = SAMPLES / "coffee.jpg"
     pre = replace(get_spec("u2netp").preprocess, resize="pil_bicubic")
@@ -152,7 +152,7 @@ def test_training_makes_its_photos_with_the_teachers_filter(tmp_path):
 
 
 def test_eval_overrides_the_filter_per_model_entry():
-    from pipelines.evaluate import parse_model
+    from pipelines.evaluation.evaluate import parse_model
 
     c = parse_model("u2netp:resize=pil_lanczos,preshrink=0")
     assert c.label == "u2netp:resize=pil_lanczos,preshrink=0" and c.name == "u2netp"

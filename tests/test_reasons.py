@@ -49,7 +49,7 @@ def test_every_reason_the_code_names_is_in_the_table():
 
 
 def test_derived_views_follow_the_table():
-    from pipelines import state
+    from pipelines.batch import state
     from serve import pipeline
 
     assert state.PERMANENT_REASONS == PERMANENT_REASONS == {n for n, r in REASONS.items() if r.permanent}

@@ -11,7 +11,7 @@ import pytest
 from catalog import corrupt_files, real_photos
 from model.config import RuntimeConfig
 from model.specs import get_spec
-from pipelines.stages import Predictor, decode_input, read_input, render_output
+from pipelines.batch.stages import Predictor, decode_input, read_input, render_output
 from pipelines.storage import list_inputs, open_location, output_key
 from postproc import PostprocParams
 
@@ -98,7 +98,7 @@ def test_unchanged_bytes_reuse_the_existing_output(tmp_path):
 
 
 def test_job_config_checks_providers_before_ray_starts(tmp_path):
-    from pipelines.job import JobConfig
+    from pipelines.batch.job import JobConfig
 
     cfg = JobConfig(source=str(tmp_path / "src"), dest=str(tmp_path / "out"), inference=RuntimeConfig(providers="tensorrt,cuda"))
     assert cfg.inference.providers == ("tensorrt", "cuda")
@@ -109,7 +109,7 @@ def test_job_config_checks_providers_before_ray_starts(tmp_path):
 
 
 def test_cpu_pool_leaves_ray_data_a_whole_cpu_and_threads_follow_the_share():
-    from pipelines.job import JobConfig, plan_pool
+    from pipelines.batch.job import JobConfig, plan_pool
 
     default = plan_pool(JobConfig(source="/s", dest="/d"), cpus=2, gpus=0)
     # One 1-thread actor per CPU; together they leave 1 CPU for Ray Data's listing/repartition
@@ -127,7 +127,7 @@ def test_cpu_pool_leaves_ray_data_a_whole_cpu_and_threads_follow_the_share():
 
 
 def test_gpu_pool_is_one_actor_per_gpu_and_may_shrink():
-    from pipelines.job import JobConfig, plan_pool
+    from pipelines.batch.job import JobConfig, plan_pool
 
     pool = plan_pool(JobConfig(source="/s", dest="/d"), cpus=8, gpus=4)
     assert (pool.size, pool.gpus, pool.cpus) == (4, 1.0, 1.0)
@@ -142,7 +142,7 @@ def test_gpu_pool_is_one_actor_per_gpu_and_may_shrink():
     ({"actor_cpus": 0.5}, "differ"), ({"decode_cpus": 0}, "decode_cpus"), ({"actor_cpus": -1}, "actor_cpus"),
     ({"actors": 0}, "actors")])
 def test_pool_settings_are_validated_before_ray_starts(kwargs, message):
-    from pipelines.job import JobConfig
+    from pipelines.batch.job import JobConfig
 
     with pytest.raises(ValueError, match=message):
         JobConfig(source="/s", dest="/d", **kwargs)
@@ -161,7 +161,7 @@ def test_runtime_config_is_validated_in_one_place(kwargs, message):
 
 
 def test_pool_is_never_larger_than_the_jobs_batches():
-    from pipelines.job import JobConfig, actor_config, plan_pool
+    from pipelines.batch.job import JobConfig, actor_config, plan_pool
 
     cfg = JobConfig(source="/s", dest="/d")  # batch 8
     assert plan_pool(cfg, cpus=2, gpus=0, inputs=5).size == 1  # one batch: one actor, no idle model load

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from pipelines import state
-from pipelines.planning import batched
-from pipelines.state import STATE_COLUMNS, PreviousState
+from pipelines.batch import state
+from pipelines.batch.planning import batched
+from pipelines.batch.state import STATE_COLUMNS, PreviousState
 
 
 def state_table(keys: list[str]) -> pa.Table:
@@ -55,7 +55,7 @@ def test_consolidated_reads_only_the_state_columns_and_fills_what_old_parts_lack
     import pyarrow.parquet as pq
 
     from pipelines.manifest import SCHEMA, read_run
-    from pipelines.state import consolidated
+    from pipelines.batch.state import consolidated
     from pipelines.storage import open_location
 
     for run in ("r1", "r2"):
@@ -82,7 +82,7 @@ def test_consolidated_over_many_runs_matches_last_row_wins(tmp_path):
     import pyarrow.parquet as pq
 
     from pipelines.manifest import SCHEMA
-    from pipelines.state import consolidated
+    from pipelines.batch.state import consolidated
     from pipelines.storage import open_location
 
     rng = random.Random(7)

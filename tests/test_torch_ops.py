@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from catalog import real_photos
-from pipelines import torch_ops
+from pipelines.batch import torch_ops
 from model.specs import PreprocessSpec
 from postproc import PostprocParams, decode_image, model_input
 from postproc import alpha as alpha_ops
@@ -158,7 +158,7 @@ def test_refine_and_compose_match_the_reference(kwargs):
 
 
 def test_refinement_and_decontamination_are_not_eligible():
-    from pipelines.gpu_path import gpu_eligible
+    from pipelines.batch.gpu_path import gpu_eligible
 
     assert gpu_eligible(PostprocParams.create())[0]
     assert not gpu_eligible(PostprocParams.create(refine="guided"))[0]

@@ -16,9 +16,9 @@ from model import create_model, create_runtime, get_spec
 from model.architectures import UNet
 from model.config import RuntimeConfig
 from model.weights import save_safetensors, sidecar_path
-from pipelines import synth
+from pipelines.training import synth
 from pipelines.cli import main as cli_main
-from pipelines.train_data import find_pairs, list_images
+from pipelines.training.train_data import find_pairs, list_images
 
 
 def test_unet_reference_widths_and_any_input_size():
@@ -61,7 +61,7 @@ def test_safetensors_file_carries_its_spec_and_loads_by_path(tmp_path):
     wide_path = save_safetensors(UNet(base_width=4, depth=2).state_dict(), wide, tmp_path / "wide.safetensors")
     with pytest.raises(ValueError, match="name the file alone"):
         create_model("unet-small", weights=wide_path)
-    from pipelines.evaluate import parse_model
+    from pipelines.evaluation.evaluate import parse_model
 
     choice = parse_model(str(wide_path))
     assert (choice.label, choice.name, choice.weights) == ("wide.safetensors", str(wide_path), None)
@@ -197,7 +197,7 @@ def test_training_runs_a_few_steps_and_the_loss_goes_down(tmp_path):
 
 def test_teacher_cache_follows_the_bytes_not_the_path(tmp_path, monkeypatch):
     from model import runtime
-    from pipelines.train_data import precompute_teacher
+    from pipelines.training.train_data import precompute_teacher
 
     photos, _ = tiny_training_data(tmp_path)
     first = precompute_teacher(list_images([photos]), cache_dir=tmp_path / "cache", size=64,
@@ -220,7 +220,7 @@ def test_teacher_cache_follows_the_bytes_not_the_path(tmp_path, monkeypatch):
 def test_packed_cache_holds_the_same_photos_and_pickles_small(tmp_path):
     import pickle
 
-    from pipelines.train_data import CachedPhotos, pack_cache, precompute_teacher
+    from pipelines.training.train_data import CachedPhotos, pack_cache, precompute_teacher
 
     photos, _ = tiny_training_data(tmp_path)
     teacher = RuntimeConfig("u2netp", runtime="onnxruntime", device="cpu", threads=1)
@@ -244,7 +244,7 @@ def test_packed_cache_holds_the_same_photos_and_pickles_small(tmp_path):
 
 
 def test_lr_decays_by_whichever_budget_runs_out_first():
-    from model.training import Trainer, warmup_cosine
+    from pipelines.training.loss import Trainer, warmup_cosine
 
     assert warmup_cosine(4, 1000, warmup=10, time_progress=0.9) == 0.5  # warm-up ignores the clock
     assert warmup_cosine(10, 1000, warmup=10) == 1.0
@@ -270,7 +270,7 @@ def test_train_refuses_bad_arguments(tmp_path, capsys):
 
 
 def test_a_job_accepts_a_checkpoint_path(tmp_path, monkeypatch):
-    from pipelines.job import JobConfig
+    from pipelines.batch.job import JobConfig
 
     spec = get_spec("unet-small")
     spec = type(spec).from_json_dict({**spec.to_json_dict(), "name": "mine", "version": "mine-7"})

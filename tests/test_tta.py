@@ -9,9 +9,10 @@ import pytest
 from catalog import real_photos
 from model import tta
 from model.config import RuntimeConfig
-from pipelines.cli import build_parser, job_config
-from pipelines.job import JobConfig
-from pipelines.stages import Predictor
+from pipelines.cli import build_parser
+from pipelines.cli.run import job_config
+from pipelines.batch.job import JobConfig
+from pipelines.batch.stages import Predictor
 from model.specs import get_spec
 from postproc import decode_image, model_input
 

@@ -14,91 +14,26 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import numpy as np
 import ray
 from ray.data import ActorPoolStrategy
 
 from model.config import GPU_PROVIDERS, RuntimeConfig
 from pipelines.logs import quiet_token_auth_notice
-from pipelines.gpu_path import GPU_PATH_SETTINGS, GpuPredictor, decode_or_defer, use_gpu_path
+from pipelines.batch.config import JobConfig
+from pipelines.batch.gpu_path import GpuPredictor, decode_or_defer, use_gpu_path
 from pipelines.manifest import ManifestWriter, new_run_id
-from pipelines.planning import Plan, plan_inputs
-from pipelines.stages import Predictor, decode_input, read_input, render_output
-from pipelines.state import JobFingerprint, job_file, success_file, unfinished_run
-from pipelines.storage import Location, check_disjoint, open_location, retry_transient
-from postproc import PostprocParams
-from postproc.decode import DEFAULT_MAX_PIXELS
+from pipelines.batch.planning import Plan, plan_inputs
+from pipelines.batch.stages import Predictor, decode_input, read_input, render_output
+from pipelines.batch.state import job_file, success_file, unfinished_run
+from pipelines.storage import Location, open_location, retry_transient
 
 log = logging.getLogger(__name__)
 
 
 class JobStalled(RuntimeError):
     """No result arrived for `stall_timeout_s`: capacity is gone and did not come back."""
-
-
-@dataclass
-class JobConfig:
-    source: str
-    dest: str
-    # The model and how to run it (model/config.py). Its threads: intra-op threads per CPU actor,
-    # default its CPU share (plan_pool); its weights may be remote (each actor fetches them once).
-    inference: RuntimeConfig = field(default_factory=RuntimeConfig)
-    # Decode and post-process on the inference GPU (pipelines/gpu_path.py): auto = on GPU pools where
-    # the parameters allow; on = also on CPU tensors (tests, bench); off = the CPU path everywhere.
-    gpu_path: str = "auto"
-    batch_size: int = 8
-    actors: int | None = None  # inference actors; default: one per GPU, else per CPU (≤ 4), never more than batches
-    actor_cpus: float | None = None  # CPUs each inference actor reserves; default: see plan_pool
-    decode_cpus: float = 0.5  # CPUs each read/decode and each render task reserves
-    s3_endpoint: str | None = None
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_bytes: int = 200_000_000  # larger inputs get an error row instead of being read
-    params: PostprocParams = field(default_factory=PostprocParams)
-    run_name: str | None = None
-    incremental: bool = False
-    prune: bool = False
-    input_manifest: str | None = None
-    stall_timeout_s: float = 900.0
-    manifest_flush_rows: int = 1000
-    # The decoded background picture ((h, w, 3) uint8) when params.background_image is set.
-    background: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.inference, RuntimeConfig):
-            raise TypeError(f"inference must be a RuntimeConfig, got {type(self.inference).__name__}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        if self.actors is not None and self.actors < 1:
-            raise ValueError(f"actors must be at least 1, got {self.actors}")
-        if self.gpu_path not in GPU_PATH_SETTINGS:
-            raise ValueError(f"gpu_path must be one of {', '.join(GPU_PATH_SETTINGS)}, got {self.gpu_path!r}")
-        if not 0 < self.decode_cpus <= 64:
-            raise ValueError(f"decode_cpus must be in (0, 64], got {self.decode_cpus}")
-        if self.actor_cpus is not None and not 0 < self.actor_cpus <= 64:
-            raise ValueError(f"actor_cpus must be in (0, 64], got {self.actor_cpus}")
-        if self.actor_cpus == self.decode_cpus:
-            raise ValueError("decode_cpus must differ from actor_cpus: Ray fuses maps with equal resources into "
-                             "the inference actor, which would serialise decoding with inference")
-        if (self.params.background_image is None) != (self.background is None):
-            raise ValueError("params.background_image and background go together: decode the image named by "
-                             "background_image and pass its pixels as background")
-        if self.max_pixels < 1 or self.max_bytes < 1:
-            raise ValueError("max_pixels and max_bytes must be positive")
-        if self.stall_timeout_s <= 0:
-            raise ValueError(f"stall_timeout_s must be positive, got {self.stall_timeout_s}")
-        if self.prune and self.input_manifest:
-            raise ValueError("--prune needs a full listing of SOURCE; it cannot be combined with --input-manifest")
-        check_disjoint(self.source, self.dest)  # DEST == SOURCE would overwrite inputs: refused before any I/O
-
-    @property
-    def model_version(self) -> str:
-        """What the manifest records as the model: TTA is part of it (it changes every output)."""
-        return self.inference.model_version
-
-    def fingerprint(self) -> JobFingerprint:
-        return JobFingerprint(self.source.rstrip("/"), self.model_version, self.params.params_hash(), self.incremental)
 
 
 @dataclass
@@ -219,7 +154,7 @@ def actor_config(cfg: JobConfig, pool: PoolPlan) -> RuntimeConfig:
 
 
 def read_planned_chunk(row: dict, *, fs) -> list[dict]:
-    """One Parquet chunk of planned inputs (pipelines.planning) → its rows."""
+    """One Parquet chunk of planned inputs (pipelines.batch.planning) → its rows."""
     import pyarrow.parquet as pq
 
     table = retry_transient(lambda: pq.read_table(row["chunk"], filesystem=fs), f"reading {row['chunk']}")

@@ -5,7 +5,7 @@
    colour jitter); a composite of a teacher-matted foreground over another photo or a plain or
    gradient background (its alpha is exact by construction); or, with --pairs, a photo with its
    own alpha or mask (supervised).
-3. The student trains with BCE + L1 + gradient loss (model/training.py), on CPU in float32 or on
+3. The student trains with BCE + L1 + gradient loss (pipelines/training/loss.py), on CPU in float32 or on
    CUDA with autocast FP16 and a GradScaler; it logs losses and a held-out MAE against the teacher,
    and writes a .safetensors checkpoint carrying its spec every --checkpoint-every steps and at the end.
 """
@@ -18,19 +18,19 @@ import math
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from model.config import RuntimeConfig
+from model.config import DEVICES, RUNTIMES, RuntimeConfig
 from model.runtime import normalize_batch, resolve_device
 from model.preprocess import resize_rgb
 from model.specs import ModelSpec, PreprocessSpec, get_spec
-from pipelines import synth
+from pipelines.training import synth
 from postproc import DecodeError
-from pipelines.train_data import (CachedPhotos, Pair, PackedPhotos, find_pairs, list_images, pack_cache,
+from pipelines.training.train_data import (CachedPhotos, Pair, PackedPhotos, find_pairs, list_images, pack_cache,
                                   precompute_teacher, read_alpha, read_rgb, read_rgba)
 
 log = logging.getLogger(__name__)
@@ -43,36 +43,54 @@ def default_cache_dir() -> Path:
 
 @dataclass
 class TrainConfig:
-    images: tuple[str, ...]
-    out: str  # the .safetensors checkpoint to write
-    pairs: str | None = None
-    name: str = "unet-custom"
-    base_width: int = 8
-    depth: int = 5
-    input_size: int = 256
-    teacher: str = "u2netp"
-    teacher_runtime: str = "auto"
-    cache_dir: str | None = None
-    cache_size: int = 320
-    max_images: int | None = None
-    steps: int = 2000
-    batch_size: int = 8
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    composite_prob: float = 0.5
-    pair_weight: float = 1.0
-    pair_prob: float | None = None  # share of samples drawn from --pairs; None: their share of all photos
-    val_images: int = 32
-    device: str = "auto"
-    amp: bool | None = None  # None: on for CUDA, off on CPU
-    workers: int = 0
-    threads: int | None = None
-    seed: int = 0
-    log_every: int = 10
-    checkpoint_every: int = 100
-    max_minutes: float | None = None
-    init: str | None = None  # start from these weights (continue or fine-tune)
-    pack_cache: bool = True  # decode the teacher cache once into a memory-mapped array (pack_cache)
+    # Each field's metadata carries its command-line help: `matting train` derives its flags from them
+    # (pipelines/cli/flags.py); validation stays in __post_init__.
+    images: tuple[str, ...] = field(metadata={
+        "positional": True, "help": "folders of unlabelled training photos (files directly inside)"})
+    out: str = field(metadata={"help": "checkpoint to write, a .safetensors file (spec in its metadata)"})
+    pairs: str | None = field(default=None, metadata={
+        "help": "folder with image/ and alpha/ (mattes) or mask/ (binary masks): supervised pairs"})
+    name: str = field(default="unet-custom", metadata={"help": "the model's name in its spec"})
+    base_width: int = field(default=8, metadata={
+        "help": "channels of the first level (the reference U-Net has 64)"})
+    depth: int = field(default=5, metadata={"help": "levels, channels doubling each"})
+    input_size: int = field(default=256, metadata={"help": "square training and inference size"})
+    teacher: str = field(default="u2netp", metadata={"help": "teacher model, name or path"})
+    teacher_runtime: str = field(default="auto", metadata={
+        "help": "how the teacher runs (as --runtime of `matting run`)", "choices": RUNTIMES})
+    cache_dir: str | None = field(default=None, metadata={
+        "help": "teacher-alpha cache (default $MATTING_CACHE_DIR or ~/.cache/unet-matting/teacher)"})
+    cache_size: int = field(default=320, metadata={
+        "help": "square size photos and teacher alphas are cached at"})
+    max_images: int | None = field(default=None, metadata={
+        "help": "use at most N photos, drawn round-robin from the folders"})
+    steps: int = field(default=2000, metadata={"help": "optimisation steps"})
+    batch_size: int = field(default=8, metadata={"help": "samples per optimisation step"})
+    lr: float = field(default=2e-3, metadata={"help": "peak AdamW learning rate"})
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay"})
+    composite_prob: float = field(default=0.5, metadata={
+        "help": "share of teacher samples composited over new backgrounds"})
+    pair_weight: float = field(default=1.0, metadata={"help": "loss weight of --pairs samples"})
+    pair_prob: float | None = field(default=None, metadata={
+        "help": "share of samples drawn from --pairs (default: their share of all photos)"})
+    val_images: int = field(default=32, metadata={"help": "photos held out to report MAE vs the teacher"})
+    device: str = field(default="auto", metadata={
+        "help": "where the student trains (and the teacher runs)", "choices": DEVICES})
+    amp: bool | None = field(default=None, metadata={  # None: on for CUDA, off on CPU
+        "help": "mixed precision (CUDA only; the default there)"})
+    workers: int = field(default=0, metadata={"help": "data-loading processes (0: in the trainer)"})
+    threads: int | None = field(default=None, metadata={"help": "torch CPU threads"})
+    seed: int = field(default=0, metadata={"help": "random seed of sampling, augmentation and initialisation"})
+    log_every: int = field(default=10, metadata={"help": "steps between log lines"})
+    checkpoint_every: int = field(default=100, metadata={"help": "steps between checkpoints"})
+    max_minutes: float | None = field(default=None, metadata={
+        "help": "stop training this long after the teacher cache is ready, with a checkpoint; the learning rate "
+                "decays by this budget or by --steps, whichever runs out first"})
+    init: str | None = field(default=None, metadata={  # continue or fine-tune
+        "help": "start from these weights (a .safetensors checkpoint) instead of random"})
+    pack_cache: bool = field(default=True, metadata={
+        "help": "pack the cache's PNG files once into one memory-mapped array beside them (N × 400 KB at 320²; "
+                "about 2× faster samples); --no-pack-cache decodes them at every sample"})
 
     def __post_init__(self) -> None:
         self.images = tuple(self.images)
@@ -214,7 +232,7 @@ def run_training(cfg: TrainConfig) -> dict:
     from torch.utils.data import DataLoader
 
     from model.factory import build_architecture
-    from model.training import Trainer
+    from pipelines.training.loss import Trainer
     from model.weights import save_safetensors
 
     device = resolve_device(cfg.device)

@@ -4,7 +4,7 @@ The folder holds image/ and alpha/ (files matched by stem, so GT01.png pairs wit
 optionally, trimaps in trimap/ or the first trimap*/ folder (alphamatting.com ships trimap1/
 and trimap2/). Each image goes through exactly what the job does — decode_image + model_input,
 the runtime's batched predict, refine_alpha at full resolution to a uint8 matte — and the
-matte is scored with model/metrics.py over the whole image, inside the trimap's unknown band
+matte is scored with pipelines/evaluation/metrics.py over the whole image, inside the trimap's unknown band
 (trimap == 128) when there is one, and with MAE and maxF when the ground truth is a binary mask.
 
 Inference runs once per model; every setting re-runs only refine_alpha on the same
@@ -14,7 +14,7 @@ after one untimed warm-up batch; loading the model and computing metrics are not
 `tta` compares test-time augmentation modes side by side (model/tta.py): one inference call per
 batch serves them all (the flipped copies ride along with the plain batch), and each mode's
 images/s charges it the share of that call its images took (flip: all 2N, none: N of them).
-A `report` (pipelines/eval_report.py) receives every matte as it is scored, for the HTML page.
+A `report` (pipelines/evaluation/eval_report.py) receives every matte as it is scored, for the HTML page.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from __future__ import annotations
 import csv
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from model import metrics
+from pipelines.evaluation import metrics
 from model.config import RuntimeConfig
 from postproc import PostprocParams, decode_image, model_input
 from postproc.decode import DecodeError
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 # colour at the edge) do not, so eval refuses them.
 ALPHA_PARAMS = ("alpha_threshold", "erode", "feather", "refine", "trimap_fg", "trimap_bg", "trimap_erode",
                 "guided_radius", "guided_eps", "refine_max_megapixels")
-_FLOAT_PARAMS = ("feather", "guided_eps", "refine_max_megapixels")
 MATTING = ("sad", "mse", "mad", "grad", "conn")
 
 
@@ -128,12 +127,11 @@ def parse_setting(text: str, base: PostprocParams) -> Setting:
         key = key.strip().replace("-", "_")
         if not eq or key not in ALPHA_PARAMS:
             raise ValueError(f"--setting {text!r}: {part!r} is not KEY=VALUE with KEY one of {', '.join(ALPHA_PARAMS)}")
-        try:
-            value = value.strip()
-            changes[key] = value if key == "refine" else float(value) if key in _FLOAT_PARAMS else int(value)
-        except ValueError:
-            raise ValueError(f"--setting {text!r}: {key} must be a number, got {value!r}") from None
-    return Setting(name, replace(base, **changes))  # replace() re-runs PostprocParams validation
+        changes[key] = value.strip()
+    try:  # typed and validated by PostprocParams, as the CLI's flags and Serve's parameters are
+        return Setting(name, PostprocParams.from_strings(changes, base=base))
+    except ValueError as e:
+        raise ValueError(f"--setting {text!r}: {e}") from None
 
 
 @dataclass(frozen=True)

@@ -178,7 +178,7 @@ def render_output(row: dict, *, dest: Location, params: PostprocParams, model_na
             error, reason = str(e), "unsafe_key"
     t_decode = float(row["t_decode"])
     if not error and not row["reused_output_key"] and row.get("rendered"):
-        # Post-processed on the GPU (pipelines/gpu_path.py): only encoding and writing are left.
+        # Post-processed on the GPU (pipelines/batch/gpu_path.py): only encoding and writing are left.
         left, top, bw, bh = (int(v) for v in row["bbox"])
         bbox, t_post = ((left, top, bw, bh) if bw > 0 else None), float(row["t_postprocess"])
         uncertain = float(row["uncertain"])

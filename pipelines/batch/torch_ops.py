@@ -84,7 +84,7 @@ def _pil_resize(img: torch.Tensor, height: int, width: int, kind: str) -> torch.
     rounding to 8 bits in between; integer sums exact in float64. Exact on most photos, but NOT on
     all: Pillow 13 orders or crops its passes in a way not reproduced here (an 832×550 photo to 320²
     differed by up to 10 levels), so the GPU path makes Pillow-filter model inputs with the numpy
-    reference (pipelines/gpu_path.py) until this twin is exact."""
+    reference (pipelines/batch/gpu_path.py) until this twin is exact."""
     x = img.to(torch.float64)
     h, w = x.shape[-2:]
 
@@ -332,7 +332,7 @@ def refine_alpha(prob: torch.Tensor, height: int, width: int, params: PostprocPa
                  input_alpha: torch.Tensor | None = None) -> torch.Tensor:
     """Twin of postproc.render.refine_alpha without refinement (which stays on the CPU)."""
     if params.refine != "none":
-        raise ValueError("refinement runs on the CPU (postproc.render.refine_alpha); see pipelines.gpu_path.gpu_eligible")
+        raise ValueError("refinement runs on the CPU (postproc.render.refine_alpha); see pipelines.batch.gpu_path.gpu_eligible")
     a = to_full_resolution(prob, height, width)
     a = threshold(a, params.alpha_threshold)
     a = erode(a, params.erode)
@@ -357,7 +357,7 @@ def compose(rgb: torch.Tensor, alpha: torch.Tensor, params: PostprocParams,
     """Twin of postproc.render.compose_and_encode up to the encoder: (3, H, W) + (H, W) uint8 →
     the (h, w, C) uint8 picture to encode (C = 1 for a mask, 3 or 4 otherwise). No decontamination."""
     if params.decontaminate and not params.output.matte:
-        raise ValueError("decontamination runs on the CPU (postproc.refine.decontaminate); see pipelines.gpu_path.gpu_eligible")
+        raise ValueError("decontamination runs on the CPU (postproc.refine.decontaminate); see pipelines.batch.gpu_path.gpu_eligible")
     if params.crop:
         bbox = bounding_box(alpha)
         if bbox is not None:

@@ -47,7 +47,7 @@ class EvalReport:
 
     def write(self, rows: list, eval_set) -> Path:
         """The page, once every row is scored; returns its path."""
-        from pipelines.evaluate import table_cells
+        from pipelines.evaluation.evaluate import table_cells
 
         head, body, left = table_cells(rows, eval_set.trimap_dir)
         parts = [f'<p class="note">Eval set <code>{hp.esc(eval_set.root)}</code>: {len(eval_set.samples)} images; '

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from model.atomic import atomic_path
 
 from pipelines.manifest import MANIFEST_DIR, list_runs, read_manifest, summarize
-from pipelines.state import consolidated
+from pipelines.batch.state import consolidated
 from pipelines.storage import open_location
 
 # Inside the archive: report.txt, manifest.csv, manifest.parquet. No output key can collide with

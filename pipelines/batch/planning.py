@@ -3,7 +3,7 @@
 The keys come from a listing of SOURCE or from an input manifest (Parquet or CSV). Either way
 they are streamed: the driver holds one chunk at a time, never the whole catalog (the previous
 state of an incremental run is the exception: one small row per input, columnar, see
-pipelines/state.py: PreviousState).
+pipelines/batch/state.py: PreviousState).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.manifest import MANIFEST_DIR, SCHEMA, ManifestWriter, conform, read_run
-from pipelines.state import PERMANENT_REASONS, PreviousState, is_done
+from pipelines.batch.state import PERMANENT_REASONS, PreviousState, is_done
 from pipelines.storage import ListedInput, Location, NamingCounter, OutputNaming, list_inputs, open_location
 
 log = logging.getLogger(__name__)

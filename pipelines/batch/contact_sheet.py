@@ -5,7 +5,7 @@ errors, every one with its reason. A large run (more than LARGE_RUN cut-outs) sh
 LEAST_CONFIDENT least confident cut-outs and a fixed random sample of the rest, and says so.
 
 Confidence is the manifest's `uncertain_fraction`: the share of the model's probabilities (at its
-input size, before post-processing) strictly between 0.05 and 0.95 (pipelines/stages.py). A sure
+input size, before post-processing) strictly between 0.05 and 0.95 (pipelines/batch/stages.py). A sure
 model answers 0 or 1 everywhere but along the edge; large unsure areas are where cut-outs most
 often go wrong. Manifests written before the column existed have no figure: their rows count as
 unknown and are shown after the measured ones (in a large run, only through the sample).

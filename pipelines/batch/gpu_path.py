@@ -1,6 +1,6 @@
 """The GPU data path: JPEG decode, model-input resize and post-processing on the inference GPU.
 
-The CPU path (pipelines/stages.py) decodes every image on a CPU task for the model input, and
+The CPU path (pipelines/batch/stages.py) decodes every image on a CPU task for the model input, and
 decodes it once more where the output is rendered. On a GPU node that CPU work caps throughput
 (issue 14: ~31 ms of one core per 1024×768 image in the plain loop), so here:
 
@@ -11,7 +11,7 @@ decodes it once more where the output is rendered. On a GPU node that CPU work c
                                 any it refuses go through the CPU decoder, with the same error rows;
                                 the model input is resized on the GPU with the spec's filter; inference;
                                 then alpha upsampling, threshold, erosion, feathering, crop, maximum size
-                                and composition on the GPU (pipelines/torch_ops.py). Out comes the
+                                and composition on the GPU (pipelines/batch/torch_ops.py). Out comes the
                                 picture to encode; the other rows leave with their probabilities.
     render_output (CPU task)    encodes and writes (and renders the other rows the CPU way).
 
@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from model.tta import predict as tta_predict
-from pipelines.stages import Predictor, _skip, decode_input, uncertain_fraction
+from pipelines.batch.stages import Predictor, _skip, decode_input, uncertain_fraction
 from postproc import DecodeError, PostprocParams, decode_image, model_input
 from postproc.decode import DecodedImage
 
@@ -169,7 +169,7 @@ class GpuPredictor(Predictor):
         super().__init__(config, s3_endpoint)
         import torch
 
-        from pipelines import torch_ops
+        from pipelines.batch import torch_ops
 
         ok, why = gpu_eligible(params)
         if not ok:

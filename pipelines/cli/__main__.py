@@ -1,0 +1,7 @@
+"""`python -m pipelines.cli …` runs the same `matting` command."""
+
+import sys
+
+from pipelines.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Training (`matting train`): distilling the U-Net from a teacher; data, synthetic composites, the loss."""
