@@ -89,7 +89,7 @@ SCHEMA = pa.schema([(f.name, _arrow_type(ROW_TYPES[f.name])) for f in fields(Man
 
 
 class InFlightRow(typing.TypedDict, total=False):
-    """The row as it travels through the batch job's stages (pipelines/stages.py, pipelines/gpu_path.py),
+    """The row as it travels through the batch job's stages (pipelines/batch/stages.py, pipelines/batch/gpu_path.py),
     before render_output turns it into a ManifestRow. Each key, by the stage that adds it:"""
 
     # read_input (stage 1)

@@ -14,7 +14,7 @@ from catalog import corrupt_files, real_photos
 from model.config import RuntimeConfig
 from model.specs import get_spec
 from pipelines.manifest import ROW_TYPES, SCHEMA, InFlightRow, ManifestRow, ManifestWriter, read_run
-from pipelines.stages import Predictor, decode_input, read_input, render_output
+from pipelines.batch.stages import Predictor, decode_input, read_input, render_output
 from pipelines.storage import open_location
 from postproc import PostprocParams
 
