@@ -170,7 +170,7 @@ import pipelines.stages
 marks["import pipelines.stages (postproc, storage)"] = time.perf_counter() - t; t = time.perf_counter()
 import onnxruntime
 marks["import onnxruntime"] = time.perf_counter() - t; t = time.perf_counter()
-from model.runtime import create_runtime
+from model.runtimes import create_runtime
 rt = create_runtime("u2netp", device="cpu", threads=1)
 marks["create_runtime (weights check, graph, session)"] = time.perf_counter() - t; t = time.perf_counter()
 import numpy as np

@@ -225,7 +225,7 @@ def test_remote_weights_are_fetched_once_by_the_storage_layer_and_model_sees_a_l
     import boto3
 
     from model import weights
-    from model.runtime import create_runtime
+    from model.runtimes import create_runtime
     from pipelines.storage import localize_weights
 
     monkeypatch.setenv("MATTING_WEIGHTS_DIR", str(tmp_path / "cache"))
