@@ -88,6 +88,8 @@ def test_a_backend_named_by_module_path_is_imported_when_first_used(monkeypatch)
 def test_an_unknown_scheme_names_the_ones_there_are():
     with pytest.raises(ValueError, match=r"unsupported location 'gs://b/p'.*s3://"):
         open_location("gs://b/p")
+    with pytest.raises(TypeError, match="open_location"):
+        Location("/tmp", pafs.LocalFileSystem(), "/tmp")  # the interface alone is no backend
 
 
 def _sources(*folders: str):

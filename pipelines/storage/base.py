@@ -81,6 +81,10 @@ class Location:
 
     scheme: ClassVar[str] = ""  # "s3" for s3://…; "" for plain local paths
 
+    def __post_init__(self) -> None:
+        if type(self) is Location:  # its defaults would treat a local folder as an object store
+            raise TypeError("Location is the interface: open_location(uri) picks the backend for the URI's scheme")
+
     # -- opening (class-level: used before a Location exists) ---------------------------------------
 
     @classmethod
