@@ -120,3 +120,23 @@ def test_only_the_backends_know_their_stores():
                     and node.value.rstrip("/") == "s3:":
                 offenders.append(f"{rel}:{node.lineno} branches on 's3://'")
     assert not offenders, offenders
+
+
+def test_the_s3_backend_lists_reads_and_writes_through_the_same_interface(s3_server, tmp_path):
+    """The same calls against a real S3 API (moto on loopback), and read_uri for a file named by URI or path."""
+    boto3 = pytest.importorskip("boto3")
+
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    s3.create_bucket(Bucket="store")
+    s3.put_object(Bucket="store", Key="in/a/photo.jpg", Body=b"jpeg")
+    s3.put_object(Bucket="store", Key="in/folder/", Body=b"")  # a folder marker: not an input
+    s3.put_object(Bucket="store", Key="in/._photo.jpg", Body=b"x")
+    loc = open_location("s3://store/in", s3_server)
+    assert [(i.key, i.reason) for i in list_inputs(loc)] == [("._photo.jpg", "hidden"), ("a/photo.jpg", "")]
+    loc.write_atomic("out/x.png", b"png")
+    assert read_uri("s3://store/in/out/x.png", s3_server) == b"png" and loc.exists("out/x.png")
+    assert loc.key_problem("k" * 1100) == "output_name_too_long" and loc.key_problem("k.png") == ""
+    (tmp_path / "bg.png").write_bytes(b"local")
+    assert read_uri(str(tmp_path / "bg.png")) == b"local"
+    with pytest.raises(FileNotFoundError):
+        read_uri("s3://store/in/missing.png", s3_server)
