@@ -25,7 +25,7 @@ def _named_reasons() -> set[str]:
     positions = {"DecodeError": 0, "InputRefused": 0, "ListedInput": 3}
     helpers = {"classify_local", "write_failure_reason", "key_problem"}
     named: set[str] = set()
-    for path in [*(REPO / "pipelines").rglob("*.py"), *(REPO / "postproc").rglob("*.py")]:
+    for path in [*(REPO / "pipelines").rglob("*.py"), *(REPO / "postproc").rglob("*.py")]:  # sub-packages too
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Call):
