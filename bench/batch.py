@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `python bench/batch.py` from the repository root or anywhere
 
 from model.config import RuntimeConfig  # noqa: E402
-from model.runtime import create_runtime  # noqa: E402
+from model.runtimes import create_runtime  # noqa: E402
 from pipelines.batch.job import JobConfig, run_job  # noqa: E402
 from pipelines.storage import open_location  # noqa: E402
 from postproc import PostprocParams, decode_image, model_input  # noqa: E402

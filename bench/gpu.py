@@ -3,7 +3,7 @@
     python bench/gpu.py [--models u2netp ...] [--sizes 320 512] [--batches 1 8 32]
                         [--iters N] [--warmup N] [--quick] [--rows WORD ...] [--trt-cache DIR] [--json PATH]
 
-Rows, each a runtime from model/runtime.py built the way a job builds it:
+Rows, each a runtime from model/runtimes/ built the way a job builds it:
   GPU: torch FP32 (CUDA), torch FP16 (CUDA, channels_last) eager, with CUDA graphs and with
        torch.compile; ORT CUDA FP32 and FP16 (the FP16 graph of model/export.py); TensorRT FP16
        (ORT's TensorRT provider, one engine per input size with a batch profile 1…32, engines
@@ -40,7 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "pipelines" / "samples"
 sys.path.insert(0, str(ROOT))  # `python bench/gpu.py` from anywhere
 
-from model.runtime import OnnxRuntime, TorchRuntime, cuda_usable, normalize_batch  # noqa: E402
+from model.preprocess import normalize_batch  # noqa: E402
+from model.runtimes import OnnxRuntime, TorchRuntime, cuda_usable  # noqa: E402
 from model.specs import get_spec, list_models  # noqa: E402
 
 # (label, needs a GPU, factory(spec, size, cache) → runtime)

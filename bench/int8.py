@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from model.quantize import cpu_has_fast_int8, int8_model_path  # noqa: E402
-from model.runtime import create_runtime  # noqa: E402
+from model.runtimes import create_runtime  # noqa: E402
 from model.specs import get_spec  # noqa: E402
 
 EVAL = ROOT.parent / "shared" / "eval"

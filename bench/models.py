@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from model.config import RuntimeConfig  # noqa: E402
-from model.runtime import create_runtime  # noqa: E402
+from model.runtimes import create_runtime  # noqa: E402
 from postproc import decode_image, model_input  # noqa: E402
 from postproc.alpha import to_full_resolution  # noqa: E402
 

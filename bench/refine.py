@@ -150,7 +150,7 @@ def main() -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
-    from model.runtime import create_runtime
+    from model.runtimes import create_runtime
     from postproc.refine import warm_up
 
     settings = dict(SETTINGS)

@@ -172,7 +172,7 @@ import pipelines.batch.stages
 marks["import pipelines.batch.stages (postproc, storage)"] = time.perf_counter() - t; t = time.perf_counter()
 import onnxruntime
 marks["import onnxruntime"] = time.perf_counter() - t; t = time.perf_counter()
-from model.runtime import create_runtime
+from model.runtimes import create_runtime
 rt = create_runtime("u2netp", device="cpu", threads=1)
 marks["create_runtime (weights check, graph, session)"] = time.perf_counter() - t; t = time.perf_counter()
 import numpy as np

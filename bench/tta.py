@@ -37,7 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model import tta  # noqa: E402
-from model.runtime import create_runtime  # noqa: E402
+from model.runtimes import create_runtime  # noqa: E402
 from model.specs import get_spec  # noqa: E402
 from pipelines.evaluation.evaluate import find_eval_set, read_gray, score  # noqa: E402
 from postproc import PostprocParams, decode_image, model_input  # noqa: E402

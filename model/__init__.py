@@ -15,7 +15,7 @@ def __getattr__(name):
 
         return create_model
     if name == "create_runtime":
-        from model.runtime import create_runtime
+        from model.runtimes import create_runtime
 
         return create_runtime
     raise AttributeError(name)

@@ -165,7 +165,7 @@ def add_metadata(model, spec, fp16: bool) -> None:
     """
     import json
 
-    from model.weights import SPEC_METADATA_KEY
+    from model.specs import SPEC_METADATA_KEY
 
     meta = {SPEC_METADATA_KEY: json.dumps(exported_spec(spec, fp16).to_json_dict()),
             "precision": "fp16" if fp16 else "fp32"}
@@ -210,7 +210,7 @@ def check_parity(net, model_bytes: bytes, images: np.ndarray, tolerance: float, 
     import onnxruntime as ort
     import torch
 
-    from model.runtime import normalize_batch
+    from model.preprocess import normalize_batch
 
     x = normalize_batch(images, net.spec.preprocess)
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])

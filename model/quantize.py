@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from model import weights as weights_mod
+from model.atomic import atomic_path, write_bytes_atomic
 from model.specs import ModelSpec, get_spec
 
 log = logging.getLogger(__name__)
@@ -159,7 +160,7 @@ def calibration_photos(n: int, folder: str | os.PathLike | None = None) -> list[
 
 def preprocess_photos(paths: Sequence[Path], spec: ModelSpec) -> np.ndarray:
     """(N, 3, H, W) float32: decode, resize and normalise as inference does (the spec's own steps)."""
-    from model.runtime import normalize_batch
+    from model.preprocess import normalize_batch
     from postproc import decode_image, model_input
 
     images = [model_input(decode_image(Path(p).read_bytes()), spec.preprocess) for p in paths]
@@ -216,7 +217,7 @@ def fp32_onnx(spec: ModelSpec, source: Path):
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < QDQ_MIN_OPSET:
         model = version_converter.convert_version(model, QDQ_MIN_OPSET)
-    # Only the first output is used (model/runtime.py); U²-Net's six side outputs are dropped so
+    # Only the first output is used (model/runtimes/); U²-Net's six side outputs are dropped so
     # that their Sigmoids are neither calibrated nor run.
     del model.graph.output[1:]
     h, w = spec.preprocess.input_size
@@ -276,18 +277,17 @@ def quantize(spec: ModelSpec, source: Path, output: Path, recipe: Recipe,
         onnx.save(model, str(fp32_path))
         # Shape inference (and ORT's graph optimisations) first, as onnxruntime's docs advise.
         quant_pre_process(str(fp32_path), str(pre_path), skip_symbolic_shape=False)
-        partial = output.with_name(f".{output.name}.{os.getpid()}.partial")
-        quantize_static(str(pre_path), str(partial), _Reader(model.graph.input[0].name, x),
+        quantize_static(str(pre_path), str(output), _Reader(model.graph.input[0].name, x),
                         quant_format=QuantFormat.QDQ, per_channel=recipe.per_channel,
                         reduce_range=recipe.reduce_range, activation_type=types[recipe.activation_type],
                         weight_type=types[recipe.weight_type], nodes_to_exclude=keep,
                         calibrate_method=methods[recipe.method], extra_options=extra,
                         calibration_cache_path=ranges_cache)
-        quantized = onnx.load(str(partial))
+        quantized = onnx.load(str(output))
         shield_float_convs(quantized, keep)
-        onnx.save(quantized, str(partial))
+        onnx.save(quantized, str(output))
     return {"calibration_photos": [f"{p.parent.name}/{p.name}" for p in photos], "kept_fp32": keep,
-            "seconds": round(time.perf_counter() - t0, 1), "partial": str(partial)}
+            "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def shield_float_convs(model, names: Sequence[str]) -> int:
@@ -385,15 +385,11 @@ def int8_model_path(spec: ModelSpec | str, fp32_onnx_path: str | os.PathLike | N
         log.warning("%s does not match its checksum %s: rebuilding it", target, checksum)
     target.parent.mkdir(parents=True, exist_ok=True)
     log.info("building %s for %s (%s, %d calibration photos)", target.name, spec.name, recipe.method, recipe.photos)
-    info = quantize(spec, source, target, recipe, calibration_dir)
-    partial = Path(info.pop("partial"))
-    _stamp(partial, spec, recipe, key, info)
-    digest = sha256_of(partial)
-    # The checksum goes first: a reader that sees the new file also sees its checksum.
-    side = checksum.with_name(f".{checksum.name}.{os.getpid()}.partial")
-    side.write_text(f"{digest}  {target.name}\n")
-    os.replace(side, checksum)
-    os.replace(partial, target)
+    with atomic_path(target) as partial:  # the one atomic write (model/atomic.py)
+        info = quantize(spec, source, partial, recipe, calibration_dir)
+        _stamp(partial, spec, recipe, key, info)
+        # The checksum goes first: a reader that sees the new file also sees its checksum.
+        write_bytes_atomic(checksum, f"{sha256_of(partial)}  {target.name}\n".encode())
     log.info("built %s in %.1f s (%d Convs kept FP32)", target, info["seconds"], len(info["kept_fp32"]))
     return target
 

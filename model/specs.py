@@ -7,7 +7,11 @@ PretrainedCfg): the pipeline and the server ask the model for it instead of hard
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from model.preprocess import LEGACY_RESIZE, check_resize
@@ -207,8 +211,65 @@ def get_spec(name: str | ModelSpec) -> ModelSpec:
     if name in MODEL_SPECS:
         return MODEL_SPECS[name]
     if str(name).endswith(WEIGHTS_SUFFIXES):
-        from model.weights import spec_from_file  # reading a file: not at import, not for registered names
-
         return spec_from_file(name)
     raise ValueError(f"unknown model {name!r}; valid models: {', '.join(list_models())} "
                      f"(or a path to a {'/'.join(WEIGHTS_SUFFIXES)} file with its spec)")
+
+
+# -- the spec that travels with a weights file ---------------------------------------------------------
+# Read here, beside the registry, so that get_spec(path) needs no other module (model/weights.py, which
+# fetches and checks weights, imports this one and never the other way round).
+
+SPEC_METADATA_KEY = "spec"  # safetensors metadata / ONNX metadata_props key holding the spec as JSON
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    pass
+
+
+def sidecar_path(path: Path) -> Path:
+    """model.onnx → model.spec.json: the spec beside a weights file that cannot carry it."""
+    return path.with_suffix(".spec.json")
+
+
+def spec_from_file(path: str | os.PathLike) -> ModelSpec:
+    """The spec that travels with a weights file: `<stem>.spec.json` beside it, else its own metadata.
+
+    Read once per file version: Serve's ingress asks for the spec on every request, and reading an
+    ONNX file's metadata parses the whole graph.
+    """
+    p = Path(path).expanduser().resolve()
+    if not p.is_file():
+        raise WeightsNotFoundError(f"weights file {p} does not exist")
+    side = sidecar_path(p)
+    stamp = tuple((s.st_mtime_ns, s.st_size) for s in (p.stat(), *([side.stat()] if side.is_file() else [])))
+    return _read_spec(p, stamp)
+
+
+@functools.lru_cache(maxsize=64)
+def _read_spec(p: Path, stamp: tuple) -> ModelSpec:
+    """spec_from_file's reading, cached by path and the files' modification times and sizes (`stamp`)."""
+    side = sidecar_path(p)
+    if side.is_file():
+        text, where = side.read_text(), str(side)
+    else:
+        text, where = _embedded_spec(p), f"{p} metadata key {SPEC_METADATA_KEY!r}"
+    if text is None:
+        raise ValueError(f"{p} carries no model spec: put one in {side.name} beside it "
+                         f"(the JSON that `matting train` writes into its .safetensors files)")
+    try:
+        return ModelSpec.from_json_dict(json.loads(text), weights=FileWeights(str(p)))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"bad model spec in {where}: {e}") from None
+
+
+def _embedded_spec(p: Path) -> str | None:
+    if p.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(p), framework="pt") as f:
+            return (f.metadata() or {}).get(SPEC_METADATA_KEY)
+    import onnx
+
+    meta = {m.key: m.value for m in onnx.load(str(p), load_external_data=False).metadata_props}
+    return meta.get(SPEC_METADATA_KEY)

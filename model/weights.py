@@ -8,7 +8,6 @@ cache (or a path / S3 URI the user names); nothing is downloaded while they run.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -20,14 +19,11 @@ import zipfile
 from pathlib import Path
 
 from model.atomic import atomic_path
-from model.specs import FileWeights, ModelSpec, PackagedWeights, get_spec
+# The spec a weights file carries is read in model/specs.py (get_spec takes a path); re-exported here.
+from model.specs import (SPEC_METADATA_KEY, FileWeights, ModelSpec, PackagedWeights,  # noqa: F401
+                         WeightsNotFoundError, get_spec, sidecar_path, spec_from_file)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-SPEC_METADATA_KEY = "spec"  # safetensors metadata / ONNX metadata_props key holding the spec as JSON
-
-
-class WeightsNotFoundError(FileNotFoundError):
-    pass
 
 
 def weights_dir() -> Path:
@@ -55,54 +51,6 @@ def cached_path(spec: ModelSpec) -> Path:
     if isinstance(spec.weights, FileWeights):
         return PACKAGE_DIR / spec.weights.path  # an absolute user path stays as it is
     return weights_dir() / spec.weights.filename
-
-
-def sidecar_path(path: Path) -> Path:
-    """model.onnx → model.spec.json: the spec beside a weights file that cannot carry it."""
-    return path.with_suffix(".spec.json")
-
-
-def spec_from_file(path: str | os.PathLike) -> ModelSpec:
-    """The spec that travels with a weights file: `<stem>.spec.json` beside it, else its own metadata.
-
-    Read once per file version: Serve's ingress asks for the spec on every request, and reading an
-    ONNX file's metadata parses the whole graph.
-    """
-    p = Path(path).expanduser().resolve()
-    if not p.is_file():
-        raise WeightsNotFoundError(f"weights file {p} does not exist")
-    side = sidecar_path(p)
-    stamp = tuple((s.st_mtime_ns, s.st_size) for s in (p.stat(), *([side.stat()] if side.is_file() else [])))
-    return _read_spec(p, stamp)
-
-
-@functools.lru_cache(maxsize=64)
-def _read_spec(p: Path, stamp: tuple) -> ModelSpec:
-    """spec_from_file's reading, cached by path and the files' modification times and sizes (`stamp`)."""
-    side = sidecar_path(p)
-    if side.is_file():
-        text, where = side.read_text(), str(side)
-    else:
-        text, where = _embedded_spec(p), f"{p} metadata key {SPEC_METADATA_KEY!r}"
-    if text is None:
-        raise ValueError(f"{p} carries no model spec: put one in {side.name} beside it "
-                         f"(the JSON that `matting train` writes into its .safetensors files)")
-    try:
-        return ModelSpec.from_json_dict(json.loads(text), weights=FileWeights(str(p)))
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"bad model spec in {where}: {e}") from None
-
-
-def _embedded_spec(p: Path) -> str | None:
-    if p.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(p), framework="pt") as f:
-            return (f.metadata() or {}).get(SPEC_METADATA_KEY)
-    import onnx
-
-    meta = {m.key: m.value for m in onnx.load(str(p), load_external_data=False).metadata_props}
-    return meta.get(SPEC_METADATA_KEY)
 
 
 def save_safetensors(state: dict, spec: ModelSpec, path: str | os.PathLike) -> Path:

@@ -30,7 +30,7 @@ GPU_CONFIG = CONFIGS / "config.gpu.yaml"
 
 
 def default_config() -> Path:
-    from model.runtime import cuda_usable
+    from model.runtimes import cuda_usable
 
     ok, _ = cuda_usable()
     return GPU_CONFIG if ok else CPU_CONFIG

@@ -38,7 +38,7 @@ class BatchConfig(BaseModel):
 class MattingModel:
     def __init__(self, config, **fields):
         """`config`: a model.config.RuntimeConfig (AppArgs.runtime_configs), or a model name with its fields."""
-        from model.runtime import create_runtime
+        from model.runtimes import create_runtime
 
         self.runtime = create_runtime(config, **fields)
         self.batch_config = BatchConfig()

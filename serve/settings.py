@@ -7,6 +7,7 @@ config, the dashboard or the controller's checkpoints.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 from pathlib import Path
@@ -37,6 +38,16 @@ class ImageUrlSettings(BaseModel):
         for net in v:
             ipaddress.ip_network(net, strict=False)  # raises ValueError naming the bad entry
         return v
+
+
+# RuntimeConfig's fields that are not server-wide: `model` and `weights` come with each entry of `models`,
+# `preprocess` overrides are eval's, and TTA is each request's choice (AppArgs.tta is its default).
+NOT_SERVER_WIDE = ("model", "weights", "preprocess", "tta")
+
+
+def runtime_fields() -> tuple[str, ...]:
+    """The RuntimeConfig fields AppArgs takes for all its models, as the job takes them (--runtime, ...)."""
+    return tuple(f.name for f in dataclasses.fields(RuntimeConfig) if f.name not in NOT_SERVER_WIDE)
 
 
 class AppArgs(BaseModel):
@@ -93,8 +104,7 @@ class AppArgs(BaseModel):
     @model_validator(mode="after")
     def _runtime_configs(self) -> "AppArgs":
         configs: dict[str, RuntimeConfig] = {}
-        fields = dict(runtime=self.runtime, device=self.device, precision=self.precision, threads=self.threads,
-                      providers=self.providers, trt_cache_dir=self.trt_cache_dir, torch_graph=self.torch_graph)
+        fields = {name: getattr(self, name) for name in runtime_fields()}  # every one, whatever RuntimeConfig adds
         for entry in self.models:
             try:
                 config = RuntimeConfig.from_model_arg(entry, **fields)

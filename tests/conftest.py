@@ -27,7 +27,7 @@ def ray_local():
 
 @pytest.fixture(scope="session")
 def u2netp_runtime():
-    from model.runtime import create_runtime
+    from model.runtimes import create_runtime
 
     return create_runtime("u2netp", runtime="onnxruntime", device="cpu")
 

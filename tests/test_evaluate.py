@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pipelines.evaluation import metrics
-from model.runtime import create_runtime
+from model.runtimes import create_runtime
 from pipelines.cli import main
 from pipelines.evaluation.evaluate import find_eval_set, parse_model, parse_setting
 from postproc import PostprocParams, decode_image, model_input

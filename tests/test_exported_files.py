@@ -12,7 +12,7 @@ import pytest
 
 from catalog import real_photos
 from model.export import export_onnx
-from model.runtime import create_runtime
+from model.runtimes import create_runtime
 from model.specs import get_spec
 from model.weights import SPEC_METADATA_KEY, spec_from_file
 from postproc import PostprocParams, decode_image, model_input

@@ -17,7 +17,7 @@ import pytest
 
 import fscorpus
 from catalog import real_photos
-from pipelines.storage import (InputRefused, Location, NamingCounter, OutputNaming, check_disjoint, key_hashes,
+from pipelines.storage import (InputRefused, LocalLocation, NamingCounter, OutputNaming, check_disjoint, key_hashes,
                                list_inputs, open_location, write_failure_reason)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -162,11 +162,11 @@ def test_reading_never_opens_a_fifo_or_follows_a_bad_link(corpus):
 
 @pytest.mark.timeout(30)
 def test_a_fifo_swapped_in_after_the_check_is_opened_without_blocking(tmp_path, monkeypatch):
-    from pipelines import storage
+    from pipelines.storage import local
 
     os.mkfifo(tmp_path / "x.jpg")
     # The check saw a regular file (a race); open() must still return at once and fstat refuse it.
-    monkeypatch.setattr(storage, "classify_local", lambda path, root: ("", "", os.stat(path)))
+    monkeypatch.setattr(local, "classify_local", lambda path, root: ("", "", os.stat(path)))
     with pytest.raises(InputRefused, match="FIFO") as e:
         open_location(str(tmp_path)).read_input("x.jpg", -1, 100)
     assert e.value.reason == "not_a_regular_file"
@@ -215,7 +215,7 @@ def test_a_key_an_earlier_run_holds_is_a_collision_not_an_overwrite():
 
 
 def test_write_errors_map_to_reasons(tmp_path):
-    dest = Location(str(tmp_path), None, str(tmp_path))
+    dest = LocalLocation(str(tmp_path), None, str(tmp_path))
     (tmp_path / "a.png").mkdir()  # a folder where the output file goes
     (tmp_path / "f.png").write_bytes(b"")  # a file where an output folder goes
     for key, reason in (("a.png", "output_collision"), ("f.png/x.png", "output_collision"),
@@ -230,7 +230,7 @@ def test_write_errors_map_to_reasons(tmp_path):
 def test_long_names_are_written_and_failed_writes_leave_nothing(tmp_path):
     from model.atomic import write_bytes_atomic
 
-    dest = Location(str(tmp_path), None, str(tmp_path))
+    dest = LocalLocation(str(tmp_path), None, str(tmp_path))
     name = "é" * 122 + "x.png"  # 250 bytes, the temporary name used to be 292
     dest.write_atomic(f"d/{name}", b"png")
     assert (tmp_path / "d" / name).read_bytes() == b"png"

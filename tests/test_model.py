@@ -13,7 +13,9 @@ from catalog import real_photos
 from model import PreprocessSpec, create_model, get_spec, list_models
 from model.architectures.u2net import U2Net
 from model.export import FP32_TOLERANCE, export_onnx, torch_to_onnx
-from model.runtime import TorchRuntime, create_runtime, finish_output, normalize_batch, parse_providers
+from model.config import parse_providers
+from model.preprocess import finish_output, normalize_batch
+from model.runtimes import TorchRuntime, create_runtime
 from model.factory import onnx_state_dict
 from model.specs import PackagedWeights
 from model.weights import cached_path, save_safetensors

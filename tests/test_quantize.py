@@ -85,7 +85,7 @@ def test_calibration_photos_are_spread_deterministic_and_never_eval(photo_dir, t
 
 def test_calibration_input_is_the_inference_input(photo_dir):
     """The calibrator sees exactly what the runtime feeds: the spec's resize and normalisation."""
-    from model.runtime import normalize_batch
+    from model.preprocess import normalize_batch
     from postproc import decode_image, model_input
 
     spec = get_spec("unet-small")

@@ -350,7 +350,7 @@ def test_every_output_format_is_offered_by_both_apis_the_schema_and_the_page_end
 def test_matte_tta_flip_is_the_shared_tta_and_unknown_modes_are_422(server):
     """?tta=flip goes through the replica's predict_flip (model/tta.py); its mask is what that function gives
     here, through the same render; tta=none is the plain predict; a bad mode is a 422 naming the valid ones."""
-    from model.runtime import create_runtime
+    from model.runtimes import create_runtime
     from model.tta import predict as tta_predict
     from postproc import PostprocParams, decode_image, model_input
     from postproc.render import render

@@ -294,6 +294,25 @@ def test_serve_takes_what_the_job_takes_validated_by_the_same_runtime_config(tmp
             AppArgs(**bad)
 
 
+
+def test_every_runtime_setting_the_job_takes_reaches_each_served_model(packaged_weights):
+    """AppArgs takes each server-wide RuntimeConfig field (derived from the dataclass, so a field added
+    there fails here until Serve takes it) and hands it to every model's config; ONNX weights by path too."""
+    import dataclasses
+
+    from model.config import RuntimeConfig
+    from serve.settings import NOT_SERVER_WIDE, runtime_fields
+
+    names = {f.name for f in dataclasses.fields(RuntimeConfig)}
+    assert set(runtime_fields()) == names - set(NOT_SERVER_WIDE) and set(runtime_fields()) <= set(AppArgs.model_fields)
+    chosen = {"runtime": "onnxruntime", "device": "cpu", "precision": "fp32", "threads": 3, "providers": "cpu",
+              "trt_cache_dir": "/tmp/engines", "torch_graph": "eager"}
+    assert set(chosen) == set(runtime_fields())
+    args = AppArgs(models=[f"u2netp={packaged_weights}", "unet-small"], **chosen)
+    for config in args.runtime_configs.values():
+        assert config == RuntimeConfig(model=config.model, weights=config.weights, **chosen)
+    assert args.runtime_configs["u2netp"].weights == str(packaged_weights)
+
 # --- issue 16: IPv6 embeddings, URLs that broke the fetcher, bounded errors, limits ---------------
 
 @pytest.mark.parametrize("address,how", [

@@ -202,22 +202,21 @@ class _FlakyFS:
 
 
 def test_s3_writes_retry_transient_errors_and_not_others(monkeypatch):
-    from pipelines import storage
-    from pipelines.storage import Location
+    from pipelines.storage import S3Location, s3
 
-    monkeypatch.setattr(storage.time, "sleep", lambda s: None)
+    monkeypatch.setattr(s3.time, "sleep", lambda s: None)
     flaky = _FlakyFS(failures=3)
-    Location("s3://b/out", flaky, "b/out").write_atomic("a.png", b"png")
+    S3Location("s3://b/out", flaky, "b/out").write_atomic("a.png", b"png")
     assert flaky.calls == 4 and flaky.written == {"b/out/a.png": b"png"}
 
     hopeless = _FlakyFS(failures=99)
     with pytest.raises(OSError, match="SLOW_DOWN"):
-        Location("s3://b/out", hopeless, "b/out").write_atomic("a.png", b"png")
+        S3Location("s3://b/out", hopeless, "b/out").write_atomic("a.png", b"png")
     assert hopeless.calls == 5  # bounded
 
     denied = _FlakyFS(failures=1, message="AWS Error ACCESS_DENIED")
     with pytest.raises(OSError, match="ACCESS_DENIED"):
-        Location("s3://b/out", denied, "b/out").write_atomic("a.png", b"png")
+        S3Location("s3://b/out", denied, "b/out").write_atomic("a.png", b"png")
     assert denied.calls == 1  # a permanent error is not retried
 
 
@@ -226,7 +225,7 @@ def test_remote_weights_are_fetched_once_by_the_storage_layer_and_model_sees_a_l
     import boto3
 
     from model import weights
-    from model.runtime import create_runtime
+    from model.runtimes import create_runtime
     from pipelines.storage import localize_weights
 
     monkeypatch.setenv("MATTING_WEIGHTS_DIR", str(tmp_path / "cache"))

@@ -196,7 +196,7 @@ def test_training_runs_a_few_steps_and_the_loss_goes_down(tmp_path):
 
 
 def test_teacher_cache_follows_the_bytes_not_the_path(tmp_path, monkeypatch):
-    from model import runtime
+    from model import runtimes as runtime
     from pipelines.training.train_data import precompute_teacher
 
     photos, _ = tiny_training_data(tmp_path)

@@ -52,9 +52,10 @@ def choose(ok_rows: list[dict], seed: int = 0) -> tuple[list[tuple[dict, str]], 
 
 
 def _href(dest: Location, key: str, page_dir: Path) -> str:
-    if dest.is_s3:
+    local = dest.local_path(key)
+    if local is None:
         return dest.uri_of(key)  # not a browser link, but the address to fetch it from
-    return Path(os.path.relpath(dest.path(key), page_dir)).as_posix()
+    return Path(os.path.relpath(local, page_dir)).as_posix()
 
 
 def write_contact_sheet(dest: Location, table: pa.Table, html_file: str | os.PathLike, title: str) -> Path:

@@ -122,7 +122,7 @@ class Predictor:
 
     def __init__(self, config, s3_endpoint: str | None = None):
         t0 = time.perf_counter()
-        from model.runtime import create_runtime
+        from model.runtimes import create_runtime
         from pipelines.storage import localize_weights
 
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -58,22 +58,15 @@ def load_background(uri: str | None, s3_endpoint: str | None = None):
     """The background picture's pixels, read and decoded once, here at the edge."""
     if uri is None:
         return None
-    import posixpath
-
-    from pipelines.storage import open_location
+    from pipelines.storage import read_uri
     from postproc import DecodeError, decode_image
 
-    if uri.startswith("s3://"):
-        parent, name = posixpath.split(uri.rstrip("/"))
-        try:
-            data = open_location(parent, s3_endpoint).read(name)
-        except OSError as e:
-            raise FileNotFoundError(f"--background-image {uri}: {e}") from None
-    else:
-        path = Path(uri).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"--background-image {uri}: no such file")
-        data = path.read_bytes()
+    try:
+        data = read_uri(uri, s3_endpoint)  # a local path or a URI of any storage backend
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--background-image {uri}: no such file") from None
+    except OSError as e:  # permissions, a folder, a store error after retries
+        raise FileNotFoundError(f"--background-image {uri}: {e}") from None
     try:
         return decode_image(data).rgb
     except DecodeError as e:

@@ -233,7 +233,7 @@ def evaluate(eval_set: EvalSet, models: list[ModelChoice], settings: list[Settin
     """Each model runs as its ModelChoice's RuntimeConfig says (remote weights are fetched first);
     `tta` lists the test-time augmentation modes compared side by side, from one inference per batch."""
     from model import tta as tta_mod
-    from model.runtime import create_runtime
+    from model.runtimes import create_runtime
     from pipelines.storage import localize_weights
 
     if batch_size < 1:

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from model.config import DEVICES, RUNTIMES, RuntimeConfig
-from model.runtime import normalize_batch, resolve_device
+from model.preprocess import normalize_batch
+from model.runtimes import resolve_device
 from model.preprocess import resize_rgb
 from model.specs import ModelSpec, PreprocessSpec, get_spec
 from pipelines.training import synth

@@ -126,7 +126,7 @@ def precompute_teacher(images: list[Path], *, teacher, cache_dir: str | os.PathL
 
     `teacher` is a model.config.RuntimeConfig (or a model name, run with the defaults)."""
     from model.config import RuntimeConfig
-    from model.runtime import create_runtime
+    from model.runtimes import create_runtime
 
     if not isinstance(teacher, RuntimeConfig):
         teacher = RuntimeConfig(model=str(teacher))
