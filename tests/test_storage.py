@@ -93,9 +93,12 @@ def test_an_unknown_scheme_names_the_ones_there_are():
 
 
 def _sources(*folders: str):
+    """Our Python files under `folders`: not a bench's git-ignored work folder (bench/.work holds
+    rembg's venv) or any other hidden folder."""
     for folder in folders:
         for path in sorted((REPO / folder).rglob("*.py")):
-            yield path, path.read_text()
+            if not any(part.startswith(".") for part in path.relative_to(REPO).parts):
+                yield path, path.read_text()
 
 
 def test_only_the_backends_know_their_stores():
