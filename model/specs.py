@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from model.preprocess import LEGACY_RESIZE, check_resize
+from model.preprocess import LEGACY_RESIZE, LEGACY_UPSAMPLE, check_resize, check_upsample
 
 # A model may be named by a path to a weights file that carries its own spec (see model/weights.py).
 WEIGHTS_SUFFIXES = (".safetensors", ".onnx")
@@ -25,6 +25,9 @@ class PreprocessSpec:
     # Pillow filters only: an axis longer than preshrink × input_size is first averaged down to it
     # with INTER_AREA (cheap), so a 24 MP photo does not make the resize the slowest stage; 0: never.
     preshrink: float = 3.0
+    # The filter that brings the model-size alpha back to the photo's size (model/preprocess.py
+    # UPSAMPLE_FILTERS). A spec without it (files written before it existed) means "linear".
+    upsample: str = LEGACY_UPSAMPLE
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     # "max": divide by the image's own maximum (U²-Net's reference code); "unit": divide by 255.
@@ -36,6 +39,7 @@ class PreprocessSpec:
 
     def __post_init__(self) -> None:
         check_resize(self.resize)
+        check_upsample(self.upsample)
         if not self.preshrink == 0 and not self.preshrink >= 1:
             raise ValueError(f"preshrink must be 0 (off) or at least 1, got {self.preshrink!r}")
         if self.input_scale not in ("max", "unit"):

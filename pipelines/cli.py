@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+from model.preprocess import RESIZE_FILTERS, UPSAMPLE_FILTERS
+
 SAMPLES = Path(__file__).parent / "samples"
 
 
@@ -496,11 +498,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("eval", help="score models and post-processing settings on image/ + alpha/ (+ trimap/)")
     p.add_argument("--data", required=True, help="folder with image/, alpha/ (matched by file stem), optional trimap*/")
-    p.add_argument("--model", action="append", metavar="NAME[=WEIGHTS]|PATH[:resize=F,preshrink=K]",
+    p.add_argument("--model", action="append", metavar="NAME[=WEIGHTS]|PATH[:resize=F,preshrink=K,upsample=F]",
                    help="registered model, optionally with a weights file, or a checkpoint or exported .onnx that "
-                        "carries its spec; ':resize=pil_lanczos' (area, linear, pil_lanczos, pil_bilinear, "
-                        "pil_bicubic) and ':preshrink=0' override its preprocessing; repeat to compare "
-                        "(default u2netp)")
+                        f"carries its spec; ':resize=pil_lanczos' ({', '.join(RESIZE_FILTERS)}), ':preshrink=0' "
+                        f"and ':upsample=cubic' (the alpha back to full size: {', '.join(UPSAMPLE_FILTERS)}) "
+                        "override its preprocessing; repeat to compare (default u2netp)")
     p.add_argument("--setting", action="append", metavar="NAME:KEY=VALUE,...",
                    help="a named post-processing setting on top of the options below, e.g. "
                         "'tight:alpha_threshold=10,erode=2' or 'cf:refine=trimap,trimap_erode=10'; "

@@ -44,9 +44,9 @@ MATTING = ("sad", "mse", "mad", "grad", "conn")
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
 
-# Preprocessing a --model entry may override (MODEL:resize=pil_lanczos,preshrink=0), to compare
-# filters side by side on the same weights; the spec's own values are the default.
-PREPROCESS_OVERRIDES = {"resize": str, "preshrink": float}
+# Preprocessing a --model entry may override (MODEL:resize=pil_lanczos,preshrink=0,upsample=cubic),
+# to compare filters side by side on the same weights; the spec's own values are the default.
+PREPROCESS_OVERRIDES = {"resize": str, "preshrink": float, "upsample": str}
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def parse_model(arg: str, base: RuntimeConfig | None = None) -> ModelChoice:
     """'u2netp' → the registry's weights; 'u2netp=path/w.onnx' → that architecture with those weights;
     'path/w.safetensors' → the file's own spec (what `matting train` writes), as `matting run --model`.
     `base` carries the runtime flags (runtime, device, precision, …) every model runs with.
-    Any of them may end in ':resize=FILTER,preshrink=K' to override the spec's preprocessing."""
+    Any of them may end in ':resize=FILTER,preshrink=K,upsample=FILTER' to override the spec's preprocessing."""
     base = base or RuntimeConfig()
     model, overrides = _split_overrides(arg)
     name, sep, weights = model.partition("=")
@@ -290,7 +290,7 @@ def evaluate(eval_set: EvalSet, models: list[ModelChoice], settings: list[Settin
                     t2 = time.perf_counter()
                     prob = probs[row.tta][index[s.stem]]
                     matte = refine_alpha(prob.astype(np.float32), d.height, d.width, setting.params, d.alpha,
-                                         rgb=d.rgb)
+                                         rgb=d.rgb, upsample=rt.spec.preprocess.upsample)
                     row.seconds += time.perf_counter() - t2
                     values, curve = score(matte, gt, trimap)
                     row.per_image.append({"image": s.stem, "status": "ok", "error": "", **values})
