@@ -129,7 +129,8 @@ def test_spec_carries_the_filter_and_old_specs_keep_inter_area():
 def test_spec_carries_the_upsample_filter_and_old_specs_keep_linear():
     for spec in MODEL_SPECS.values():
         assert spec.preprocess.upsample in UPSAMPLE_FILTERS
-    spec = replace(MODEL_SPECS["u2netp"], preprocess=replace(MODEL_SPECS["u2netp"].preprocess, upsample="pil_bicubic_u8"))
+    pre = replace(MODEL_SPECS["u2netp"].preprocess, upsample="pil_bicubic_u8")
+    spec = replace(MODEL_SPECS["u2netp"], preprocess=pre)
     d = json.loads(json.dumps(spec.to_json_dict()))
     assert d["preprocess"]["upsample"] == "pil_bicubic_u8"
     assert ModelSpec.from_json_dict(d).preprocess == spec.preprocess
