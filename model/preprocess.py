@@ -22,6 +22,15 @@ pixels (a 24 MP photo took longer to resize than the model took to run), so an a
 k × the model's takes a cheap INTER_AREA step to k × first, and the exact filter does the rest.
 At k = 2 alphamatting27's scores moved by up to 2 % (MSE); the default k = 3 touches no eval photo
 and still cuts a 24 MP Lanczos resize from 230 to 76 ms (bench/RESULTS.md).
+
+Upsample filters (PreprocessSpec.upsample): how the model-size alpha is brought back to the
+photo's size (postproc.alpha.to_full_resolution; its torch twin is pipelines/batch/torch_ops.py), all
+from (h, w) float probabilities in [0, 1]:
+- "linear": OpenCV INTER_LINEAR on the float alpha. What every spec before the field meant.
+- "cubic": OpenCV INTER_CUBIC on the float alpha (clipped to [0, 1]).
+- "pil_lanczos", "pil_bilinear", "pil_bicubic": Pillow's filter on the float alpha (mode "F").
+- "…_u8" (e.g. "pil_lanczos_u8"): the alpha rounded to uint8 at model size first, then Pillow's
+  filter on that 8-bit image, as rembg does (rembg truncates instead of rounding).
 """
 
 from __future__ import annotations
@@ -32,8 +41,19 @@ from PIL import Image
 
 RESIZE_FILTERS = ("area", "linear", "pil_lanczos", "pil_bilinear", "pil_bicubic")
 LEGACY_RESIZE = "area"  # what a spec without a `resize` field means: the filter used before it existed
-_PIL = {"pil_lanczos": Image.Resampling.LANCZOS, "pil_bilinear": Image.Resampling.BILINEAR,
+PIL_FILTERS = {"pil_lanczos": Image.Resampling.LANCZOS, "pil_bilinear": Image.Resampling.BILINEAR,
         "pil_bicubic": Image.Resampling.BICUBIC}
+
+
+UPSAMPLE_FILTERS = ("linear", "cubic", "pil_lanczos", "pil_bilinear", "pil_bicubic",
+                    "pil_lanczos_u8", "pil_bilinear_u8", "pil_bicubic_u8")
+LEGACY_UPSAMPLE = "linear"  # what a spec without an `upsample` field means: the filter used before it existed
+
+
+def check_upsample(upsample: str) -> str:
+    if upsample not in UPSAMPLE_FILTERS:
+        raise ValueError(f"upsample must be one of {', '.join(UPSAMPLE_FILTERS)}, got {upsample!r}")
+    return upsample
 
 
 def check_resize(resize: str) -> str:
@@ -59,7 +79,7 @@ def resize_rgb(rgb: np.ndarray, size: tuple[int, int], resize: str = LEGACY_RESI
         if (ph, pw) != rgb.shape[:2]:
             rgb = cv2.resize(rgb, (pw, ph), interpolation=cv2.INTER_AREA)
     im = Image.fromarray(np.ascontiguousarray(rgb))
-    return np.asarray(im.resize((w, h), _PIL[resize], reducing_gap=None))
+    return np.asarray(im.resize((w, h), PIL_FILTERS[resize], reducing_gap=None))
 
 
 def normalize_batch(images: np.ndarray, spec) -> np.ndarray:

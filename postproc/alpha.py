@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from PIL import Image
+
+from model.preprocess import LEGACY_UPSAMPLE, PIL_FILTERS, check_upsample
 
 
 @dataclass(frozen=True)
@@ -38,11 +41,24 @@ def _at_scale(alpha: np.ndarray, scale: float, op) -> np.ndarray:
     return cv2.resize(op(small), (w, h), interpolation=cv2.INTER_LINEAR)
 
 
-def to_full_resolution(prob: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(h, w) float alpha in [0, 1] at model resolution → (height, width) uint8."""
-    up = cv2.resize(np.asarray(prob, np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-    # In place: at 20 MP each float32 temporary is 80 MB, and the server renders several at once.
-    np.clip(up, 0.0, 1.0, out=up)
+def to_full_resolution(prob: np.ndarray, height: int, width: int, upsample: str = LEGACY_UPSAMPLE) -> np.ndarray:
+    """(h, w) float alpha in [0, 1] at model resolution → (height, width) uint8, enlarged with the
+    model spec's `upsample` filter (model/preprocess.py UPSAMPLE_FILTERS; twin: pipelines/batch/torch_ops.py)."""
+    check_upsample(upsample)
+    prob = np.asarray(prob, np.float32)
+    if upsample.endswith("_u8"):  # rembg's way: 8 bits at model size, then Pillow's filter on them
+        small = np.clip(prob, 0.0, 1.0) * 255.0 + 0.5
+        small = Image.fromarray(small.astype(np.uint8))
+        return np.asarray(small.resize((width, height), PIL_FILTERS[upsample[:-3]], reducing_gap=None)).copy()
+    if upsample.startswith("pil_"):  # Pillow on the float image (mode "F"): no rounding before the filter
+        big = Image.fromarray(np.ascontiguousarray(prob)).resize((width, height), PIL_FILTERS[upsample],
+                                                                 reducing_gap=None)
+        up = np.clip(np.asarray(big), 0.0, 1.0)
+    else:
+        interp = cv2.INTER_CUBIC if upsample == "cubic" else cv2.INTER_LINEAR
+        up = cv2.resize(prob, (width, height), interpolation=interp)
+        # In place: at 20 MP each float32 temporary is 80 MB, and the server renders several at once.
+        np.clip(up, 0.0, 1.0, out=up)
     up *= 255.0
     up += 0.5
     return up.astype(np.uint8)

@@ -84,5 +84,5 @@ def describe() -> list[dict]:
 
 # Photos in a folder (the eval set, training photos, INT8 calibration photos) are the files with
 # these extensions: formats postproc.decode reads. (The batch job lists every file instead and lets
-# decoding decide; its output naming has its own, wider list in pipelines/storage.py.)
+# decoding decide; its output naming has its own, wider list in pipelines/storage/naming.py.)
 PHOTO_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})

@@ -19,6 +19,7 @@ from postproc import geometry, refine
 from postproc.composite import cutout, over_color, over_image
 from postproc.alpha import WorkLimit
 from postproc.params import PostprocParams
+from model.preprocess import LEGACY_UPSAMPLE
 
 # Called between the expensive steps; a caller with a deadline raises from it to stop the work.
 Checkpoint = Callable[[], None]
@@ -41,13 +42,15 @@ def _max_pixels(params: PostprocParams) -> int:
 
 def refine_alpha(prob: np.ndarray, height: int, width: int, params: PostprocParams,
                  input_alpha: np.ndarray | None = None, rgb: np.ndarray | None = None, *,
-                 limit: WorkLimit | None = None, checkpoint: Checkpoint = _no_checkpoint) -> np.ndarray:
+                 limit: WorkLimit | None = None, checkpoint: Checkpoint = _no_checkpoint,
+                 upsample: str = LEGACY_UPSAMPLE) -> np.ndarray:
     """Model-resolution probabilities → the full-resolution matte the user asked for.
 
     `rgb` (the full-resolution image) is needed when params.refine is not "none". `limit` bounds the
     cost of erosion and feathering (postproc.alpha.WorkLimit; None: full resolution whatever the cost).
+    `upsample` is the model spec's filter (PreprocessSpec.upsample): callers pass their model's.
     """
-    a = alpha_ops.to_full_resolution(prob, height, width)
+    a = alpha_ops.to_full_resolution(prob, height, width, upsample)
     checkpoint()
     if params.refine != "none":
         if rgb is None or rgb.shape[:2] != (height, width):
@@ -113,8 +116,9 @@ def encode_picture(img: np.ndarray, params: PostprocParams) -> bytes:
 
 def render(rgb: np.ndarray, prob: np.ndarray, params: PostprocParams,
            input_alpha: np.ndarray | None = None, background: np.ndarray | None = None, *,
-           limit: WorkLimit | None = None, checkpoint: Checkpoint = _no_checkpoint) -> Rendered:
+           limit: WorkLimit | None = None, checkpoint: Checkpoint = _no_checkpoint,
+           upsample: str = LEGACY_UPSAMPLE) -> Rendered:
     a = refine_alpha(prob, rgb.shape[0], rgb.shape[1], params, input_alpha, rgb=rgb, limit=limit,
-                     checkpoint=checkpoint)
+                     checkpoint=checkpoint, upsample=upsample)
     return Rendered(compose_and_encode(rgb, a, params, background, checkpoint=checkpoint), a,
                     alpha_ops.bounding_box(a))

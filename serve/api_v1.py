@@ -89,7 +89,8 @@ async def matte(request: Request, pipeline: Pipeline, models: list[str], default
     prob = await pipeline.infer(model, small, deadline, tta)
     t = timings.mark("infer", t)
     out = await pipeline.in_thread(deadline, pipeline.render_call(render, deadline, image.rgb, prob, params,
-                                                                  image.alpha))
+                                                                  image.alpha,
+                                                                  upsample=get_spec(model).preprocess.upsample))
     timings.mark("render", t)
 
     bbox = ",".join(map(str, out.bbox)) if out.bbox else "none"

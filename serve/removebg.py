@@ -22,6 +22,8 @@ import numpy as np
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import Request
 
+from model.preprocess import LEGACY_UPSAMPLE
+from model.specs import get_spec
 from postproc import DecodeError, PostprocParams, decode_image, refine_alpha
 from postproc.alpha import WorkLimit, bounding_box
 from postproc.colors import parse_color
@@ -207,15 +209,16 @@ def _zip(rgb: np.ndarray, alpha: np.ndarray) -> bytes:
 
 
 def produce(rgb, prob, in_alpha, *, megapixels, roi_text, crop, margin, scale, position, fmt, channels,
-            bg_color, bg_image, limit: WorkLimit | None = None, checkpoint=lambda: None
+            bg_color, bg_image, limit: WorkLimit | None = None, checkpoint=lambda: None, upsample: str = LEGACY_UPSAMPLE
             ) -> tuple[bytes, str, tuple[int, int], tuple[int, int, int, int]]:
     """Runs in a worker thread: → (bytes, format, (width, height), the subject's box in the output).
 
     The matte comes from the whole input; roi, the size cap, then crop/scale/position shape the output.
-    `limit` and `checkpoint` as in postproc.render.render: the server's cost bound and deadline.
+    `limit` and `checkpoint` as in postproc.render.render: the server's cost bound and deadline;
+    `upsample` the model spec's alpha filter (PreprocessSpec.upsample).
     """
     alpha = refine_alpha(prob, rgb.shape[0], rgb.shape[1], PostprocParams(), in_alpha, limit=limit,
-                         checkpoint=checkpoint)
+                         checkpoint=checkpoint, upsample=upsample)
     checkpoint()
     alpha = layout.apply_roi(alpha, _parsed(layout.parse_roi, roi_text, rgb.shape[1], rgb.shape[0]))
     w, h = layout.fit_megapixels(rgb.shape[1], rgb.shape[0], megapixels)
@@ -306,7 +309,7 @@ async def removebg(request: Request, pipeline: Pipeline, args: AppArgs) -> Respo
     body, fmt, out_size, box = await pipeline.in_thread(deadline, pipeline.render_call(
         produce, deadline, image.rgb, prob, image.alpha, megapixels=layout.SIZE_MEGAPIXELS[size], roi_text=roi_text,
         crop=crop, margin=margin, scale=scale, position=position, fmt=fmt, channels=channels,
-        bg_color=bg_color, bg_image=bg_image))
+        bg_color=bg_color, bg_image=bg_image, upsample=get_spec(model).preprocess.upsample))
     x_type = fg_type if fg_type != "auto" else "other"  # we do not classify the subject
     headers = success_headers(out_size, box, x_type)
     if "application/json" in request.headers.get("accept", ""):

@@ -70,7 +70,8 @@ def test_eval_compares_settings_with_trimaps_and_writes_csv(tmp_path, capsys):
     rt = create_runtime("u2netp", runtime="onnxruntime", device="cpu")
     img = decode_image((data / "image" / "s1.jpg").read_bytes())
     prob = rt.predict(model_input(img, rt.spec.preprocess)[None])[0]
-    matte = refine_alpha(prob, img.height, img.width, PostprocParams(alpha_threshold=200, erode=4))
+    matte = refine_alpha(prob, img.height, img.width, PostprocParams(alpha_threshold=200, erode=4),
+                         upsample=rt.spec.preprocess.upsample)
     gt = cv2.imread(str(data / "alpha" / "s1.png"), cv2.IMREAD_GRAYSCALE)
     tri = cv2.imread(str(data / "trimap1" / "s1.png"), cv2.IMREAD_GRAYSCALE)
     row = next(r for r in images if r["setting"] == "tight" and r["image"] == "s1")
@@ -167,7 +168,7 @@ def test_tta_side_by_side_with_a_report_page(tmp_path, capsys):
     gt = cv2.imread(str(data / "alpha" / "s0.png"), cv2.IMREAD_GRAYSCALE)
     row = next(r for r in rows if r["row"] == "image" and r["tta"] == "flip" and r["setting"] == "plain"
                and r["image"] == "s0")
-    matte = refine_alpha(prob, img.height, img.width, PostprocParams())
+    matte = refine_alpha(prob, img.height, img.width, PostprocParams(), upsample=rt.spec.preprocess.upsample)
     assert float(row["sad"]) == pytest.approx(metrics.sad(matte, gt), rel=1e-5)
 
     page = (report / "index.html").read_text()
@@ -188,3 +189,29 @@ def test_tta_modes_are_checked(tmp_path, capsys):
     data = make_set(tmp_path / "set", trimaps=(), n=1)
     assert main(["eval", "--data", str(data), "--tta", "none,mirror"]) == 2
     assert "tta must be one of none, flip" in capsys.readouterr().err
+
+
+def test_upsample_entries_share_one_inference_and_score_their_own_filter(tmp_path, capsys, monkeypatch):
+    """'--model u2netp:upsample=F' entries differ after inference only: the model runs once for all,
+    and each row is the matte made with its own filter (what the job renders with that spec)."""
+    import model.runtime
+
+    data = make_set(tmp_path / "set", n=2)
+    made = []
+    real = model.runtime.create_runtime
+    monkeypatch.setattr(model.runtime, "create_runtime", lambda cfg, **kw: made.append(cfg) or real(cfg, **kw))
+    out = tmp_path / "scores.csv"
+    code = main(["eval", "--data", str(data), "--runtime", "onnxruntime", "--device", "cpu",
+                 "--model", "u2netp:upsample=linear", "--model", "u2netp:upsample=pil_lanczos_u8", "--csv", str(out)])
+    assert code == 0, capsys.readouterr().out
+    assert len(made) == 1
+    rows = {(r["model"], r["image"]): r for r in read_csv(out) if r["row"] == "image"}
+    rt = real("u2netp", runtime="onnxruntime", device="cpu")
+    img = decode_image((data / "image" / "s1.jpg").read_bytes())
+    prob = rt.predict(model_input(img, rt.spec.preprocess)[None])[0]
+    gt = cv2.imread(str(data / "alpha" / "s1.png"), cv2.IMREAD_GRAYSCALE)
+    sads = {}
+    for f in ("linear", "pil_lanczos_u8"):
+        sads[f] = metrics.sad(refine_alpha(prob, img.height, img.width, PostprocParams(), upsample=f), gt)
+        assert float(rows[(f"u2netp:upsample={f}", "s1")]["sad"]) == pytest.approx(sads[f], rel=1e-6)
+    assert sads["linear"] != sads["pil_lanczos_u8"]

@@ -137,7 +137,8 @@ def _run(tmp_path, files, params, gpu: bool, decoder=None):
     out = actor(batch)
     manifest = {m["source_key"]: m for m in
                 (render_output({k: out[k][i] for k in out}, dest=dst, params=params, model_name="u2netp",
-                               model_version="v") for i in range(len(rows)))}
+                               model_version="v", upsample=actor.runtime.spec.preprocess.upsample)
+                 for i in range(len(rows)))}
     return manifest, dst, into_actor
 
 

@@ -147,6 +147,38 @@ def test_alpha_is_resized_to_the_input_resolution():
     assert abs(x - 100) <= 2 and abs(w - 200) <= 3 and abs(y - 75) <= 2 and abs(h - 150) <= 3
 
 
+def test_the_alpha_is_enlarged_with_the_specs_upsample_filter():
+    """Each PreprocessSpec.upsample filter is the library call it names, and refine_alpha/render use it."""
+    rng = np.random.default_rng(3)
+    prob = cv2.GaussianBlur(rng.random((40, 40)).astype(np.float32), (0, 0), 2.0)
+    prob = (prob - prob.min()) / (prob.max() - prob.min())
+    size = (90, 130)
+    want = {
+        "linear": cv2.resize(prob, size[::-1], interpolation=cv2.INTER_LINEAR),
+        "cubic": cv2.resize(prob, size[::-1], interpolation=cv2.INTER_CUBIC),
+        "pil_lanczos": np.asarray(Image.fromarray(prob).resize(size[::-1], Image.Resampling.LANCZOS)),
+    }
+    for name, up in want.items():
+        assert np.array_equal(to_full_resolution(prob, *size, name),
+                              (np.clip(up, 0, 1) * 255 + 0.5).astype(np.uint8)), name
+    # _u8: rounded to 8 bits at model size first, then Pillow's filter on the 8-bit image (rembg's way)
+    small = Image.fromarray((prob * 255 + 0.5).astype(np.uint8))
+    assert np.array_equal(to_full_resolution(prob, *size, "pil_lanczos_u8"),
+                          np.asarray(small.resize(size[::-1], Image.Resampling.LANCZOS)))
+    assert np.array_equal(to_full_resolution(prob, *size), to_full_resolution(prob, *size, "linear"))
+    with pytest.raises(ValueError, match="upsample must be one of"):
+        to_full_resolution(prob, *size, "lanczos")
+    # the whole post-processing takes the filter through
+    from postproc.render import refine_alpha
+
+    params = PostprocParams(format="mask")
+    a = refine_alpha(prob, *size, params, upsample="pil_bicubic_u8")
+    assert np.array_equal(a, to_full_resolution(prob, *size, "pil_bicubic_u8"))
+    rgb = np.zeros((*size, 3), np.uint8)
+    assert np.array_equal(render(rgb, prob, params, upsample="cubic").alpha, to_full_resolution(prob, *size, "cubic"))
+    assert not np.array_equal(to_full_resolution(prob, *size, "cubic"), to_full_resolution(prob, *size, "linear"))
+
+
 def test_bounding_box_of_empty_matte_is_none():
     assert bounding_box(np.zeros((5, 5), np.uint8)) is None
 

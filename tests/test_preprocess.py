@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from model.preprocess import (RESIZE_FILTERS, finish_output, finish_output_torch, normalize_batch,
+from model.preprocess import (RESIZE_FILTERS, UPSAMPLE_FILTERS, finish_output, finish_output_torch, normalize_batch,
                               normalize_batch_torch, resize_rgb)
 from model.specs import MODEL_SPECS, ModelSpec, PreprocessSpec
 from postproc import decode_image, model_input
@@ -126,6 +126,20 @@ def test_spec_carries_the_filter_and_old_specs_keep_inter_area():
         PreprocessSpec(preshrink=0.5)
 
 
+def test_spec_carries_the_upsample_filter_and_old_specs_keep_linear():
+    for spec in MODEL_SPECS.values():
+        assert spec.preprocess.upsample in UPSAMPLE_FILTERS
+    pre = replace(MODEL_SPECS["u2netp"].preprocess, upsample="pil_bicubic_u8")
+    spec = replace(MODEL_SPECS["u2netp"], preprocess=pre)
+    d = json.loads(json.dumps(spec.to_json_dict()))
+    assert d["preprocess"]["upsample"] == "pil_bicubic_u8"
+    assert ModelSpec.from_json_dict(d).preprocess == spec.preprocess
+    del d["preprocess"]["upsample"]  # a file written before the field: the filter it was used with
+    assert ModelSpec.from_json_dict(d).preprocess.upsample == "linear"
+    with pytest.raises(ValueError, match="upsample must be one of"):
+        PreprocessSpec(upsample="area")
+
+
 def test_transparent_input_goes_over_white_before_any_filter():
     rgba = np.zeros((40, 40, 4), np.uint8)
     buf = io.BytesIO()
@@ -164,3 +178,7 @@ def test_eval_overrides_the_filter_per_model_entry():
         parse_model("u2netp:preshrink=two")
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_model("u2netp:resize=area,mean=0")
+    c = parse_model("u2netp:upsample=pil_lanczos_u8")
+    assert c.label == "u2netp:upsample=pil_lanczos_u8" and c.spec().preprocess.upsample == "pil_lanczos_u8"
+    with pytest.raises(ValueError, match="upsample must be one of"):
+        parse_model("u2netp:upsample=area")

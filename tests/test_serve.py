@@ -365,7 +365,8 @@ def test_matte_tta_flip_is_the_shared_tta_and_unknown_modes_are_422(server):
     img = decode_image(data)
     rt = create_runtime("u2netp", runtime="onnxruntime", device="cpu")
     prob = tta_predict(rt, model_input(img, rt.spec.preprocess)[None], "flip")[0].astype(np.float16)
-    here = decode(render(img.rgb, prob.astype(np.float32), PostprocParams(format="mask"), img.alpha).data)
+    here = decode(render(img.rgb, prob.astype(np.float32), PostprocParams(format="mask"), img.alpha,
+                         upsample=rt.spec.preprocess.upsample).data)
     assert np.abs(masks["flip"] - here).max() <= 2  # float16 on the way from the replica, as in `prob` here
     assert np.abs(masks["flip"] - masks["none"]).max() > 10  # the mirror image changed the matte
     assert "tta must be one of none, flip" in assert_error(

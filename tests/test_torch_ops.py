@@ -9,6 +9,7 @@ import torch
 
 from catalog import real_photos
 from pipelines.batch import torch_ops
+from model.preprocess import UPSAMPLE_FILTERS
 from model.specs import PreprocessSpec
 from postproc import PostprocParams, decode_image, model_input
 from postproc import alpha as alpha_ops
@@ -107,6 +108,25 @@ def test_alpha_ops_match_numpy(hw):
         _close(torch_ops.feather(torch.from_numpy(a), sigma), alpha_ops.feather(a, sigma))
     assert torch_ops.bounding_box(torch.from_numpy(a)) == alpha_ops.bounding_box(a)
     assert torch_ops.bounding_box(torch.zeros(5, 5, dtype=torch.uint8)) is None
+
+
+@pytest.mark.parametrize("upsample", UPSAMPLE_FILTERS)
+@pytest.mark.parametrize("hw", [(768, 1024), (300, 451), (200, 333)])
+def test_upsample_filters_match_numpy(upsample, hw):
+    """Every PreprocessSpec.upsample filter, enlarging and shrinking an axis (ecssd60's photos are
+    ≤ 400 px, so one axis of a 320² alpha can shrink), to within one level of the reference."""
+    for seed in (1, 7):
+        prob = _prob(seed)
+        want = alpha_ops.to_full_resolution(prob, *hw, upsample)
+        _close(torch_ops.to_full_resolution(torch.from_numpy(prob), *hw, upsample), want)
+    # A different filter gives a different matte: the field is not ignored (Pillow's bilinear is
+    # OpenCV's when both axes grow; they differ only where Pillow antialiases a shrinking axis).
+    if upsample not in ("linear", "pil_bilinear"):
+        assert (want != alpha_ops.to_full_resolution(prob, *hw)).any()
+    # GPU post-processing passes the spec's filter through
+    params = PostprocParams()
+    _close(torch_ops.refine_alpha(torch.from_numpy(prob), *hw, params, upsample=upsample),
+           refine_alpha(prob, *hw, params, upsample=upsample))
 
 
 PARAMS = [

@@ -99,7 +99,8 @@ def test_job_with_flip_writes_the_tta_matte_and_records_it(tmp_path, ray_local, 
     assert row["status"] == "ok" and row["model_version"] == "u2netp-rembg-0.1.3+tta-flip"
     img = decode_image(data)
     prob = tta.predict(u2netp_runtime, model_input(img, U2NETP_PRE)[None], "flip")[0].astype(np.float16)
-    expected = refine_alpha(prob.astype(np.float32), img.height, img.width, PostprocParams(format="mask"))
+    expected = refine_alpha(prob.astype(np.float32), img.height, img.width, PostprocParams(format="mask"),
+                            upsample=U2NETP_PRE.upsample)
     written = cv2.imread(str(dst / row["output_key"]), cv2.IMREAD_UNCHANGED)
     assert np.abs(written.astype(int) - expected).max() <= 1
     assert main(["run", str(tmp_path / "src"), str(dst), "--format", "mask", "--incremental"]) == 0

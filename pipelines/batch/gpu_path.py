@@ -252,7 +252,8 @@ class GpuPredictor(Predictor):
         with torch.inference_mode():
             for i, (rgb, alpha) in images.items():
                 p = torch.from_numpy(prob[i].astype(np.float32)).to(self.post_device)
-                a = ops.refine_alpha(p, rgb.shape[1], rgb.shape[2], self.params, alpha)
+                a = ops.refine_alpha(p, rgb.shape[1], rgb.shape[2], self.params, alpha,
+                                     upsample=self.runtime.spec.preprocess.upsample)
                 box = ops.bounding_box(a)
                 if box is not None:
                     bbox[i] = box

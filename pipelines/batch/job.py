@@ -192,7 +192,8 @@ def build_dataset(cfg: JobConfig, source: Location, dest: Location, plan: Plan) 
     )
     # Rendering (post-processing, encoding, writing) takes the decode tasks' share, not a whole CPU.
     return ds.map(render_output, fn_kwargs={"dest": dest, "params": cfg.params, "model_name": spec.name,
-                                            "model_version": cfg.model_version, "background": cfg.background},
+                                            "model_version": cfg.model_version, "background": cfg.background,
+                                            "upsample": spec.preprocess.upsample},
                   num_cpus=cfg.decode_cpus)
 
 

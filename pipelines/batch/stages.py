@@ -19,6 +19,7 @@ from postproc import DecodeError, PostprocParams, decode_image, model_input
 from postproc.alpha import bounding_box
 from postproc.render import compose_and_encode, encode_picture, refine_alpha
 from pipelines.manifest import ManifestRow
+from model.preprocess import LEGACY_UPSAMPLE
 from pipelines.metrics import record_row
 from pipelines.storage import InputRefused, Location, OutputNaming, output_key, write_failure_reason
 from postproc.reasons import reason as known_reason
@@ -160,9 +161,10 @@ def uncertain_fraction(prob: np.ndarray) -> float:
 
 
 def render_output(row: dict, *, dest: Location, params: PostprocParams, model_name: str,
-                  model_version: str, background: np.ndarray | None = None) -> dict:
+                  model_version: str, background: np.ndarray | None = None, upsample: str = LEGACY_UPSAMPLE) -> dict:
     """Stage 4: post-process, encode and write one output atomically; return its manifest row
-    (a ManifestRow, as the dict Ray Data's map returns). `row` is an InFlightRow (pipelines/manifest.py)."""
+    (a ManifestRow, as the dict Ray Data's map returns). `row` is an InFlightRow (pipelines/manifest.py);
+    `upsample` is the model spec's filter for the alpha (PreprocessSpec.upsample)."""
     t0 = time.perf_counter()
     key = row["source_key"]
     error, reason = row["error"], row["error_reason"]
@@ -190,7 +192,7 @@ def render_output(row: dict, *, dest: Location, params: PostprocParams, model_na
         t_decode += t_again
         t0 = time.perf_counter()
         alpha = refine_alpha(np.asarray(row["prob"], np.float32), rgb.shape[0], rgb.shape[1], params, in_alpha,
-                             rgb=rgb)
+                             rgb=rgb, upsample=upsample)
         uncertain = uncertain_fraction(row["prob"])
         bbox = bounding_box(alpha)
         t_post = time.perf_counter() - t0

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from model.preprocess import LEGACY_UPSAMPLE, check_upsample
 from postproc.params import PostprocParams
 
 # Filter names: OpenCV's (area, bilinear, bicubic, lanczos = INTER_LANCZOS4, nearest) and Pillow's
@@ -63,8 +64,9 @@ def _pil_kernel(kind: str, x: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=256)
-def _pil_weights(n_in: int, n_out: int, kind: str) -> np.ndarray:
-    """Pillow's resampling coefficients (Resample.c precompute_coeffs), in its 22-bit fixed point."""
+def _pil_coeffs(n_in: int, n_out: int, kind: str) -> np.ndarray:
+    """Pillow's resampling coefficients (Resample.c precompute_coeffs), normalised, in float64:
+    what its float ("F") images are resampled with."""
     scale = n_in / n_out
     fscale = max(scale, 1.0)
     support = _PIL_SUPPORT[kind] * fscale
@@ -76,6 +78,13 @@ def _pil_weights(n_in: int, n_out: int, kind: str) -> np.ndarray:
         k = _pil_kernel(kind, (np.arange(lo, hi) - center + 0.5) / fscale)
         total = k.sum()
         w[i, lo:hi] = k / total if total != 0 else k
+    return w
+
+
+@lru_cache(maxsize=256)
+def _pil_weights(n_in: int, n_out: int, kind: str) -> np.ndarray:
+    """Pillow's coefficients for 8-bit images, in its 22-bit fixed point."""
+    w = _pil_coeffs(n_in, n_out, kind)
     return np.where(w >= 0, np.trunc(0.5 + w * (1 << 22)), np.trunc(-0.5 + w * (1 << 22)))
 
 
@@ -121,8 +130,8 @@ def _taps(kind: str, x: np.ndarray) -> np.ndarray:
 @lru_cache(maxsize=256)
 def _weights(n_in: int, n_out: int, kind: str) -> np.ndarray:
     """(n_out, n_in) float64 matrix resampling one axis."""
-    if kind in _PIL_SUPPORT:
-        return _pil_weights(n_in, n_out, kind)
+    if kind in _PIL_SUPPORT:  # float images (resize_float): Pillow's "F" mode coefficients
+        return _pil_coeffs(n_in, n_out, kind)
     scale = n_in / n_out
     w = np.zeros((n_out, n_in))
     dst = np.arange(n_out)
@@ -253,9 +262,23 @@ def model_input(rgb: torch.Tensor, size: tuple[int, int], alpha: torch.Tensor | 
     return resize(rgb, h, w, filter_name(filter, shrinking=rgb.shape[-2] >= h and rgb.shape[-1] >= w))
 
 
-def to_full_resolution(prob: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Twin of postproc.alpha.to_full_resolution: (h, w) float in [0, 1] → (height, width) uint8 (bilinear)."""
-    up = resize_float(prob.float(), height, width, "bilinear")
+def to_full_resolution(prob: torch.Tensor, height: int, width: int, upsample: str = LEGACY_UPSAMPLE) -> torch.Tensor:
+    """Twin of postproc.alpha.to_full_resolution: (h, w) float in [0, 1] → (height, width) uint8 with
+    the spec's `upsample` filter. The float filters agree with the numpy reference to within one
+    level (rounding at .5). The `_u8` ones run Pillow's 8-bit arithmetic (_pil_resize): exact when
+    both axes grow (a photo larger than the model input, the usual case); when an axis shrinks,
+    Pillow 13 orders its two rounded passes in a way _pil_resize does not reproduce (up to ~10
+    levels apart), so that alpha is made by the numpy reference on the host and moved back."""
+    check_upsample(upsample)
+    if upsample.endswith("_u8"):
+        if height < prob.shape[-2] or width < prob.shape[-1]:
+            from postproc.alpha import to_full_resolution as reference
+
+            a = reference(prob.float().cpu().numpy(), height, width, upsample)
+            return torch.from_numpy(a).to(prob.device)
+        return _pil_resize(_to_uint8(prob.float().clamp(0.0, 1.0) * 255.0), height, width, upsample[:-3])
+    kind = {"linear": "bilinear", "cubic": "bicubic"}.get(upsample, upsample)
+    up = resize_float(prob.float(), height, width, kind)
     return (up.clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8)
 
 
@@ -329,11 +352,11 @@ def bounding_box(alpha: torch.Tensor, level: int = 1) -> tuple[int, int, int, in
 
 
 def refine_alpha(prob: torch.Tensor, height: int, width: int, params: PostprocParams,
-                 input_alpha: torch.Tensor | None = None) -> torch.Tensor:
+                 input_alpha: torch.Tensor | None = None, upsample: str = LEGACY_UPSAMPLE) -> torch.Tensor:
     """Twin of postproc.render.refine_alpha without refinement (which stays on the CPU)."""
     if params.refine != "none":
         raise ValueError("refinement runs on the CPU (postproc.render.refine_alpha); see pipelines.batch.gpu_path.gpu_eligible")
-    a = to_full_resolution(prob, height, width)
+    a = to_full_resolution(prob, height, width, upsample)
     a = threshold(a, params.alpha_threshold)
     a = erode(a, params.erode)
     a = feather(a, params.feather)

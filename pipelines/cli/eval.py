@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from model.preprocess import RESIZE_FILTERS, UPSAMPLE_FILTERS
 from pipelines.cli.common import add_postproc_flags, add_runtime_flags, add_s3_endpoint_flag, params_from_args, runtime_config
 
 # RuntimeConfig fields eval takes in its own syntax: --model NAME[=WEIGHTS]|PATH[:resize=…] (repeatable), --tta a list.
@@ -59,11 +60,11 @@ def parse_tta_list(text: str) -> tuple[str, ...]:
 def register(sub) -> None:
     p = sub.add_parser("eval", help="score models and post-processing settings on image/ + alpha/ (+ trimap/)")
     p.add_argument("--data", required=True, help="folder with image/, alpha/ (matched by file stem), optional trimap*/")
-    p.add_argument("--model", action="append", metavar="NAME[=WEIGHTS]|PATH[:resize=F,preshrink=K]",
+    p.add_argument("--model", action="append", metavar="NAME[=WEIGHTS]|PATH[:resize=F,preshrink=K,upsample=F]",
                    help="registered model, optionally with a weights file, or a checkpoint or exported .onnx that "
-                        "carries its spec; ':resize=pil_lanczos' (area, linear, pil_lanczos, pil_bilinear, "
-                        "pil_bicubic) and ':preshrink=0' override its preprocessing; repeat to compare "
-                        "(default u2netp)")
+                        f"carries its spec; ':resize=pil_lanczos' ({', '.join(RESIZE_FILTERS)}), ':preshrink=0' "
+                        f"and ':upsample=cubic' (the alpha back to full size: {', '.join(UPSAMPLE_FILTERS)}) "
+                        "override its preprocessing; repeat to compare (default u2netp)")
     p.add_argument("--setting", action="append", metavar="NAME:KEY=VALUE,...",
                    help="a named post-processing setting on top of the options below, e.g. "
                         "'tight:alpha_threshold=10,erode=2' or 'cf:refine=trimap,trimap_erode=10'; "

@@ -43,9 +43,9 @@ ALPHA_PARAMS = ("alpha_threshold", "erode", "feather", "refine", "trimap_fg", "t
 MATTING = ("sad", "mse", "mad", "grad", "conn")
 
 
-# Preprocessing a --model entry may override (MODEL:resize=pil_lanczos,preshrink=0), to compare
-# filters side by side on the same weights; the spec's own values are the default.
-PREPROCESS_OVERRIDES = {"resize": str, "preshrink": float}
+# Preprocessing a --model entry may override (MODEL:resize=pil_lanczos,preshrink=0,upsample=cubic),
+# to compare filters side by side on the same weights; the spec's own values are the default.
+PREPROCESS_OVERRIDES = {"resize": str, "preshrink": float, "upsample": str}
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def parse_model(arg: str, base: RuntimeConfig | None = None) -> ModelChoice:
     """'u2netp' → the registry's weights; 'u2netp=path/w.onnx' → that architecture with those weights;
     'path/w.safetensors' → the file's own spec (what `matting train` writes), as `matting run --model`.
     `base` carries the runtime flags (runtime, device, precision, …) every model runs with.
-    Any of them may end in ':resize=FILTER,preshrink=K' to override the spec's preprocessing."""
+    Any of them may end in ':resize=FILTER,preshrink=K,upsample=FILTER' to override the spec's preprocessing."""
     base = base or RuntimeConfig()
     model, overrides = _split_overrides(arg)
     name, sep, weights = model.partition("=")
@@ -228,6 +228,22 @@ def score(matte: np.ndarray, gt: np.ndarray, trimap: np.ndarray | None) -> tuple
     return out, curve
 
 
+def _share_inference(models: list[ModelChoice]) -> list[list[ModelChoice]]:
+    """Entries that differ only in `upsample` (how the alpha is enlarged, after inference) in one
+    group: their model runs once on each batch, and each entry renders the probabilities its way."""
+    def inference(c: ModelChoice) -> RuntimeConfig:
+        return c.config.replace(preprocess=tuple((k, v) for k, v in c.config.preprocess if k != "upsample"))
+
+    groups: list[list[ModelChoice]] = []
+    for choice in models:
+        group = next((g for g in groups if inference(g[0]) == inference(choice)), None)
+        if group is None:
+            groups.append([choice])
+        else:
+            group.append(choice)
+    return groups
+
+
 def evaluate(eval_set: EvalSet, models: list[ModelChoice], settings: list[Setting], *, batch_size: int = 8,
              s3_endpoint: str | None = None, tta: tuple[str, ...] = ("none",), report=None) -> list[Row]:
     """Each model runs as its ModelChoice's RuntimeConfig says (remote weights are fetched first);
@@ -245,10 +261,13 @@ def evaluate(eval_set: EvalSet, models: list[ModelChoice], settings: list[Settin
     # Share of each inference call a mode's images take: flip needs the plain and the mirrored half.
     infer_share = {m: 1.0 if m == "flip" or len(modes) == 1 else 0.5 for m in modes}
     rows = []
-    for choice in models:
-        rt = create_runtime(localize_weights(choice.config, s3_endpoint))
-        log.info("eval %s: %s", choice.label, rt.describe())
-        model_rows = [Row(choice.label, s.name, tta=m) for m in modes for s in settings]
+    for group in _share_inference(models):
+        rt = create_runtime(localize_weights(group[0].config, s3_endpoint))
+        log.info("eval %s: %s", ", ".join(c.label for c in group), rt.describe())
+        # One row per (entry, mode, setting), with the alpha filter of its entry's spec.
+        model_rows = [Row(c.label, s.name, tta=m) for c in group for m in modes for s in settings]
+        row_settings = [s for _ in group for _ in modes for s in settings]
+        row_upsample = [c.spec().preprocess.upsample for c in group for _ in modes for _ in settings]
         samples = eval_set.samples
         # Untimed warm-up: first-call allocations and kernel selection are not per-image costs.
         rt.predict(np.full((min(batch_size, len(samples)), *rt.input_size, 3), 128, np.uint8))
@@ -281,14 +300,14 @@ def evaluate(eval_set: EvalSet, models: list[ModelChoice], settings: list[Settin
                                                  f"{d.width}×{d.height}")
                     except (DecodeError, OSError, ValueError) as e:
                         failed[s.stem] = str(e)
-                for row, setting in zip(model_rows, settings * len(modes)):
+                for row, setting, upsample in zip(model_rows, row_settings, row_upsample):
                     if s.stem in failed:
                         row.per_image.append({"image": s.stem, "status": "error", "error": failed[s.stem]})
                         continue
                     t2 = time.perf_counter()
                     prob = probs[row.tta][index[s.stem]]
                     matte = refine_alpha(prob.astype(np.float32), d.height, d.width, setting.params, d.alpha,
-                                         rgb=d.rgb)
+                                         rgb=d.rgb, upsample=upsample)
                     row.seconds += time.perf_counter() - t2
                     values, curve = score(matte, gt, trimap)
                     row.per_image.append({"image": s.stem, "status": "ok", "error": "", **values})
@@ -298,7 +317,7 @@ def evaluate(eval_set: EvalSet, models: list[ModelChoice], settings: list[Settin
                         report.add(s.stem, d, gt, row, matte)
             for row in model_rows:
                 row.seconds += t_decode + t_infer * infer_share[row.tta]
-            log.info("%s: %d/%d images (infer %.2f s for %d)", choice.label, min(start + batch_size, len(samples)),
+            log.info("%s: %d/%d images (infer %.2f s for %d)", group[0].label, min(start + batch_size, len(samples)),
                      len(samples), time.perf_counter() - t1, len(good))
         rows.extend(model_rows)
     return rows
