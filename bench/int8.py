@@ -195,7 +195,8 @@ def select_score(model: str, files: dict[str, Path], photos: list[Path], work: P
 
 def select_variants(model: str, work: Path, variants: list[str], held: list[Path]) -> dict:
     """Build each variant 'PHOTOS:CALIBRATION:KEEP' from its ranges file and score it. KEEP is a
-    '+'-joined list of: large16 / large8 (Convs with |weights| or |bias| over 16 / 8), head."""
+    '+'-joined list of: large16 / large8 (Convs with |weights| or |bias| over 16 / 8), head, paths,
+    first (model/quantize.py: Recipe.keep_fp32_head, keep_fp32_paths; keep_fp32_convs=(0,))."""
     from model import quantize as q
 
     spec = get_spec(model)
@@ -208,7 +209,8 @@ def select_variants(model: str, work: Path, variants: list[str], held: list[Path
         parts = set(keep.split("+")) - {""}
         above = min((float(k[5:]) for k in parts if k.startswith("large")), default=None)
         recipe = q.Recipe(method=c.method, photos=int(photos), percentile=c.percentile, keep_fp32_above=above,
-                          keep_fp32_head="head" in parts)
+                          keep_fp32_head="head" in parts, keep_fp32_paths="paths" in parts,
+                          keep_fp32_convs=(0,) if "first" in parts else ())
         out = work / f"variant-{v.replace(':', '_').replace('+', '-')}.onnx"
         if not out.is_file():
             part = out.with_suffix(".partial")
@@ -238,7 +240,7 @@ def main(argv=None) -> int:
     p.add_argument("--select-score", nargs="+", metavar="PHOTOS:CALIBRATION:KEEP",
                    help="recipe selection, step 2: build each variant from --work's ranges and score it against "
                         f"FP32 on held-out training photos; CALIBRATION is one of {', '.join(CALIBRATIONS)}, "
-                        "KEEP a '+'-joined list of large16, large8, head (or '')")
+                        "KEEP a '+'-joined list of large16, large8, head, paths, first (or '')")
     args = p.parse_args(argv)
     if args.select_score:
         res = select_variants(args.models[0], args.work, args.select_score, held_out_photos())
