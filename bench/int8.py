@@ -13,6 +13,17 @@ model's usual ONNX Runtime graph) and INT8 (the INT8 file through the same runti
 `MAD` on alphamatting27 (soft ground truth) and `MAE` on ecssd60 (binary masks); "rel" is
 INT8/FP32 − 1. These figures are deterministic.
 
+Recipe selection (model/quantize.py's RECIPES were chosen this way, on TRAINING photos only):
+
+    python bench/int8.py --models u2netp --select-calibrate 64      # one pass: every method's ranges
+    python bench/int8.py --models u2netp --select-score 64:percentile99.999:large8+head+paths ...
+
+The first calibrates on 64 photos of ../shared/train (the recipe's own picks) and writes one
+ranges file per method (minmax, percentile 99.99/99.999/99.9999; entropy with --entropy) into
+--work; the second quantizes each PHOTOS:CALIBRATION:KEEP variant from those ranges and scores it
+against FP32 on 32 held-out training photos that no calibration set uses (held_out_photos): mean
+and 99th percentile of |alpha_int8 − alpha_fp32|, and MAE against ccp_fullbody's person masks.
+
 Speed: one process, one image at the model's input size, ONNX Runtime CPU sessions as the
 runtime opens them (inter-op 1, intra-op = --threads), FP32 and INT8 interleaved, min over
 --rounds of one predict() (normalisation + inference + output finishing). Timings on a shared,
