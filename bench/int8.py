@@ -65,12 +65,16 @@ def cpu_name() -> str:
 
 
 def quality(model: str, int8: Path, data: Path) -> dict:
+    from model.config import RuntimeConfig
     from pipelines.evaluate import ModelChoice, evaluate, find_eval_set, parse_setting
     from postproc import PostprocParams
 
-    rows = evaluate(find_eval_set(data), [ModelChoice("fp32", model), ModelChoice("int8", model, str(int8))],
-                    [parse_setting("default", PostprocParams.create())], runtime="onnxruntime", device="cpu",
-                    batch_size=4)
+    # precision="fp32" for both: the INT8 file is run as the file it is, and `auto` must not swap the
+    # FP32 row for INT8 on a VNNI CPU where the model's int8_ok holds.
+    run = dict(runtime="onnxruntime", device="cpu", precision="fp32")
+    rows = evaluate(find_eval_set(data), [ModelChoice("fp32", RuntimeConfig(model=model, **run)),
+                                          ModelChoice("int8", RuntimeConfig(model=model, weights=str(int8), **run))],
+                    [parse_setting("default", PostprocParams.create())], batch_size=4)
     out = {}
     for r in rows:
         m = r.mean()
@@ -88,8 +92,8 @@ def speed(model: str, int8: Path, threads: int, rounds: int) -> dict:
     spec = get_spec(model)
     photo = sorted(SAMPLES.glob("*.jpg"))[0]
     img = model_input(decode_image(photo.read_bytes()), spec.preprocess)[None]
-    rts = {"fp32": create_runtime(model, runtime="onnxruntime", device="cpu", threads=threads),
-           "int8": create_runtime(model, runtime="onnxruntime", device="cpu", threads=threads, weights=int8)}
+    run = dict(runtime="onnxruntime", device="cpu", threads=threads, precision="fp32")  # the files as they are
+    rts = {"fp32": create_runtime(model, **run), "int8": create_runtime(model, weights=str(int8), **run)}
     times = {k: [] for k in rts}
     for rt in rts.values():
         rt.predict(img)  # warm-up
@@ -179,7 +183,7 @@ def select_score(model: str, files: dict[str, Path], photos: list[Path], work: P
     params = PostprocParams.create()
 
     def run(weights):
-        rt = create_runtime(model, runtime="onnxruntime", device="cpu", weights=weights)
+        rt = create_runtime(model, runtime="onnxruntime", device="cpu", precision="fp32", weights=weights)
         alpha = np.concatenate([rt.predict(small[i:i + 4]) for i in range(0, len(small), 4)])
         mae = [metrics.mae(refine_alpha(alpha[i].astype(np.float32), decoded[i].height, decoded[i].width, params,
                                         decoded[i].alpha, rgb=decoded[i].rgb), m) for i, m in masks.items()]

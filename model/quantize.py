@@ -107,6 +107,9 @@ def recipe_for(spec: ModelSpec) -> Recipe:
 # -- the CPU -------------------------------------------------------------------------------------
 
 FAST_INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+# MATTING_CPU_INT8=0: treat this CPU as one without fast INT8, so `auto` runs FP32 (an opt-out for
+# operators, and what the test suite sets so that tests meaning FP32 run FP32 on any CPU).
+CPU_INT8_ENV = "MATTING_CPU_INT8"
 
 
 def cpu_has_fast_int8(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
@@ -115,8 +118,10 @@ def cpu_has_fast_int8(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
     Linux: the flags line of /proc/cpuinfo. Elsewhere (macOS, Windows, or no readable cpuinfo)
     the answer is False, so callers fall back to FP32: always correct, at worst slower. Our
     quality bound was measured on x86 VNNI kernels only; arm64's dot-product kernels round
-    differently and are not claimed here.
+    differently and are not claimed here. MATTING_CPU_INT8=0 makes the answer False.
     """
+    if os.environ.get(CPU_INT8_ENV, "").strip() == "0":
+        return False
     path = Path(cpuinfo)
     if platform.system() != "Linux" and str(cpuinfo) == "/proc/cpuinfo":
         return False

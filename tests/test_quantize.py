@@ -49,7 +49,8 @@ def tiny(monkeypatch, tmp_path):
     ("fpu avx512f amx_tile amx_int8", True),
     ("fpu sse avx2 fma", False),
 ])
-def test_fast_int8_is_read_from_the_cpu_flags(tmp_path, flags, expected):
+def test_fast_int8_is_read_from_the_cpu_flags(tmp_path, flags, expected, monkeypatch):
+    monkeypatch.delenv(q.CPU_INT8_ENV, raising=False)
     info = tmp_path / "cpuinfo"
     info.write_text(f"processor\t: 0\nmodel name\t: x\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
     assert q.cpu_has_fast_int8(info) is expected
@@ -61,7 +62,10 @@ def test_fast_int8_is_false_without_cpu_information(tmp_path):
     assert q.cpu_has_fast_int8(tmp_path / "empty") is False
 
 
-def test_fast_int8_on_this_machine_agrees_with_its_flags():
+def test_fast_int8_on_this_machine_agrees_with_its_flags(monkeypatch):
+    monkeypatch.setenv(q.CPU_INT8_ENV, "0")  # the opt-out (and what tests/conftest.py sets)
+    assert q.cpu_has_fast_int8() is False
+    monkeypatch.delenv(q.CPU_INT8_ENV)
     if not os.path.exists("/proc/cpuinfo"):
         assert q.cpu_has_fast_int8() is False
         return
