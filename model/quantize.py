@@ -277,9 +277,9 @@ def head_nodes(model, max_channels: int = 1) -> list[str]:
     """The output head: Convs with at most `max_channels` output channels, and the Resize, Concat, Add,
     Mul, Sigmoid and Relu nodes whose data inputs all come from the head, in graph order.
 
-    Why: these tensors are logits. An 8-bit logit over U²-Netp's side-output range (tens of units)
-    moves in steps of ~0.2, which at the sigmoid's midpoint is ~0.05 of alpha: exactly at the soft
-    edges that matting metrics weigh. The head is 1-channel maps, a negligible share of the work.
+    Why: these tensors are logits. An 8-bit logit over U²-Netp's side-output range (about −34 to
+    +37) moves in steps of ~0.28, which at the sigmoid's midpoint is ~0.07 of alpha: exactly at the
+    soft edges that matting metrics weigh. The head is 1-channel maps, a negligible share of the work.
     """
     from onnx import numpy_helper
 
