@@ -584,7 +584,7 @@ def int8_model_path(spec: ModelSpec | str, fp32_onnx_path: str | os.PathLike | N
     side.write_text(f"{digest}  {target.name}\n")
     os.replace(side, checksum)
     os.replace(partial, target)
-    log.info("built %s in %.1f s (%d Convs kept FP32)", target, info["seconds"], len(info["kept_fp32"]))
+    log.info("built %s in %.1f s (%d nodes kept FP32)", target, info["seconds"], len(info["kept_fp32"]))
     return target
 
 
