@@ -588,6 +588,28 @@ def int8_model_path(spec: ModelSpec | str, fp32_onnx_path: str | os.PathLike | N
     return target
 
 
+def int8_obtainable(spec: ModelSpec | str, fp32_onnx_path: str | os.PathLike | None = None) -> bool:
+    """Whether int8_model_path(spec, fp32_onnx_path) can answer here without failing: its file is already
+    built (and checksummed) in the cache, or calibration photos are here to build it.
+
+    For `auto`: a CPU with VNNI whose INT8 file was never built and that has no training photos
+    (a fresh install) must run FP32, not fail at start. For torch checkpoints the FP32 graph is an
+    in-memory export whose checksum keys the cache, unknown without exporting: only the photos count.
+    """
+    root = Path(os.environ.get(CALIBRATION_ENV) or DEFAULT_CALIBRATION_DIR).expanduser()
+    if root.is_dir():
+        return True
+    spec = get_spec(spec)
+    try:
+        source = fp32_source(spec, fp32_onnx_path)
+    except FileNotFoundError:
+        return False
+    if source.suffix != ".onnx":
+        return False
+    target = int8_dir() / f"{spec.name}-int8-{cache_key(spec, source, recipe_for(spec))}.onnx"
+    return target.is_file() and target.with_suffix(".sha256").is_file()
+
+
 def _stamp(path: Path, spec: ModelSpec, recipe: Recipe, key: str, info: dict) -> None:
     """The spec and how the file was made travel inside it (ONNX metadata), as model/export.py does."""
     import onnx

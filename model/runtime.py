@@ -366,9 +366,10 @@ def resolve_precision(cfg: RuntimeConfig, device: str, runtime: str) -> str:
     if device == "cuda":
         return "fp16"
     if runtime == "onnxruntime" and cfg.spec.int8_ok and int8_available():
-        from model.quantize import cpu_has_fast_int8
+        from model.quantize import cpu_has_fast_int8, int8_obtainable
 
-        if cpu_has_fast_int8():
+        # Only where the INT8 file is built or can be built here (a fresh install has no photos).
+        if cpu_has_fast_int8() and int8_obtainable(cfg.spec, cfg.weights):
             return "int8"
     return "fp32"
 

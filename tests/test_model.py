@@ -373,6 +373,8 @@ def test_int8_contract_opens_the_file_quantize_returns_and_auto_follows_int8_ok(
     fake = types.ModuleType("model.quantize")
     fake.int8_model_path = int8_model_path
     fake.cpu_has_fast_int8 = lambda: fast["cpu"]
+    fake.int8_obtainable = lambda spec, weights=None: fast["file"]  # built, or photos here to build it
+    fast["file"] = True
     monkeypatch.setitem(sys.modules, "model.quantize", fake)
 
     imgs = np.stack([np.full((320, 320, 3), 90, np.uint8), np.full((320, 320, 3), 200, np.uint8)])
@@ -389,6 +391,9 @@ def test_int8_contract_opens_the_file_quantize_returns_and_auto_follows_int8_ok(
     assert create_runtime("u2netp", device="cpu").precision == "fp32"  # a model whose INT8 misses its bound
     monkeypatch.setitem(specs.MODEL_SPECS, "u2netp", dataclasses.replace(specs.MODEL_SPECS["u2netp"], int8_ok=True))
     assert create_runtime("u2netp", device="cpu").precision == "int8"
+    fast["file"] = False  # no INT8 file and no photos to build it (a fresh install): FP32, not a failure
+    assert create_runtime("u2netp", device="cpu").precision == "fp32"
+    fast["file"] = True
     fast["cpu"] = False  # no VNNI/AMX: FP32
     assert create_runtime("u2netp", device="cpu").precision == "fp32"
     assert create_runtime("u2netp", device="cpu", runtime="torch").precision == "fp32"

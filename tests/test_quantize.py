@@ -227,3 +227,23 @@ def test_one_pass_calibration_matches_onnxruntimes_calibrators(photo_dir, tmp_pa
         assert abs(float(got[1]) - float(want[n][1])) <= bin_width * 1.01 + 1e-7, n
         assert abs(float(got[0]) - float(want[n][0])) <= bin_width * 1.01 + 1e-7, n
         assert float(got[0]) >= lo and float(got[1]) <= hi  # clipped to what the photos produced
+
+
+def test_int8_is_obtainable_only_where_built_or_buildable(photo_dir, monkeypatch, tmp_path):
+    """`auto` asks this before picking INT8: a fresh install (no INT8 file, no photos) must get FP32."""
+    monkeypatch.setattr(q, "int8_dir", lambda: tmp_path / "int8")  # a private, empty INT8 cache
+    monkeypatch.setenv(q.CALIBRATION_ENV, str(tmp_path / "no-photos"))
+    monkeypatch.setattr(q, "DEFAULT_CALIBRATION_DIR", tmp_path / "no-default")
+    u2 = get_spec("u2netp")
+    assert q.int8_obtainable(u2) is False  # nothing built in this private cache, no photos
+    assert q.int8_obtainable(get_spec("unet-small")) is False  # torch checkpoint: only photos count
+    monkeypatch.setenv(q.CALIBRATION_ENV, str(photo_dir))
+    assert q.int8_obtainable(u2) and q.int8_obtainable("unet-small")
+    # Built (here: u2netp's key over a stand-in file, which is all the lookup reads), then photos gone.
+    key = q.cache_key(u2, q.fp32_source(u2), q.recipe_for(u2))
+    q.int8_dir().mkdir(parents=True)
+    (q.int8_dir() / f"u2netp-int8-{key}.onnx").write_bytes(b"x")
+    (q.int8_dir() / f"u2netp-int8-{key}.sha256").write_text("x\n")
+    monkeypatch.setenv(q.CALIBRATION_ENV, str(tmp_path / "no-photos"))
+    assert q.int8_obtainable(u2) is True
+    assert q.int8_obtainable(u2, tmp_path / "missing.onnx") is False
