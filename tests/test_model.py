@@ -366,15 +366,22 @@ def test_int8_contract_opens_the_file_quantize_returns_and_auto_follows_int8_ok(
 
     calls, fast = [], {"cpu": True}
 
-    def int8_model_path(spec, fp32_onnx_path):
-        calls.append((spec.name, Path(fp32_onnx_path)))
+    def int8_model_path(spec, fp32_path):
+        calls.append((spec.name, Path(fp32_path)))
         out = tmp_path / f"{spec.name}-int8.onnx"
-        shutil.copyfile(fp32_onnx_path, out)
+        if Path(fp32_path).suffix == ".onnx":
+            shutil.copyfile(fp32_path, out)
+        else:  # a checkpoint: model.quantize exports it itself; the stand-in "INT8" file is that FP32 graph
+            from model.runtimes.onnx import _export_in_memory
+
+            out.write_bytes(_export_in_memory(spec, fp32_path).SerializeToString())
         return out
 
     fake = types.ModuleType("model.quantize")
     fake.int8_model_path = int8_model_path
     fake.cpu_has_fast_int8 = lambda: fast["cpu"]
+    fake.int8_built = lambda spec, weights=None: fast["file"]  # built at set-up (matting weights int8)
+    fast["file"] = True
     monkeypatch.setitem(sys.modules, "model.quantize", fake)
 
     imgs = np.stack([np.full((320, 320, 3), 90, np.uint8), np.full((320, 320, 3), 200, np.uint8)])
@@ -383,13 +390,18 @@ def test_int8_contract_opens_the_file_quantize_returns_and_auto_follows_int8_ok(
     assert calls[-1][0] == "u2netp" and calls[-1][1].suffix == ".onnx"
     np.testing.assert_allclose(rt.predict(imgs), create_runtime("u2netp", device="cpu").predict(imgs), atol=1e-5)
 
-    # unet-small's weights are torch-only: its FP32 graph reaches int8_model_path as an exported file.
+    # unet-small's weights are torch-only: int8_model_path gets the checkpoint itself, as
+    # `matting weights int8 unet-small` does, so the file that command builds is the one found here.
     assert create_runtime("unet-small", device="cpu", precision="int8").precision == "int8"
-    assert calls[-1][0] == "unet-small"
+    assert calls[-1][0] == "unet-small" and calls[-1][1].suffix == ".safetensors"
 
-    assert create_runtime("u2netp", device="cpu").precision == "fp32"  # int8_ok is False until measured
+    monkeypatch.setitem(specs.MODEL_SPECS, "u2netp", dataclasses.replace(specs.MODEL_SPECS["u2netp"], int8_ok=False))
+    assert create_runtime("u2netp", device="cpu").precision == "fp32"  # a model whose INT8 misses its bound
     monkeypatch.setitem(specs.MODEL_SPECS, "u2netp", dataclasses.replace(specs.MODEL_SPECS["u2netp"], int8_ok=True))
     assert create_runtime("u2netp", device="cpu").precision == "int8"
+    fast["file"] = False  # no INT8 file built (a fresh install): FP32, never a calibration at start
+    assert create_runtime("u2netp", device="cpu").precision == "fp32"
+    fast["file"] = True
     fast["cpu"] = False  # no VNNI/AMX: FP32
     assert create_runtime("u2netp", device="cpu").precision == "fp32"
     assert create_runtime("u2netp", device="cpu", runtime="torch").precision == "fp32"

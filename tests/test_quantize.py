@@ -49,7 +49,8 @@ def tiny(monkeypatch, tmp_path):
     ("fpu avx512f amx_tile amx_int8", True),
     ("fpu sse avx2 fma", False),
 ])
-def test_fast_int8_is_read_from_the_cpu_flags(tmp_path, flags, expected):
+def test_fast_int8_is_read_from_the_cpu_flags(tmp_path, flags, expected, monkeypatch):
+    monkeypatch.delenv(q.CPU_INT8_ENV, raising=False)
     info = tmp_path / "cpuinfo"
     info.write_text(f"processor\t: 0\nmodel name\t: x\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
     assert q.cpu_has_fast_int8(info) is expected
@@ -61,7 +62,10 @@ def test_fast_int8_is_false_without_cpu_information(tmp_path):
     assert q.cpu_has_fast_int8(tmp_path / "empty") is False
 
 
-def test_fast_int8_on_this_machine_agrees_with_its_flags():
+def test_fast_int8_on_this_machine_agrees_with_its_flags(monkeypatch):
+    monkeypatch.setenv(q.CPU_INT8_ENV, "0")  # the opt-out (and what tests/conftest.py sets)
+    assert q.cpu_has_fast_int8() is False
+    monkeypatch.delenv(q.CPU_INT8_ENV)
     if not os.path.exists("/proc/cpuinfo"):
         assert q.cpu_has_fast_int8() is False
         return
@@ -163,3 +167,79 @@ def test_cli_builds_the_int8_file(tiny, photo_dir, monkeypatch, capsys):
     out = capsys.readouterr().out.strip()
     assert out.endswith(".onnx") and os.path.isfile(out)
     assert main(["weights", "int8", "unet-small", "--calibration", str(photo_dir / "nope")]) == 2
+
+
+def test_head_nodes_are_the_one_channel_logits_and_what_carries_them():
+    """U²-Netp's head: its six side-output Convs and the fuse Conv (1 output channel each), the
+    Resizes that upsample those logits, their Concat and the Sigmoids; nothing of the decoder."""
+    spec = get_spec("u2netp")
+    model = q.fp32_onnx(spec, q.fp32_source(spec))
+    nodes = {n.name: n for n in model.graph.node}
+    head = q.head_nodes(model)
+    ops = [nodes[n].op_type for n in head]
+    assert ops.count("Conv") == 7 and ops.count("Resize") == 5 and ops.count("Concat") == 1
+    assert nodes[head[ops.index("Concat")]].output[0] in nodes[head[ops.index("Conv", ops.index("Concat"))]].input  # fuse
+    produced = {o for n in head for o in nodes[n].output}
+    assert model.graph.output[0].name in produced  # the alpha itself comes out of the head
+    assert set(ops) == {"Conv", "Resize", "Concat", "Sigmoid"}
+    # The recipe keeps them FP32 after the large-valued Convs, without repeats.
+    keep = q.convs_to_keep(model, q.Recipe(keep_fp32_above=16.0, keep_fp32_head=True))
+    assert keep[:4] == q.convs_to_keep(model, q.Recipe(keep_fp32_above=16.0)) and keep[4:] == head
+    # Our U-Net's head is its 1×1 Conv and the Sigmoid.
+    unet = get_spec("unet-small")
+    assert [n.split("/")[-1] for n in q.head_nodes(q.fp32_onnx(unet, q.fp32_source(unet)))] == ["Conv", "Sigmoid"]
+
+
+def test_one_pass_calibration_matches_onnxruntimes_calibrators(photo_dir, tmp_path):
+    """calibrate() folds photos in one at a time; its ranges must be onnxruntime's: MinMax exactly,
+    percentile within one histogram bin of onnxruntime's own collector fed the same photos."""
+    import contextlib
+    import io
+
+    from onnxruntime.quantization.calibrate import HistogramCalibrater, HistogramCollector
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    spec = get_spec("unet-small")
+    pre = q.prepare_for_quantization(q.fp32_onnx(spec, q.fp32_source(spec)), tmp_path)
+    x = q.preprocess_photos(q.calibration_photos(3, photo_dir), spec)
+    mm, pc = q.Calibration("minmax"), q.Calibration("percentile", 99.99)
+    ranges = q.calibrate(pre, x, [mm, pc], tmp_path)
+
+    ref = HistogramCalibrater(pre, sorted(set(QLinearOpsRegistry) | set(QDQRegistry)),
+                              augmented_model_path=str(tmp_path / "ref.onnx"))
+    ref.augment_graph()
+    ref.create_inference_session()
+    session = ref.infer_session
+    names, feed = [o.name for o in session.get_outputs()], session.get_inputs()[0].name
+    outs = [dict(zip(names, session.run(None, {feed: x[i:i + 1]}))) for i in range(len(x))]
+    collector = HistogramCollector("percentile", True, 2048, 128, 99.99, "same")
+    with contextlib.redirect_stdout(io.StringIO()):
+        for o in outs:
+            collector.collect({n: [v] for n, v in o.items() if n in ref.tensors_to_calibrate})
+        want = collector.compute_collection_result()
+    assert set(ranges[mm].keys()) == set(ref.tensors_to_calibrate) == set(want)
+    for n in want:
+        lo, hi = ranges[mm][n].range_value
+        assert lo == min(o[n].min() for o in outs) and hi == max(o[n].max() for o in outs)
+        edges = collector.histogram_dict[n][1]
+        bin_width = float(edges[1] - edges[0])
+        got = ranges[pc][n].range_value
+        assert abs(float(got[1]) - float(want[n][1])) <= bin_width * 1.01 + 1e-7, n
+        assert abs(float(got[0]) - float(want[n][0])) <= bin_width * 1.01 + 1e-7, n
+        assert float(got[0]) >= lo and float(got[1]) <= hi  # clipped to what the photos produced
+
+
+def test_auto_finds_int8_only_where_its_file_is_built(photo_dir, monkeypatch, tmp_path):
+    """`auto` asks int8_built before picking INT8: a job never starts by calibrating, photos or not."""
+    monkeypatch.setattr(q, "int8_dir", lambda: tmp_path / "int8")  # a private, empty INT8 cache
+    monkeypatch.setenv(q.CALIBRATION_ENV, str(photo_dir))  # photos to build from do not count
+    u2, small = get_spec("u2netp"), get_spec("unet-small")
+    assert q.int8_built(u2) is False and q.int8_built(small) is False
+    # Built (here: each key over its weights file, a stand-in INT8 file, which is all the lookup reads).
+    q.int8_dir().mkdir(parents=True)
+    for spec in (u2, small):  # an ONNX file and a torch checkpoint are keyed alike, by their own file
+        key = q.cache_key(spec, q.fp32_source(spec), q.recipe_for(spec))
+        (q.int8_dir() / f"{spec.name}-int8-{key}.onnx").write_bytes(b"x")
+        (q.int8_dir() / f"{spec.name}-int8-{key}.sha256").write_text("x\n")
+    assert q.int8_built(u2) is True and q.int8_built("unet-small") is True
+    assert q.int8_built(u2, tmp_path / "missing.onnx") is False

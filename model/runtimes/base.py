@@ -7,6 +7,8 @@ Normalisation follows the model's own spec (model/preprocess.py), so callers nev
 
 from __future__ import annotations
 
+import functools
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +16,8 @@ import numpy as np
 from model.config import DEVICES, RuntimeConfig, int8_available
 from model.preprocess import finish_output, normalize_batch
 from model.specs import ModelSpec
+
+log = logging.getLogger(__name__)
 
 
 def cuda_usable() -> tuple[bool, str]:
@@ -69,15 +73,25 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_precision(cfg: RuntimeConfig, device: str, runtime: str) -> str:
-    """`auto`: FP16 on CUDA; on CPU INT8 where the model's INT8 meets its quality bound (spec.int8_ok) and
-    the CPU has fast integer dot products (model.quantize.cpu_has_fast_int8), else FP32."""
+    """`auto`: FP16 on CUDA; on CPU INT8 where the model's INT8 meets its quality bound (spec.int8_ok),
+    the CPU has fast integer dot products (model.quantize.cpu_has_fast_int8) and the INT8 file is
+    already built (model.quantize.int8_built: never calibrated at start), else FP32."""
     if cfg.precision != "auto":
         return cfg.precision
     if device == "cuda":
         return "fp16"
     if runtime == "onnxruntime" and cfg.spec.int8_ok and int8_available():
-        from model.quantize import cpu_has_fast_int8
+        from model.quantize import cpu_has_fast_int8, int8_built
 
         if cpu_has_fast_int8():
-            return "int8"
+            if int8_built(cfg.spec, cfg.weights):
+                return "int8"
+            _log_int8_not_built(cfg.spec.name)
     return "fp32"
+
+
+@functools.lru_cache(maxsize=None)
+def _log_int8_not_built(name: str) -> None:
+    """Once per model and process: the user can have INT8 for one set-up command."""
+    log.info("running %s in FP32: this CPU has fast INT8, but the INT8 file is not built; "
+             "`matting weights int8 %s` builds it once (minutes), then `auto` runs INT8", name, name)

@@ -181,7 +181,9 @@ def _int8_file(spec: ModelSpec, path: Path | None, weights) -> Path:
         raise RuntimeError("precision int8 needs model/quantize.py, which this build does not have")
     from model.quantize import int8_model_path
 
-    if path is not None and path.suffix == ".onnx":
+    if path is not None:
+        # An ONNX file or a checkpoint: the cache is keyed by that file, as `matting weights int8 NAME`
+        # builds it and quantize.int8_built looks for it (quantize exports a checkpoint itself).
         return Path(int8_model_path(spec, path))
     import tempfile
 
