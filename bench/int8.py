@@ -173,7 +173,7 @@ def select_score(model: str, files: dict[str, Path], photos: list[Path], work: P
     person masks (ccp_fullbody) after the default post-processing at full resolution, as `matting
     eval` scores it (refine_alpha, model/metrics.py)."""
     from model import metrics
-    from pipelines.evaluate import read_gray
+    from pipelines.evaluation.evaluate import read_gray
     from postproc import PostprocParams, decode_image, model_input, refine_alpha
 
     spec = get_spec(model)

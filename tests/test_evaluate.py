@@ -194,12 +194,12 @@ def test_tta_modes_are_checked(tmp_path, capsys):
 def test_upsample_entries_share_one_inference_and_score_their_own_filter(tmp_path, capsys, monkeypatch):
     """'--model u2netp:upsample=F' entries differ after inference only: the model runs once for all,
     and each row is the matte made with its own filter (what the job renders with that spec)."""
-    import model.runtime
+    import model.runtimes
 
     data = make_set(tmp_path / "set", n=2)
     made = []
-    real = model.runtime.create_runtime
-    monkeypatch.setattr(model.runtime, "create_runtime", lambda cfg, **kw: made.append(cfg) or real(cfg, **kw))
+    real = model.runtimes.create_runtime
+    monkeypatch.setattr(model.runtimes, "create_runtime", lambda cfg, **kw: made.append(cfg) or real(cfg, **kw))
     out = tmp_path / "scores.csv"
     code = main(["eval", "--data", str(data), "--runtime", "onnxruntime", "--device", "cpu",
                  "--model", "u2netp:upsample=linear", "--model", "u2netp:upsample=pil_lanczos_u8", "--csv", str(out)])

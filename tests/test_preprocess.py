@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from model.preprocess import (RESIZE_FILTERS, UPSAMPLE_FILTERS, finish_output, finish_output_torch, normalize_batch,
-                              normalize_batch_torch, resize_rgb)
+                              normalize_batch_torch, probabilities_to_ship, resize_rgb)
 from model.specs import MODEL_SPECS, ModelSpec, PreprocessSpec
 from postproc import decode_image, model_input
 
@@ -182,3 +182,24 @@ def test_eval_overrides_the_filter_per_model_entry():
     assert c.label == "u2netp:upsample=pil_lanczos_u8" and c.spec().preprocess.upsample == "pil_lanczos_u8"
     with pytest.raises(ValueError, match="upsample must be one of"):
         parse_model("u2netp:upsample=area")
+
+
+@pytest.mark.parametrize("upsample", ["pil_lanczos_u8", "pil_bilinear_u8"])
+def test_shipped_probabilities_render_the_cut_out_eval_scores(upsample):
+    """The job and Serve ship float16 probabilities; for an `_u8` filter the cut-out must be the one
+    rendered from the model's float32 output (what `matting eval` scores), level for level."""
+    from postproc.alpha import to_full_resolution
+
+    rng = np.random.default_rng(3)
+    k = rng.integers(0, 255, (64, 64))
+    # Values just either side of the 8-bit rounding boundaries, where a float16 cast tips over.
+    prob = ((k + 0.5 + rng.choice([-1, 1], k.shape) * rng.uniform(1e-5, 4e-4, k.shape)) / 255).astype(np.float32)
+    want = to_full_resolution(prob, 150, 110, upsample)
+    assert np.array_equal(to_full_resolution(probabilities_to_ship(prob, upsample), 150, 110, upsample), want)
+    assert not np.array_equal(to_full_resolution(prob.astype(np.float16), 150, 110, upsample), want)  # the cast alone
+    assert probabilities_to_ship(prob, upsample).dtype == np.float16
+
+
+def test_shipped_probabilities_keep_float16_precision_for_float_filters():
+    prob = np.random.default_rng(4).random((32, 32), dtype=np.float32)
+    assert np.array_equal(probabilities_to_ship(prob, "linear"), prob.astype(np.float16))

@@ -31,6 +31,7 @@ import warnings
 import numpy as np
 from PIL import Image
 
+from model.preprocess import probabilities_to_ship
 from model.tta import predict as tta_predict
 from pipelines.batch.stages import Predictor, _skip, decode_input, uncertain_fraction
 from postproc import DecodeError, PostprocParams, decode_image, model_input
@@ -243,7 +244,9 @@ class GpuPredictor(Predictor):
         prob = np.zeros((n, h, w), np.float16)
         t1 = time.perf_counter()
         if ok.any():
-            prob[ok] = tta_predict(self.runtime, np.stack([model_inputs[i] for i in np.flatnonzero(ok)]), self.tta)
+            prob[ok] = probabilities_to_ship(
+                tta_predict(self.runtime, np.stack([model_inputs[i] for i in np.flatnonzero(ok)]), self.tta),
+                self.runtime.spec.preprocess.upsample)
         t_infer = (time.perf_counter() - t1) / max(int(ok.sum()), 1)
         t1 = time.perf_counter()
         pictures, probs = [_NO_PICTURE] * n, [_NO_PROB if i in images else prob[i] for i in range(n)]

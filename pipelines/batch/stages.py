@@ -14,12 +14,12 @@ import time
 
 import numpy as np
 
+from model.preprocess import LEGACY_UPSAMPLE, probabilities_to_ship
 from model.tta import predict as tta_predict
 from postproc import DecodeError, PostprocParams, decode_image, model_input
 from postproc.alpha import bounding_box
 from postproc.render import compose_and_encode, encode_picture, refine_alpha
 from pipelines.manifest import ManifestRow
-from model.preprocess import LEGACY_UPSAMPLE
 from pipelines.metrics import record_row
 from pipelines.storage import InputRefused, Location, OutputNaming, output_key, write_failure_reason
 from postproc.reasons import reason as known_reason
@@ -141,7 +141,8 @@ class Predictor:
         prob = np.zeros((n, h, w), np.float16)
         t0 = time.perf_counter()
         if ok.any():
-            prob[ok] = tta_predict(self.runtime, np.asarray(batch["model_input"])[ok], self.tta).astype(np.float16)
+            prob[ok] = probabilities_to_ship(tta_predict(self.runtime, np.asarray(batch["model_input"])[ok], self.tta),
+                                             self.runtime.spec.preprocess.upsample)
         per_image = (time.perf_counter() - t0) / max(int(ok.sum()), 1)
         out = {k: v for k, v in batch.items() if k != "model_input"}
         out.update(prob=prob, t_infer=np.where(ok, per_image, 0.0), inference_node=np.full(n, self.node_id),
