@@ -9,6 +9,7 @@ import pytest
 from catalog import real_photos
 from model import tta
 from model.config import RuntimeConfig
+from model.preprocess import probabilities_to_ship
 from pipelines.cli import build_parser
 from pipelines.cli.run import job_config
 from pipelines.batch.job import JobConfig
@@ -74,7 +75,8 @@ def test_inference_stage_applies_tta(photos, u2netp_runtime):
     batch = {"source_key": np.array([f"k{i}" for i in range(n)]), "error": np.array([""] * n),
              "reused_output_key": np.array([""] * n), "model_input": photos}
     out = Predictor(RuntimeConfig("u2netp", runtime="onnxruntime", device="cpu", tta="flip"))(batch)
-    expected = tta.predict(u2netp_runtime, photos, "flip").astype(np.float16)
+    # What leaves the actor: the TTA probabilities as the spec's upsample filter ships them.
+    expected = probabilities_to_ship(tta.predict(u2netp_runtime, photos, "flip"), u2netp_runtime.spec.preprocess.upsample)
     np.testing.assert_array_equal(out["prob"], expected)
 
 
