@@ -51,6 +51,14 @@ def corrupt_files() -> dict[str, bytes]:
     }
 
 
+def write_tree(root: Path, files: dict[str, bytes]) -> Path:
+    """Write {relative key: bytes} under root (folders made as needed); returns root."""
+    for key, data in files.items():
+        (root / key).parent.mkdir(parents=True, exist_ok=True)
+        (root / key).write_bytes(data)
+    return root
+
+
 def catalog(n_real: int = 30) -> dict[str, bytes]:
     """key → bytes: real photos spread over nested folders, plus the corrupt files."""
     files = {}

@@ -13,7 +13,7 @@ from PIL import Image
 from model.config import RuntimeConfig
 from model.specs import get_spec
 
-from catalog import corrupt_files, real_photos
+from catalog import corrupt_files, real_photos, write_tree
 from pipelines.batch.gpu_path import GpuPredictor, JpegDecoder, decode_or_defer, gpu_decodable, use_gpu_path
 from pipelines.batch.stages import Predictor, decode_input, read_input, render_output
 from pipelines.storage import open_location
@@ -149,9 +149,7 @@ def test_gpu_path_on_cpu_tensors_matches_the_cpu_path(tmp_path, kwargs):
     files = {f"a/{name}": data for name, data in real_photos(2)}
     files.update(corrupt_files())
     files.update(odd_inputs())
-    for key, data in files.items():
-        (tmp_path / "src" / key).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / "src" / key).write_bytes(data)
+    write_tree(tmp_path / "src", files)
     params = PostprocParams.create(**kwargs)
     # nvJPEG's stand-in refuses one baseline photo: the actor decodes it on the CPU instead.
     decoder = PillowAsNvjpeg(refuse={files["a/" + real_photos(2)[1][0]]})
@@ -175,9 +173,7 @@ def test_gpu_path_on_cpu_tensors_matches_the_cpu_path(tmp_path, kwargs):
 
 def test_gpu_path_keeps_full_resolution_pixels_out_of_the_object_store(tmp_path):
     files = {f"a/{name}": data for name, data in real_photos(2)}
-    for key, data in files.items():
-        (tmp_path / "src" / key).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / "src" / key).write_bytes(data)
+    write_tree(tmp_path / "src", files)
     _, _, cpu_in = _run(tmp_path, files, PostprocParams.create(), gpu=False)
     _, _, gpu_in = _run(tmp_path, files, PostprocParams.create(), gpu=True, decoder=PillowAsNvjpeg(set()))
     compressed = sum(len(d) for d in files.values())
@@ -194,9 +190,7 @@ def test_gpu_path_through_ray_gives_the_cpu_paths_rows(tmp_path, ray_local):
     files = {f"a/{name}": data for name, data in real_photos(3)}
     files.update(corrupt_files())
     files.update(odd_inputs())
-    for key, data in files.items():
-        (tmp_path / "src" / key).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / "src" / key).write_bytes(data)
+    write_tree(tmp_path / "src", files)
     rows = {}
     for path in ("on", "off"):
         result = run_job(JobConfig(source=str(tmp_path / "src"), dest=str(tmp_path / path), batch_size=4,

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from catalog import corrupt_files, real_photos
+from catalog import corrupt_files, real_photos, write_tree
 from model.config import RuntimeConfig
 from model.specs import get_spec
 from pipelines.manifest import ROW_TYPES, SCHEMA, InFlightRow, ManifestRow, ManifestWriter, read_run
@@ -49,9 +49,7 @@ def _check_in_flight(row: dict, stage: str) -> None:
 def test_the_stages_rows_are_declared_and_render_output_returns_a_full_typed_manifest_row(tmp_path):
     files = {f"a/{name}": data for name, data in real_photos(2)}
     files.update(dict(list(corrupt_files().items())[:1]))
-    for key, data in files.items():
-        (tmp_path / "src" / key).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / "src" / key).write_bytes(data)
+    write_tree(tmp_path / "src", files)
     src, dst = open_location(str(tmp_path / "src")), open_location(str(tmp_path / "dst"), create=True)
     rows = []
     for k in sorted(files):
