@@ -134,18 +134,19 @@ def job_config(JobConfig, **kw):
 
 def run_one(args, src: Path, dest: Path, model: str, fmt: str, gpu_path: str, n: int) -> dict:
     import pipelines.batch.job as job
+    import pipelines.batch.on_ray as on_ray
     from pipelines.manifest import read_manifest
     from pipelines.storage import open_location
     from postproc import PostprocParams
 
     captured = {}
-    original = job.consume
+    original = on_ray.consume
 
     def consume_and_keep_stats(ds, writer, stall_timeout_s):
         original(ds, writer, stall_timeout_s)
         captured["stats"] = ds.stats()
 
-    job.consume = consume_and_keep_stats
+    on_ray.consume = consume_and_keep_stats
     cfg = job_config(job.JobConfig, source=str(src), dest=str(dest), model=model, device=args.device,
                      batch_size=args.batch_size, actors=args.actors, gpu_path=gpu_path,
                      params=PostprocParams.create(format=fmt), stall_timeout_s=600)
@@ -154,7 +155,7 @@ def run_one(args, src: Path, dest: Path, model: str, fmt: str, gpu_path: str, n:
     try:
         result = job.run_job(cfg)
     finally:
-        job.consume = original
+        on_ray.consume = original
     wall = time.perf_counter() - t0
     actor_s, other_s = cpu.stop()
     gpu.stop()

@@ -7,6 +7,7 @@ seconds per stage as histograms. Outside Ray (stages called as plain functions) 
 from __future__ import annotations
 
 import functools
+import sys
 
 STAGES = ("read", "decode", "infer", "postprocess", "encode", "write")
 # Seconds: from a cached 7 ms JPEG decode to a multi-second CPU inference of a batch.
@@ -26,9 +27,8 @@ def _instruments():
 
 
 def record_row(row: dict) -> None:
-    import ray
-
-    if not ray.is_initialized():
+    ray = sys.modules.get("ray")  # a run in this process (pipelines/batch/in_process.py) never imports Ray
+    if ray is None or not ray.is_initialized():
         return
     images, errors, stage_seconds = _instruments()
     images.inc(1, tags={"status": row["status"]})

@@ -67,7 +67,9 @@ def test_eval_takes_the_base_post_processing_flags():
 def test_help_shows_the_dataclass_defaults():
     flags = flags_of(subparser("run"))
     assert "(default: 50)" in flags["--max-megapixels"].help
-    assert "(default: 8)" in flags["--batch-size"].help
+    assert "(default: 0.5)" in flags["--decode-cpus"].help
+    assert "(default: 8 on Ray; 1 in this process" in flags["--batch-size"].help  # a default per executor, said once
+    assert "(default: auto)" in flags["--executor"].help
     assert "(default: 10)" in flags["--trimap-erode"].help  # post-processing flags are unset, but show theirs
     assert "(default: 0.0001)" in flags["--guided-eps"].help
 

@@ -96,13 +96,20 @@ def test_input_manifest_limits_the_run_to_its_keys(tmp_path, ray_local):
         run_job(JobConfig(source=str(src), dest=str(dst), input_manifest=str(outside)))
 
 
-def test_killed_driver_resumes_and_does_only_the_remainder(tmp_path):
+# Killed on Ray (its driver and the local instance it started) or in its own process (the default
+# of a CPU run): one session, one thread, flip TTA, so the run is still going when the kill comes.
+KILLED = {"ray": ({"RAY_ADDRESS": "local"}, ["--batch-size", "2"]),
+          "local": ({}, ["--actors", "1", "--threads", "1", "--tta", "flip"])}
+
+
+@pytest.mark.parametrize("executor", sorted(KILLED))
+def test_killed_driver_resumes_and_does_only_the_remainder(tmp_path, executor):
     files = {k: v for k, v in catalog(16).items() if k.startswith("photos/")}
     src, dst = tmp_path / "src", tmp_path / "dst"
     write_tree(src, files)
-    cmd = [sys.executable, "-m", "pipelines.cli", "run", str(src), str(dst), "--batch-size", "2",
-           "--manifest-flush-rows", "2"]
-    env = {**os.environ, "RAY_ADDRESS": "local"}
+    env_extra, flags = KILLED[executor]
+    cmd = [sys.executable, "-m", "pipelines.cli", "run", str(src), str(dst), "--manifest-flush-rows", "2", *flags]
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **env_extra}
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     d = open_location(str(dst), create=True)
     try:
@@ -111,7 +118,7 @@ def test_killed_driver_resumes_and_does_only_the_remainder(tmp_path):
             runs = list_runs(d)
             if runs and read_run(d, runs[-1]).num_rows >= 4:
                 break
-            time.sleep(0.5)
+            time.sleep(0.1)
         else:
             pytest.fail("the job made no progress")
     finally:

@@ -70,8 +70,10 @@ NOISE = ("constructor arguments in the object store",  # Ray core, about Ray Dat
          "View the dashboard at")  # the dashboard a local run does not start
 
 
-def test_a_normal_run_prints_no_warnings_of_ours_or_rays_avoidable_ones(tmp_path):
-    """`matting run` on the 5 bundled photos, as a user runs it: its own process and local Ray."""
+@pytest.mark.parametrize("executor", ["auto", "ray"])
+def test_a_normal_run_prints_no_warnings_of_ours_or_rays_avoidable_ones(tmp_path, executor):
+    """`matting run` on the 5 bundled photos, as a user runs it: its own process (auto: in that process;
+    ray: with the local Ray instance it starts)."""
     import os
     import subprocess
     import sys
@@ -80,10 +82,12 @@ def test_a_normal_run_prints_no_warnings_of_ours_or_rays_avoidable_ones(tmp_path
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
     env["PYTHONPATH"] = os.pathsep.join([str(repo), env.get("PYTHONPATH", "")])
     proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", str(repo / "pipelines" / "samples"),
-                           str(tmp_path / "out")], cwd=repo, env=env, capture_output=True, text=True, timeout=500)
+                           str(tmp_path / "out"), "--executor", executor], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=500)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "done: 5 images, 5 ok, 0 errors" in out
+    assert f"executor: {'local' if executor == 'auto' else executor}" in out
     assert [n for n in NOISE if n in out] == [], out[-3000:]
     ours = [line for line in out.splitlines()
             if any(f"{level} {name}" in line for level in ("WARNING", "ERROR") for name in ("pipelines.", "model."))]

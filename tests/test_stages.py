@@ -109,7 +109,8 @@ def test_job_config_checks_providers_before_ray_starts(tmp_path):
 
 
 def test_cpu_pool_leaves_ray_data_a_whole_cpu_and_threads_follow_the_share():
-    from pipelines.batch.job import JobConfig, plan_pool
+    from pipelines.batch.config import JobConfig
+    from pipelines.batch.execution import plan_pool
 
     default = plan_pool(JobConfig(source="/s", dest="/d"), cpus=2, gpus=0)
     # One 1-thread actor per CPU; together they leave 1 CPU for Ray Data's listing/repartition
@@ -127,7 +128,8 @@ def test_cpu_pool_leaves_ray_data_a_whole_cpu_and_threads_follow_the_share():
 
 
 def test_gpu_pool_is_one_actor_per_gpu_and_may_shrink():
-    from pipelines.batch.job import JobConfig, plan_pool
+    from pipelines.batch.config import JobConfig
+    from pipelines.batch.execution import plan_pool
 
     pool = plan_pool(JobConfig(source="/s", dest="/d"), cpus=8, gpus=4)
     assert (pool.size, pool.gpus, pool.cpus) == (4, 1.0, 1.0)
@@ -161,7 +163,8 @@ def test_runtime_config_is_validated_in_one_place(kwargs, message):
 
 
 def test_pool_is_never_larger_than_the_jobs_batches():
-    from pipelines.batch.job import JobConfig, actor_config, plan_pool
+    from pipelines.batch.config import JobConfig
+    from pipelines.batch.execution import actor_config, plan_pool
 
     cfg = JobConfig(source="/s", dest="/d")  # batch 8
     assert plan_pool(cfg, cpus=2, gpus=0, inputs=5).size == 1  # one batch: one actor, no idle model load

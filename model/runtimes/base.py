@@ -20,6 +20,19 @@ from model.specs import ModelSpec
 log = logging.getLogger(__name__)
 
 
+NVIDIA_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia/version")
+
+
+def cuda_ruled_out() -> bool:
+    """True when CUDA surely cannot run here, found without importing torch (seconds) or touching a
+    GPU: torch is not installed, or the machine shows no NVIDIA driver. False means only "maybe":
+    cuda_usable() says for sure."""
+    import importlib.util
+    import os
+
+    return importlib.util.find_spec("torch") is None or not any(os.path.exists(p) for p in NVIDIA_DEVICE_FILES)
+
+
 def cuda_usable() -> tuple[bool, str]:
     """Whether torch can run a kernel on a GPU here, and why not when it cannot."""
     try:

@@ -11,11 +11,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from model.config import RuntimeConfig
+from pipelines.batch.execution import EXECUTORS
 from pipelines.batch.gpu_path import GPU_PATH_SETTINGS
 from pipelines.batch.state import JobFingerprint
 from pipelines.storage import check_disjoint
 from postproc import PostprocParams
 from postproc.decode import DEFAULT_MAX_PIXELS
+
+
+# Images per inference call by executor. In this process on CPU one at a time: ONNX Runtime's u2netp
+# INT8 took 328 ms per image at batch 1 and 363 at batch 8 on one thread (bench/RESULTS.md), and a
+# batch of one is out soonest. Ray's actors keep 8: each batch is a task and two object-store trips.
+BATCH_SIZE_DEFAULT = {"ray": 8, "local": 1}
 
 
 @dataclass
@@ -28,22 +35,30 @@ class JobConfig:
     # The model and how to run it (model/config.py). Its threads: intra-op threads per CPU actor,
     # default its CPU share (plan_pool); its weights may be remote (each actor fetches them once).
     inference: RuntimeConfig = field(default_factory=RuntimeConfig, metadata={"cli": False})
+    # Where the stages run (pipelines/batch/execution.py: choose_executor).
+    executor: str = field(default="auto", metadata={
+        "choices": EXECUTORS,
+        "help": "ray: a Ray Data pipeline (a cluster, or a local Ray instance); local: every stage in this process, "
+                "CPU inference, no Ray start; auto: local when no cluster is named (--address, RAY_ADDRESS) and "
+                "inference runs on CPU, else ray"})
     # Decode and post-process on the inference GPU (pipelines/batch/gpu_path.py): auto = on GPU pools where
     # the parameters allow; on = also on CPU tensors (tests, bench); off = the CPU path everywhere.
     gpu_path: str = field(default="auto", metadata={
         "choices": GPU_PATH_SETTINGS,
         "help": "decode JPEGs and post-process on the inference GPU (auto: on GPU pools, without refinement or "
                 "decontamination, where torchvision is installed; docs/operations.md)"})
-    batch_size: int = field(default=8, metadata={"help": "images per inference call"})
+    batch_size: int | None = field(default=None, metadata={
+        "help": "images per inference call (default: 8 on Ray; 1 in this process, where ONNX Runtime on CPU runs "
+                "fastest per image one at a time and the first cut-out comes soonest)"})
     # Inference actors; default: one per GPU, else per CPU (≤ 4), never more than batches (plan_pool).
     actors: int | None = field(default=None, metadata={
-        "help": "inference actors: one per GPU by default; on CPU a fixed pool (default one per CPU, at most 4); "
-                "never more than the job's batches"})
+        "help": "inference actors (in this process: sessions, each on its own thread): one per GPU by default; on "
+                "CPU one per CPU, at most 4; never more than the job's batches"})
     actor_cpus: float | None = field(default=None, metadata={  # default: see plan_pool
-        "help": "CPUs each inference actor reserves (default on GPUs 1; on CPU all but one CPU shared out, at "
-                "most 1 each)"})
+        "help": "on Ray: CPUs each inference actor reserves (default on GPUs 1; on CPU all but one CPU shared out, "
+                "at most 1 each)"})
     decode_cpus: float = field(default=0.5, metadata={
-        "help": "CPUs each read/decode and render task reserves (must differ from --actor-cpus)"})
+        "help": "on Ray: CPUs each read/decode and render task reserves (must differ from --actor-cpus)"})
     s3_endpoint: str | None = field(default=None, metadata={
         "env": "MATTING_S3_ENDPOINT",
         "help": "S3-compatible endpoint URL, e.g. http://127.0.0.1:9000 (credentials from the AWS variables; "
@@ -74,10 +89,15 @@ class JobConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.inference, RuntimeConfig):
             raise TypeError(f"inference must be a RuntimeConfig, got {type(self.inference).__name__}")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.actors is not None and self.actors < 1:
             raise ValueError(f"actors must be at least 1, got {self.actors}")
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
+        if self.executor == "local" and self.inference.device == "cuda":
+            raise ValueError("--executor local runs inference on this machine's CPUs; for --device cuda use "
+                             "--executor ray (or auto)")
         if self.gpu_path not in GPU_PATH_SETTINGS:
             raise ValueError(f"gpu_path must be one of {', '.join(GPU_PATH_SETTINGS)}, got {self.gpu_path!r}")
         if not 0 < self.decode_cpus <= 64:
@@ -97,6 +117,10 @@ class JobConfig:
         if self.prune and self.input_manifest:
             raise ValueError("--prune needs a full listing of SOURCE; it cannot be combined with --input-manifest")
         check_disjoint(self.source, self.dest)  # DEST == SOURCE would overwrite inputs: refused before any I/O
+
+    def batch_size_for(self, executor: str) -> int:
+        """`batch_size`, or the executor's default (BATCH_SIZE_DEFAULT)."""
+        return self.batch_size or BATCH_SIZE_DEFAULT[executor]
 
     @property
     def model_version(self) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 import time
 
 import numpy as np
@@ -28,9 +29,8 @@ log = logging.getLogger(__name__)
 
 
 def _node_id() -> str:
-    import ray
-
-    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+    ray = sys.modules.get("ray")  # a run in this process (pipelines/batch/in_process.py) never imports Ray
+    return ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else "local"
 
 
 def _planned(row: dict, source: Location, max_bytes: int, naming: OutputNaming | None, dest: Location | None

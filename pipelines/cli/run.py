@@ -47,8 +47,7 @@ def warm_refinement(params) -> None:
 
 
 def command(args: argparse.Namespace, source: str | None = None, dest: str | None = None) -> int:
-    from pipelines.batch.job import JobStalled, init_ray, run_job
-    from pipelines.logs import filtered_stderr
+    from pipelines.batch.job import JobStalled, run_job
 
     cfg = job_config(args, source or args.source, dest or args.dest)  # validate before starting Ray
     zip_path = getattr(args, "zip", None)
@@ -58,11 +57,14 @@ def command(args: argparse.Namespace, source: str | None = None, dest: str | Non
     try:
         with contextlib.ExitStack() as stack:
 
-            def connect() -> None:  # runs while the job plans its inputs (run_job)
+            def connect() -> None:  # on Ray: runs while the job plans its inputs (run_job)
+                from pipelines.batch.on_ray import init_ray
+                from pipelines.logs import filtered_stderr
+
                 init_ray(args.address)
                 stack.enter_context(filtered_stderr())  # Ray's known, harmless complaints (pipelines/logs.py)
 
-            result = run_job(cfg, connect=connect)
+            result = run_job(cfg, connect=connect, address=args.address)
     except JobStalled as e:
         print(f"matting: stalled: {e}", file=sys.stderr)
         return 3
