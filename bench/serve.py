@@ -22,7 +22,7 @@ The clients run on the same machine as the server and share its cores, so absolu
 lower than on a dedicated host; compare the two modes side by side, within one run.
 
 Against the peer (--peer rembg), the issue-18 comparison, as a user would run both servers:
-    python bench/serve.py --peer rembg [--duration 60] [--clients 8]
+    python bench/serve.py --peer rembg [--duration 60] [--clients 8] [--serve-configs A.yaml B.yaml]
 1. `rembg s --no-ui` (rembg[cpu,cli]==bench/peer.py's REMBG_VERSION in its own venv under --work,
    U2NET_HOME pointing at our cached U²-Netp file, as bench/peer.py sets them up), then
    `matting serve` with its default config (serve/config.yaml) and one API key per client, each a
@@ -173,6 +173,36 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float) -> float:
     raise RuntimeError(f"{url} not ready within {timeout_s:.0f} s")
 
 
+def _batch1(cfg: dict) -> None:
+    model = next(d for d in cfg["applications"][0]["deployments"] if d["name"].startswith("Model_"))
+    model["user_config"]["max_batch_size"] = 1
+
+
+def _two_sessions(cfg: dict) -> None:
+    """Two single-threaded model replicas at batch 1, fitted beside the ingress into 2 CPUs."""
+    _batch1(cfg)
+    app = cfg["applications"][0]
+    app["args"]["threads"] = 1
+    model = next(d for d in app["deployments"] if d["name"].startswith("Model_"))
+    model["autoscaling_config"]["min_replicas"] = 2
+    model["ray_actor_options"]["num_cpus"] = 0.7
+
+
+# Layouts of serve/config.yaml tried against the peer (--serve-configs NAME): each a change to it.
+VARIANTS = {"batch1": _batch1, "two-sessions": _two_sessions}
+
+
+def variant_config(name: str, work: Path) -> Path:
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
+    VARIANTS[name](cfg)
+    path = work / "serve-configs" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
 @contextlib.contextmanager
 def server(cmd: list[str], env: dict, ready_url: str, log: Path):
     """A server process (its own process group), ready; stopped with SIGINT, then SIGKILL."""
@@ -239,19 +269,24 @@ def against_rembg(a) -> list[dict]:
     def our_post(session, i, n):
         return session.post(f"http://127.0.0.1:{port}/v1/matte", data=photo, timeout=120,
                             headers={"X-Api-Key": keys[i % len(keys)], "Content-Type": "image/jpeg"})
-    with server([str(matting), "serve", "--port", str(port)], env, f"http://127.0.0.1:{port}/healthz",
-                work / "matting-serve.log") as ready_s:
-        print(f"matting serve ready in {ready_s:.1f} s", flush=True)
-        results.append(one_server("ours", our_post, a.clients[0], a.duration) | {"ready_s": ready_s})
+    configs = [variant_config(c, work) if c in VARIANTS else c for c in a.serve_configs or []]
+    for config in configs or [None]:  # the default config, or each one named, in turn
+        flags = ["--config", str(config)] if config else []
+        with server([str(matting), "serve", "--port", str(port), *flags], env, f"http://127.0.0.1:{port}/healthz",
+                    work / "matting-serve.log") as ready_s:
+            label = f"ours ({Path(config).name})" if config else "ours"
+            print(f"matting serve {' '.join(flags)} ready in {ready_s:.1f} s", flush=True)
+            results.append(one_server(label, our_post, a.clients[0], a.duration) | {"ready_s": ready_s})
 
-    theirs, ours = results
-    ratio = ours["rps"] / theirs["rps"] if theirs["rps"] else float("nan")
-    print("\n| server | clients | successful req/s | p50 ms | p95 ms | errors | ready after |\n|---|---|---|---|---|---|---|")
+    theirs = results[0]
+    print("\n| server | clients | successful req/s | p50 ms | p95 ms | errors | ready after | ÷ rembg |\n"
+          "|---|---|---|---|---|---|---|---|")
     for r in results:
+        r["ratio"] = r["rps"] / theirs["rps"] if theirs["rps"] else float("nan")
         print(f"| {r['server']} | {r['clients']} | {r['rps']:.2f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | "
-              f"{r['errors']} | {r['ready_s']:.1f} s |")
-    print(f"ours / rembg: {ratio:.2f}×; load average at end {os.getloadavg()[0]:.1f}")
-    return results + [{"ratio": ratio, "machine": info}]
+              f"{r['errors']} | {r['ready_s']:.1f} s | {r['ratio']:.2f}× |")
+    print(f"load average at end {os.getloadavg()[0]:.1f}")
+    return results + [{"machine": info}]
 
 
 def main() -> int:
@@ -264,6 +299,9 @@ def main() -> int:
     ap.add_argument("--peer", choices=["rembg"], help="compare `matting serve` with `rembg s` instead (first --clients "
                                                       "value only; see the module's docstring)")
     ap.add_argument("--work", default=str(ROOT / "bench" / ".work"), help="rembg's venv and the logs (git-ignored)")
+    ap.add_argument("--serve-configs", nargs="+", metavar="YAML|VARIANT",
+                    help="with --peer: run `matting serve --config YAML` for each, in turn (default: its own config); "
+                         f"a name of {sorted(VARIANTS)} is serve/config.yaml with that change (written under --work)")
     a = ap.parse_args()
     if a.peer:
         results = against_rembg(a)
