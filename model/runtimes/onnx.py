@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,15 +22,15 @@ from model.specs import ModelSpec
 log = logging.getLogger(__name__)
 
 
-def dynamic_onnx(path: Path) -> bytes:
-    """The model with batch, height and width made symbolic, so one call runs N images.
+def dynamic_onnx(source: Path | bytes) -> bytes:
+    """The model (a file or its bytes) with batch, height and width made symbolic, so one call runs N images.
 
     U²-Net's graph computes its resize targets from runtime shapes, so only the declared
     input/output dimensions pin the batch to 1.
     """
     import onnx
 
-    m = onnx.load(str(path))
+    m = onnx.load_from_string(source) if isinstance(source, bytes) else onnx.load(str(source))
     for value in [*m.graph.input, *m.graph.output]:
         dims = value.type.tensor_type.shape.dim
         for i, sym in ((0, "batch"), (2, "height"), (3, "width")):
@@ -84,6 +85,8 @@ class OnnxRuntime(Runtime):
         fp16_graph = precision == "fp16" and wanted[0] != "tensorrt"
         super().__init__(spec, "cuda" if gpu else "cpu", precision, "onnxruntime")
         model_bytes = self._graph(spec, weights, "fp16" if fp16_graph else "int8" if precision == "int8" else "fp32")
+        if gpu:  # TensorRT's profile spans batch sizes; on GPUs torch is imported anyway, onnx costs nothing more
+            model_bytes = dynamic_onnx(model_bytes)
         opts = ort.SessionOptions()
         opts.inter_op_num_threads = 1
         self.threads = threads
@@ -105,8 +108,17 @@ class OnnxRuntime(Runtime):
                                 "trt_profile_max_shapes": f"{name}:{trt_max_batch}x3x{h}x{w}"})
             else:
                 options.append({})
-        self.session = ort.InferenceSession(model_bytes, opts, providers=[PROVIDERS[p] for p in wanted],
+        self._session_args = (opts, [PROVIDERS[p] for p in wanted], options)
+        self.session = ort.InferenceSession(model_bytes, opts, providers=self._session_args[1],
                                             provider_options=options)
+        # A graph that declares a fixed input (U²-Netp's file: 1×3×320×320) runs as it is until a call
+        # needs another shape (a batch of 8, another input size): then once with symbolic dimensions
+        # (_run). Rewriting it up front costs importing onnx, 0.6 s of every CPU session's start
+        # (bench/RESULTS.md, start-up), for a batch of one that never needs it.
+        shape = self.session.get_inputs()[0].shape
+        self._fixed_shape = tuple(shape) if all(isinstance(d, int) for d in shape) else None
+        self._model_bytes = model_bytes if self._fixed_shape else None
+        self._reshape_lock = threading.Lock()
         active = self.session.get_providers()
         # onnxruntime-gpu lists CUDA even where it cannot start it: trust only the session.
         failed = [p for p in required if PROVIDERS[p] not in active]
@@ -136,9 +148,11 @@ class OnnxRuntime(Runtime):
         path = weights_mod.resolve(spec, weights) if (weights is not None or spec.weights) else None
         proto = None
         if path is not None and path.suffix == ".onnx":
-            data = dynamic_onnx(path)
             if kind == "fp32":
-                return data
+                return path.read_bytes()
+            if kind == "int8" and _int8_ready(spec, path):  # built from this very file: it was no FP16 graph
+                return _int8_file(spec, path, weights).read_bytes()
+            data = path.read_bytes()
             import onnx
 
             proto = onnx.load_from_string(data)
@@ -147,7 +161,7 @@ class OnnxRuntime(Runtime):
                     raise ValueError(f"{path} is an FP16 graph; INT8 is built from FP32 weights")
                 return data  # already an FP16 file (matting export --fp16)
         if kind == "int8":
-            return dynamic_onnx(_int8_file(spec, path, weights))
+            return _int8_file(spec, path, weights).read_bytes()
         if proto is None:
             # Torch-only weights (safetensors, .pt): export in memory once per process.
             proto = _export_in_memory(spec, weights)
@@ -162,7 +176,23 @@ class OnnxRuntime(Runtime):
         return f"{super().describe()} provider={self.provider}{threads}"
 
     def _run(self, x: np.ndarray) -> np.ndarray:
+        if self._fixed_shape is not None and tuple(x.shape) != self._fixed_shape:
+            self._make_dynamic(x.shape)
         return self.session.run(None, {self.input_name: x})[0]
+
+    def _make_dynamic(self, shape: tuple[int, ...]) -> None:
+        """The session again, from the graph with symbolic batch, height and width (once per runtime)."""
+        import onnxruntime as ort
+
+        with self._reshape_lock:
+            if self._fixed_shape is None:
+                return
+            log.info("the graph declares input %s; %s asked for: running it with symbolic dimensions from now on",
+                     self._fixed_shape, tuple(shape))
+            opts, providers, options = self._session_args
+            self.session = ort.InferenceSession(dynamic_onnx(self._model_bytes), opts, providers=providers,
+                                                provider_options=options)
+            self._fixed_shape = self._model_bytes = None
 
 
 def _export_in_memory(spec: ModelSpec, weights):
@@ -172,6 +202,14 @@ def _export_in_memory(spec: ModelSpec, weights):
 
     log.info("exporting %s to ONNX in memory for onnxruntime", spec.name)
     return torch_to_onnx(create_model(spec, weights=weights), input_size=spec.preprocess.input_size, opset=17)
+
+
+def _int8_ready(spec: ModelSpec, path: Path) -> bool:
+    if not int8_available():
+        return False
+    from model.quantize import int8_built
+
+    return int8_built(spec, path)
 
 
 def _int8_file(spec: ModelSpec, path: Path | None, weights) -> Path:
