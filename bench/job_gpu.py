@@ -189,8 +189,10 @@ def run_one(args, src: Path, dest: Path, model: str, fmt: str, gpu_path: str, n:
 
 def actor_bytes(args, src: Path, model: str, gpu_path: str, n: int = 8) -> dict:
     """Bytes per image in the rows going into and out of the inference actor, counted column by column."""
+    from model.config import RuntimeConfig
     from model.specs import get_spec
     from pipelines.batch import stages
+    from pipelines.batch.in_process import as_columns
     from pipelines.storage import open_location
     from postproc import PostprocParams
 
@@ -203,20 +205,13 @@ def actor_bytes(args, src: Path, model: str, gpu_path: str, n: int = 8) -> dict:
     else:
         decode = stages.decode_input
     rows = [decode(stages.read_input({"key": k, "size": -1}, source=source, max_bytes=10**9),
-                   input_size=spec.preprocess.input_size, max_pixels=10**9) for k in keys]
-    batch = {}
-    for k in rows[0]:
-        values = [r[k] for r in rows]
-        if isinstance(values[0], np.ndarray) and len({v.shape for v in values}) == 1:
-            batch[k] = np.stack(values)
-        else:
-            batch[k] = np.empty(len(values), dtype=object)
-            batch[k][:] = values
-    device = "cpu" if args.device == "cpu" else args.device
+                   preprocess=spec.preprocess, max_pixels=10**9) for k in keys]
+    batch = as_columns(rows)
+    config = RuntimeConfig(model=model, device="cpu" if args.device == "cpu" else args.device)
     if gpu:
-        actor = GpuPredictor(model, device=device, params=PostprocParams.create(), max_pixels=10**9)
+        actor = GpuPredictor(config, params=PostprocParams.create(), max_pixels=10**9)
     else:
-        actor = stages.Predictor(model, device=device)
+        actor = stages.Predictor(config)
     out = actor(batch)
 
     def size(v) -> int:

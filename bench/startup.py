@@ -126,7 +126,9 @@ def run_wall(trees: list[Path], repeats: int, extra: list[str], executors: list[
 
 # --- the breakdown: one job in a fresh process, timed from that process's start ---------------------
 
-CHILD = r"""
+# What both children do first: imports and the clock (from the parent's launch); WATCH notes when the
+# first output file appears in DEST.
+PRELUDE = r"""
 import json, sys, threading, time
 t_start = float(sys.argv[3])  # when the parent launched this process
 now = lambda: time.time() - t_start
@@ -134,6 +136,19 @@ marks = {"interpreter": now()}
 from pipelines import cli
 from pipelines.cli.run import job_config
 marks["import pipelines.cli"] = now()
+"""
+WATCH = r"""
+from pathlib import Path
+dest = Path(sys.argv[2])
+def watch():
+    while "first output file" not in marks:
+        if any(p.is_file() and "_manifests" not in p.parts for p in dest.rglob("*")):
+            marks["first output file"] = now(); return
+        time.sleep(0.02)
+threading.Thread(target=watch, daemon=True).start()
+"""
+
+CHILD = PRELUDE + r"""
 import ray, ray.data
 marks["import ray, ray.data"] = now()
 from pipelines import manifest
@@ -152,14 +167,7 @@ def build(*a, **k):
 def add(self, batch):
     marks.setdefault("first rows in the driver", now()); return orig_add(self, batch)
 job.plan_inputs, on_ray.build_dataset, manifest.ManifestWriter.add = plan, build, add
-from pathlib import Path
-dest = Path(sys.argv[2])
-def watch():
-    while "first output file" not in marks:
-        if any(p.is_file() and "_manifests" not in p.parts for p in dest.rglob("*")):
-            marks["first output file"] = now(); return
-        time.sleep(0.02)
-threading.Thread(target=watch, daemon=True).start()
+""" + WATCH + r"""
 result = job.run_job(cfg)
 marks["job done"] = now()
 ray.shutdown()
@@ -167,14 +175,7 @@ marks["ray.shutdown"] = now()
 print("MARKS " + json.dumps(marks), flush=True)
 """
 
-CHILD_LOCAL = r"""
-import json, sys, threading, time
-t_start = float(sys.argv[3])  # when the parent launched this process
-now = lambda: time.time() - t_start
-marks = {"interpreter": now()}
-from pipelines import cli
-from pipelines.cli.run import job_config
-marks["import pipelines.cli"] = now()
+CHILD_LOCAL = PRELUDE + r"""
 from pipelines.batch import job, in_process
 marks["import pipelines.batch.job, in_process"] = now()
 args = cli.build_parser().parse_args(["run", sys.argv[1], sys.argv[2], "--executor", "local"])
@@ -187,14 +188,7 @@ class Predictor(orig_predictor):
     def __init__(self, *a, **k):
         super().__init__(*a, **k); marks.setdefault("first session loaded", now())
 job.plan_inputs, in_process.Predictor = plan, Predictor
-from pathlib import Path
-dest = Path(sys.argv[2])
-def watch():
-    while "first output file" not in marks:
-        if any(p.is_file() and "_manifests" not in p.parts for p in dest.rglob("*")):
-            marks["first output file"] = now(); return
-        time.sleep(0.02)
-threading.Thread(target=watch, daemon=True).start()
+""" + WATCH + r"""
 result = job.run_job(cfg)
 marks["job done"] = now()
 assert result.executor == "local", result.executor

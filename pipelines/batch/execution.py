@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import sys
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -24,6 +27,29 @@ EXECUTORS = ("auto", "ray", "local")
 
 class JobStalled(RuntimeError):
     """No result arrived for `stall_timeout_s`: capacity is gone and did not come back."""
+
+
+def until_stalled(results: queue.Queue, stall_timeout_s: float, status: Callable[[], str], cause: str) -> Iterator:
+    """The items of `results` as they arrive; JobStalled when none arrives for `stall_timeout_s`.
+
+    Both executors consume their results through this: a job never waits silently. Every fifth of
+    the timeout without a result, a warning says so with `status()` (the cluster's capacity, or
+    where this process stands); the error says `cause` and that a rerun finishes the rest.
+    """
+    last = time.monotonic()
+    warn_every = max(stall_timeout_s / 5, 5.0)
+    while True:
+        try:
+            item = results.get(timeout=min(warn_every, stall_timeout_s))
+        except queue.Empty:
+            idle = time.monotonic() - last
+            if idle >= stall_timeout_s:
+                raise JobStalled(f"no result for {idle:.0f} s ({status()}). {cause} Rows finished so far are in the "
+                                 "manifest: run the same command again to finish the rest.") from None
+            log.warning("no result for %.0f s (stall timeout %.0f s): %s", idle, stall_timeout_s, status())
+            continue
+        last = time.monotonic()
+        yield item
 
 
 def choose_executor(cfg: JobConfig, address: str | None = None) -> str:

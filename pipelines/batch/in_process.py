@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -32,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.batch.config import JobConfig
-from pipelines.batch.execution import JobStalled, LocalPlan, available_cpus, plan_local
+from pipelines.batch.execution import LocalPlan, available_cpus, plan_local, until_stalled
 from pipelines.batch.planning import Plan
 from pipelines.batch.stages import Predictor, decode_input, read_input, render_output
 from pipelines.manifest import SCHEMA, ManifestWriter
@@ -147,26 +146,22 @@ class _Run:
     def consume(self, writer: ManifestWriter) -> None:
         """Write every batch's manifest rows as the batch finishes; raise what a thread raised, or
         JobStalled when nothing finishes for the stall timeout."""
-        stall = self.cfg.stall_timeout_s
-        running, last = self.layout.sessions, time.monotonic()
-        while running:
-            try:
-                item = self.results.get(timeout=min(stall, 5.0))
-            except queue.Empty:
-                idle = time.monotonic() - last
-                if idle >= stall:
-                    raise JobStalled(f"no result for {idle:.0f} s in this process (stall timeout {stall:.0f} s). "
-                                     "Rows finished so far are in the manifest: run the same command again to "
-                                     "finish the rest.") from None
-                continue
+        running = self.layout.sessions
+        cause = "No stage of this process finished an image."
+        for item in until_stalled(self.results, self.cfg.stall_timeout_s, self.status, cause):
             if item is _DONE:
                 running -= 1
+                if not running:
+                    return
                 continue
             if isinstance(item, BaseException):
                 raise item
             rows = [f.result() for f in item]
             writer.add(pa.Table.from_pylist(rows, schema=SCHEMA))
-            last = time.monotonic()
+
+    def status(self) -> str:
+        return (f"in this process: {self.batches.qsize()} batches queued for inference, "
+                f"{self.results.qsize()} batches being rendered")
 
 
 def execute(cfg: JobConfig, source: Location, dest: Location, plan: Plan, writer: ManifestWriter) -> None:

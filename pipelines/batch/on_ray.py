@@ -11,12 +11,11 @@ import logging
 import os
 import queue
 import threading
-import time
 
 import ray
 
 from pipelines.batch.config import JobConfig
-from pipelines.batch.execution import JobStalled, PoolPlan, actor_config, plan_pool
+from pipelines.batch.execution import PoolPlan, actor_config, plan_pool, until_stalled
 from pipelines.batch.gpu_path import GpuPredictor, decode_or_defer, use_gpu_path
 from pipelines.batch.planning import Plan
 from pipelines.batch.stages import Predictor, decode_input, read_input, render_output
@@ -101,25 +100,13 @@ def consume(ds: ray.data.Dataset, writer: ManifestWriter, stall_timeout_s: float
             results.put(("error", e))
 
     threading.Thread(target=pump, name="matting-results", daemon=True).start()
-    last = time.monotonic()
-    warn_every = max(stall_timeout_s / 5, 5.0)
-    while True:
-        try:
-            kind, value = results.get(timeout=min(warn_every, stall_timeout_s))
-        except queue.Empty:
-            idle = time.monotonic() - last
-            if idle >= stall_timeout_s:
-                raise JobStalled(f"no result for {idle:.0f} s ({capacity_report()}). The inference actors "
-                                 "have no node to run on and capacity did not return. Rows finished so far "
-                                 "are in the manifest: run the same command again to finish the rest.") from None
-            log.warning("no result for %.0f s (stall timeout %.0f s): %s", idle, stall_timeout_s, capacity_report())
-            continue
+    cause = "The inference actors have no node to run on and capacity did not return."
+    for kind, value in until_stalled(results, stall_timeout_s, capacity_report, cause):
         if kind == "error":
             raise value
         if kind == "done":
             return
         writer.add(value)
-        last = time.monotonic()
 
 
 def init_ray(address: str | None = None, **kwargs) -> None:
