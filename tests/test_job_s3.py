@@ -32,8 +32,10 @@ def test_s3_catalog_gives_one_row_per_input_and_valid_cutouts(s3_server, ray_s3)
     assert len(outputs) == 30  # cut-outs only for the good inputs, nothing half-written beside them
 
 
-def test_transient_s3_failures_are_retried(s3_server, ray_s3):
-    """Every third request to S3 fails with 503 SlowDown: listing, reads and writes all retry."""
+@pytest.mark.parametrize("executor", ["ray", "local"])
+def test_transient_s3_failures_are_retried(s3_server, ray_s3, executor):
+    """Every third request to S3 fails with 503 SlowDown: listing, reads and writes all retry, on Ray's
+    workers and on this process's threads (which share one S3 client)."""
     from faulty_proxy import FaultyProxy
 
     s3 = boto3.client("s3", endpoint_url=s3_server)
@@ -42,10 +44,12 @@ def test_transient_s3_failures_are_retried(s3_server, ray_s3):
     for key, data in files.items():
         s3.put_object(Bucket="flaky", Key=f"in/{key}", Body=data)
     with FaultyProxy(s3_server, every=3) as proxy:
-        result = run_job(JobConfig(source="s3://flaky/in", dest="s3://flaky/out", s3_endpoint=proxy.url,
-                                   batch_size=3))
+        result = run_job(JobConfig(source="s3://flaky/in", dest=f"s3://flaky/out-{executor}", s3_endpoint=proxy.url,
+                                   batch_size=3, executor=executor))
+    assert result.executor == executor
     assert proxy.injected >= 5, proxy.injected
-    rows = read_manifest(open_location("s3://flaky/out", s3_server), result.run_id).to_pylist()
+    rows = read_manifest(open_location(f"s3://flaky/out-{executor}", s3_server), result.run_id).to_pylist()
     failed = [(r["source_key"], r["error_reason"], r["error"]) for r in rows if r["status"] != "ok"]
     assert (result.images, result.ok, result.errors) == (6, 6, 0), failed
-    check_outputs(files, rows, lambda key: s3.get_object(Bucket="flaky", Key=f"out/{key}")["Body"].read())
+    check_outputs(files, rows,
+                  lambda key: s3.get_object(Bucket="flaky", Key=f"out-{executor}/{key}")["Body"].read())
