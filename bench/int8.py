@@ -172,7 +172,7 @@ def select_score(model: str, files: dict[str, Path], photos: list[Path], work: P
     |alpha_int8 − alpha_fp32| at the model's resolution (the runtime's predict), and MAE against the
     person masks (ccp_fullbody) after the default post-processing at full resolution, as `matting
     eval` scores it (refine_alpha, model/metrics.py)."""
-    from model import metrics
+    from pipelines.evaluation import metrics
     from pipelines.evaluation.evaluate import read_gray
     from postproc import PostprocParams, decode_image, model_input, refine_alpha
 
