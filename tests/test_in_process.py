@@ -15,7 +15,7 @@ from catalog import catalog, check_outputs, write_tree
 from model.config import RuntimeConfig
 from pipelines.batch import in_process
 from pipelines.batch.config import JobConfig
-from pipelines.batch.execution import JobStalled, LocalPlan, choose_executor, plan_local
+from pipelines.batch.execution import JobStalled, LocalPlan, cgroup_cpu_quota, choose_executor, plan_local
 from pipelines.batch.job import run_job
 from pipelines.manifest import list_runs, read_manifest, read_run
 from pipelines.storage import open_location
@@ -105,6 +105,27 @@ def test_local_layout_uses_every_cpu_without_reserving_one_for_ray():
     assert plan_local(JobConfig(source="/s", dest="/d", actors=1), cpus=2).threads == 2
     assert plan_local(JobConfig(source="/s", dest="/d", inference=RuntimeConfig(threads=3)), cpus=2).threads == 3
     assert plan_local(JobConfig(source="/s", dest="/d", batch_size=8), cpus=2, inputs=5).sessions == 1
+
+
+def test_a_containers_cpu_quota_caps_the_layout(tmp_path, monkeypatch):
+    """`docker run --cpus 1.5` on a big host: the affinity shows every core, the quota says 1.5."""
+    v2, quota, period = tmp_path / "cpu.max", tmp_path / "quota", tmp_path / "period"
+    v2.write_text("150000 100000\n")
+    assert cgroup_cpu_quota(str(v2), (str(quota), str(period))) == 1.5
+    v2.write_text("max 100000\n")
+    assert cgroup_cpu_quota(str(v2), (str(quota), str(period))) is None
+    v2.unlink()
+    quota.write_text("200000\n")
+    period.write_text("100000\n")
+    assert cgroup_cpu_quota(str(v2), (str(quota), str(period))) == 2.0
+    quota.write_text("-1\n")
+    assert cgroup_cpu_quota(str(v2), (str(quota), str(period))) is None
+    from pipelines.batch import execution
+
+    affinity = len(os.sched_getaffinity(0))
+    for allowed, expected in ((0.5, 1), (1.5, min(2, affinity)), (None, affinity), (10_000.0, affinity)):
+        monkeypatch.setattr(execution, "cgroup_cpu_quota", lambda allowed=allowed: allowed)
+        assert execution.available_cpus() == expected, allowed
 
 
 def test_a_failure_keeps_finished_rows_and_a_rerun_does_only_the_rest(tmp_path, monkeypatch):

@@ -5,12 +5,14 @@ the stall both executors stop on. No Ray import here: a local run never pays for
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from model.config import GPU_PROVIDERS, RuntimeConfig
@@ -80,12 +82,34 @@ def runs_on_cpu(rc: RuntimeConfig) -> bool:
     return cuda_ruled_out()
 
 
-def available_cpus() -> int:
-    """The CPUs this process may run on (a container's or taskset's limit, not the machine's count)."""
+# Where a container's CPU quota lives: cgroup v2 ("QUOTA PERIOD" or "max PERIOD"), then v1 (µs each, -1: none).
+CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"
+CGROUP_V1_QUOTA = ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+
+
+def cgroup_cpu_quota(cpu_max: str = CGROUP_CPU_MAX, v1: tuple[str, str] = CGROUP_V1_QUOTA) -> float | None:
+    """CPUs a container's quota allows (e.g. 2.0 for `docker run --cpus 2`), None when there is none."""
     try:
-        return len(os.sched_getaffinity(0))
+        quota, period = Path(cpu_max).read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota, period = (int(Path(f).read_text()) for f in v1)
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def available_cpus() -> int:
+    """The CPUs this process may use: its affinity (taskset, cpuset), capped by a container's CPU quota,
+    which the affinity does not show (a 2-CPU container on a 64-core host sees 64)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    return max(1, min(cpus, math.ceil(quota))) if quota else cpus
 
 
 TASK_CPUS = 1.0  # what Ray Data's own tasks (repartition) reserve: always left free
