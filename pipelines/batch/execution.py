@@ -59,7 +59,7 @@ def choose_executor(cfg: JobConfig, address: str | None = None) -> str:
     no cluster named (`address`, RAY_ADDRESS: a job submitted to a Ray cluster always has it), no
     Ray instance already started in this process (a notebook's, a test's), and inference surely on
     CPU (a GPU takes the GPU path, which runs in Ray's actors). On one machine's CPUs a local Ray
-    instance adds 15-20 s of start-up before the first cut-out (bench/RESULTS.md) and buys process
+    instance adds 9-15 s of start-up before the first cut-out (bench/RESULTS.md) and buys process
     isolation: a worker that dies is restarted and its task retried (docs/operations.md)."""
     if cfg.executor != "auto":
         return cfg.executor

@@ -3,7 +3,7 @@
 The same stages as the Ray Data chain (pipelines/batch/stages.py: read_input → decode_input →
 Predictor → render_output), so a run's cut-outs and manifest rows are the same either way
 (tests/test_in_process.py). What is left out is what a run on one machine does not need: Ray's
-start (GCS, raylet, workers: 10–20 s on a 2-core box before the first output, bench/RESULTS.md),
+start (GCS, raylet, workers: 10–16 s on a 2-core box before the first output, bench/RESULTS.md),
 worker processes, and moving every image through an object store.
 
 Layout (pipelines/batch/execution.py: plan_local): one feeder thread groups the planned inputs into
