@@ -84,7 +84,8 @@ class OnnxRuntime(Runtime):
         # what they are given, so FP16 there means the FP16 graph (float32 inputs and outputs kept).
         fp16_graph = precision == "fp16" and wanted[0] != "tensorrt"
         super().__init__(spec, "cuda" if gpu else "cpu", precision, "onnxruntime")
-        model_bytes = self._graph(spec, weights, "fp16" if fp16_graph else "int8" if precision == "int8" else "fp32")
+        kind = "fp16" if fp16_graph else "int8" if precision == "int8" else "fp32"
+        model_bytes = self._graph(spec, weights, kind)
         if gpu:  # TensorRT's profile spans batch sizes; on GPUs torch is imported anyway, onnx costs nothing more
             model_bytes = dynamic_onnx(model_bytes)
         opts = ort.SessionOptions()
@@ -117,7 +118,7 @@ class OnnxRuntime(Runtime):
         # (bench/RESULTS.md, start-up), for a batch of one that never needs it.
         shape = self.session.get_inputs()[0].shape
         self._fixed_shape = tuple(shape) if all(isinstance(d, int) for d in shape) else None
-        self._model_bytes = model_bytes if self._fixed_shape else None
+        self._graph_source = (spec, weights, kind)  # to read the graph again then, rather than hold its bytes
         self._reshape_lock = threading.Lock()
         active = self.session.get_providers()
         # onnxruntime-gpu lists CUDA even where it cannot start it: trust only the session.
@@ -190,9 +191,9 @@ class OnnxRuntime(Runtime):
             log.info("the graph declares input %s; %s asked for: running it with symbolic dimensions from now on",
                      self._fixed_shape, tuple(shape))
             opts, providers, options = self._session_args
-            self.session = ort.InferenceSession(dynamic_onnx(self._model_bytes), opts, providers=providers,
-                                                provider_options=options)
-            self._fixed_shape = self._model_bytes = None
+            self.session = ort.InferenceSession(dynamic_onnx(self._graph(*self._graph_source)), opts,
+                                                providers=providers, provider_options=options)
+            self._fixed_shape = None
 
 
 def _export_in_memory(spec: ModelSpec, weights):

@@ -122,6 +122,10 @@ class JobConfig:
         """`batch_size`, or the executor's default (BATCH_SIZE_DEFAULT)."""
         return self.batch_size or BATCH_SIZE_DEFAULT[executor]
 
+    def batches(self, inputs: int | None, executor: str) -> int | None:
+        """How many inference calls `inputs` images make on `executor` (None when the count is unknown)."""
+        return max(1, -(-inputs // self.batch_size_for(executor))) if inputs is not None else None
+
     @property
     def model_version(self) -> str:
         """What the manifest records as the model: TTA is part of it (it changes every output)."""

@@ -154,7 +154,7 @@ def plan_pool(cfg: JobConfig, *, cpus: float, gpus: int, inputs: int | None = No
     """
     actor_cpus = cfg.actor_cpus if cfg.actor_cpus is not None else 1.0
     device, threads = cfg.inference.device, cfg.inference.threads
-    batches = max(1, -(-inputs // cfg.batch_size_for("ray"))) if inputs is not None else None
+    batches = cfg.batches(inputs, "ray")
 
     def capped(size: int) -> int:
         return min(size, batches) if batches is not None else size
@@ -196,8 +196,6 @@ def actor_config(cfg: JobConfig, pool: PoolPlan) -> RuntimeConfig:
     return rc
 
 
-
-
 @dataclass(frozen=True)
 class LocalPlan:
     """How the in-process executor lays out one machine's CPUs (pipelines/batch/in_process.py)."""
@@ -213,7 +211,7 @@ def plan_local(cfg: JobConfig, *, cpus: int, inputs: int | None = None) -> Local
     (`--threads` overrides). Nothing is reserved for Ray's tasks: there are none. The I/O and
     post-processing threads spend most of their time in code that releases the GIL (file and S3
     reads, OpenCV, zlib), so there are a few more of them than CPUs."""
-    batches = max(1, -(-inputs // cfg.batch_size_for("local"))) if inputs is not None else None
+    batches = cfg.batches(inputs, "local")
     sessions = cfg.actors or max(1, min(cpus, CPU_ACTORS_DEFAULT_MAX))
     if batches is not None:
         sessions = min(sessions, batches)
