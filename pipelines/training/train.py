@@ -24,12 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
-from model.config import DEVICES, RUNTIMES, RuntimeConfig
+from model.config import DEVICES, RUNTIMES
+from model.tta import TTA_MODES
 from model.preprocess import normalize_batch
 from model.runtimes import resolve_device
 from model.preprocess import resize_rgb
-from model.specs import ModelSpec, PreprocessSpec, get_spec
+from model.specs import ModelSpec, PreprocessSpec
 from pipelines.training import synth
+from pipelines.training.sources import (check_weights, held_out, parse_source_weights, sampling_probs, shares,
+                                        source_labels)
+from pipelines.training.teacher import Teacher
 from postproc import DecodeError
 from pipelines.training.train_data import (CachedPhotos, Pair, PackedPhotos, find_pairs, list_images, pack_cache,
                                   precompute_teacher, read_alpha, read_rgb, read_rgba)
@@ -56,7 +60,11 @@ class TrainConfig:
         "help": "channels of the first level (the reference U-Net has 64)"})
     depth: int = field(default=5, metadata={"help": "levels, channels doubling each"})
     input_size: int = field(default=256, metadata={"help": "square training and inference size"})
-    teacher: str = field(default="u2netp", metadata={"help": "teacher model, name or path"})
+    teacher: str = field(default="u2netp", metadata={
+        "help": "teacher model, name or path; several, comma-separated (u2net,u2netp), are averaged"})
+    teacher_tta: str = field(default="none", metadata={
+        "help": "test-time augmentation of every teacher model (flip: the mean with the mirror image)",
+        "choices": TTA_MODES})
     teacher_runtime: str = field(default="auto", metadata={
         "help": "how the teacher runs (as --runtime of `matting run`)", "choices": RUNTIMES})
     cache_dir: str | None = field(default=None, metadata={
@@ -74,7 +82,12 @@ class TrainConfig:
     pair_weight: float = field(default=1.0, metadata={"help": "loss weight of --pairs samples"})
     pair_prob: float | None = field(default=None, metadata={
         "help": "share of samples drawn from --pairs (default: their share of all photos)"})
-    val_images: int = field(default=32, metadata={"help": "photos held out to report MAE vs the teacher"})
+    source_weights: tuple[str, ...] = field(default=(), metadata={
+        "help": "SOURCE=W,…: draw each photo of that folder W times as often as one of weight 1 (the default); "
+                "a source is a folder as given, below the folders' common parent (ccp_fullbody/image)"})
+    val_images: int = field(default=32, metadata={
+        "help": "photos held out to report MAE vs the teacher, per source and in all: every 10th of each folder, "
+                "up to its share of this number"})
     device: str = field(default="auto", metadata={
         "help": "where the student trains (and the teacher runs)", "choices": DEVICES})
     amp: bool | None = field(default=None, metadata={  # None: on for CUDA, off on CPU
@@ -95,6 +108,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.images = tuple(self.images)
+        weights = parse_source_weights(self.source_weights)  # "a=1.5,b=2" from the command line, or a tuple
+        check_weights(weights, list(source_labels(self.images).values()))
+        self.source_weights = tuple(f"{k}={v:g}" for k, v in weights.items())
         if not self.images:
             raise ValueError("give at least one folder of training images")
         if not self.out.endswith(".safetensors"):
@@ -112,12 +128,12 @@ class TrainConfig:
             raise ValueError("pair_weight, val_images and workers must be ≥ 0")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
-        self.teacher_config()  # the teacher's name and runtime choices fail here, before any work
+        self.teacher_config()  # the teacher's names and runtime choices fail here, before any work
 
-    def teacher_config(self, device: str | None = None) -> RuntimeConfig:
-        """How the teacher runs: one RuntimeConfig, passed whole to precompute_teacher."""
-        return RuntimeConfig(model=self.teacher, runtime=self.teacher_runtime, device=device or self.device,
-                             threads=self.threads)
+    def teacher_config(self, device: str | None = None) -> Teacher:
+        """How the teacher runs: its models, each a RuntimeConfig, passed whole to precompute_teacher."""
+        return Teacher.parse(self.teacher, tta=self.teacher_tta, runtime=self.teacher_runtime,
+                             device=device or self.device, threads=self.threads)
 
     def student_spec(self, step: int) -> ModelSpec:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M")
@@ -128,10 +144,10 @@ class TrainConfig:
             arch_kwargs={"base_width": self.base_width, "depth": self.depth},
             # The teacher's resize filter: the cached photos the student learns from were made with it.
             preprocess=PreprocessSpec(input_size=(self.input_size, self.input_size), input_scale="unit",
-                                      resize=get_spec(self.teacher).preprocess.resize,
+                                      resize=self.teacher_config().preprocess.resize,
                                       output_activation="sigmoid", output_normalization="none"),
             license="trained by `matting train`; credit the training data's sources",
-            description=f"U-Net {self.base_width}·2^i × {self.depth} levels distilled from {self.teacher} "
+            description=f"U-Net {self.base_width}·2^i × {self.depth} levels distilled from {self.teacher_config().label} "
                         f"at {self.input_size}², {step} steps",
         )
 
@@ -145,7 +161,7 @@ class DistillDataset:
 
     def __init__(self, cached: CachedPhotos | PackedPhotos, pairs: list[Pair], *, out: int, cache_size: int,
                  preprocess: PreprocessSpec, length: int, seed: int, composite_prob: float, pair_weight: float,
-                 pair_prob: float | None = None):
+                 pair_prob: float | None = None, photo_probs: np.ndarray | None = None):
         if not cached and not pairs:
             raise ValueError("no training images: the teacher cache is empty and no pairs were given")
         self.cached, self.pairs, self.out, self.cache_size = cached, pairs, out, cache_size
@@ -154,6 +170,15 @@ class DistillDataset:
         self.pair_share = len(pairs) / (len(pairs) + len(cached)) if pair_prob is None else pair_prob
         if not cached or not pairs:  # only one kind of sample exists
             self.pair_share = 0.0 if cached else 1.0
+        # The teacher photo of a sample is drawn by these probabilities (per-source weights); None: uniform.
+        if photo_probs is not None and len(photo_probs) != len(cached):
+            raise ValueError(f"photo_probs has {len(photo_probs)} entries for {len(cached)} photos")
+        self.cumulative = None if photo_probs is None else np.cumsum(photo_probs) / np.sum(photo_probs)
+
+    def _photo(self, rng: np.random.Generator) -> int:
+        if self.cumulative is None:
+            return int(rng.integers(len(self.cached)))
+        return min(int(np.searchsorted(self.cumulative, rng.random(), side="right")), len(self.cached) - 1)
 
     def __len__(self) -> int:
         return self.length
@@ -178,7 +203,7 @@ class DistillDataset:
             else:
                 rgb, alpha = synth.flip(*synth.random_resized_crop(rgb, alpha, self.out, rng), rng)
                 return synth.color_jitter(rgb, rng), alpha, self.pair_weight, float(pair.coarse)
-        rgb, alpha = self.cached[rng.integers(len(self.cached))]
+        rgb, alpha = self.cached[self._photo(rng)]
         if rng.random() < self.composite_prob:
             made = synth.composite(synth.color_jitter(rgb, rng, 0.5), alpha, self._background(rng), rng)
             if made is not None:
@@ -246,13 +271,23 @@ def run_training(cfg: TrainConfig) -> dict:
     pairs = find_pairs(cfg.pairs) if cfg.pairs else []
     cached = precompute_teacher(images, teacher=cfg.teacher_config(device), cache_dir=cfg.cache_dir or default_cache_dir(),
                                 size=cfg.cache_size)
-    n_val = min(cfg.val_images, len(cached) // 10)
-    # Every 10th photo up to n_val is held out: spread over the interleaved folders, never trained on,
-    # neither as a teacher sample nor as a pair.
-    held = cached[::10][:n_val]
-    held_images = {img.resolve() for img, _ in held}
-    val_files = [c for _, c in held]
-    train_files = [c for img, c in cached if img.resolve() not in held_images]
+    label_of = source_labels(cfg.images)
+    labels = [label_of[img.parent.resolve()] for img, _ in cached]
+    # Every 10th photo of each source is held out (up to its share of --val-images): never trained on,
+    # neither as a teacher sample nor as a pair, and scored per source.
+    held = set(held_out(labels, cfg.val_images))
+    held_images = {cached[i][0].resolve() for i in held}
+    val_files = [cached[i][1] for i in sorted(held)]
+    val_labels = [labels[i] for i in sorted(held)]
+    train_files = [c for i, (_, c) in enumerate(cached) if i not in held]
+    train_labels = [label for i, label in enumerate(labels) if i not in held]
+    photo_probs = sampling_probs(train_labels, parse_source_weights(cfg.source_weights)) if train_files else None
+    if train_files:
+        log.info("sources (photos trained on, held out, share of the draws): %s", "; ".join(
+            f"{k} {train_labels.count(k)}, {val_labels.count(k)}, {v:.1%}"
+            for k, v in shares(train_labels, photo_probs).items()))
+    if not cfg.source_weights:
+        photo_probs = None  # uniform: drawn as before weights existed (the same samples for a seed)
     pairs = [p for p in pairs if p.image.resolve() not in held_images]
     spec = cfg.student_spec(0)
     net = build_architecture(spec)
@@ -267,7 +302,8 @@ def run_training(cfg: TrainConfig) -> dict:
     photos = pack_cache(train_files, cfg.cache_size) if cfg.pack_cache and train_files else CachedPhotos(train_files)
     data = DistillDataset(photos, pairs, out=cfg.input_size, cache_size=cfg.cache_size,
                           preprocess=spec.preprocess, length=cfg.steps * cfg.batch_size, seed=cfg.seed,
-                          composite_prob=cfg.composite_prob, pair_weight=cfg.pair_weight, pair_prob=cfg.pair_prob)
+                          composite_prob=cfg.composite_prob, pair_weight=cfg.pair_weight, pair_prob=cfg.pair_prob,
+                          photo_probs=photo_probs)
     loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers,
                         pin_memory=device == "cuda", drop_last=True, persistent_workers=cfg.workers > 0,
                         worker_init_fn=one_thread_per_worker if cfg.workers > 0 else None)
@@ -278,24 +314,32 @@ def run_training(cfg: TrainConfig) -> dict:
     out = Path(cfg.out)
     log_path = out.with_suffix(".train.csv")
     out.parent.mkdir(parents=True, exist_ok=True)
-    fields = ["step", "elapsed_s", "loss", "bce", "l1", "grad", "lr", "images_per_s", "val_mae"]
+    held_sources = sorted(set(val_labels))
+    fields = ["step", "elapsed_s", "loss", "bce", "l1", "grad", "lr", "images_per_s", "val_mae",
+              *(f"val_mae[{s}]" for s in held_sources)]
     history: list[dict] = []
     stop = StopFlag()
     t0 = time.perf_counter()
     window: list[dict] = []
     step = 0
 
-    def held_out_mae() -> float:
+    def held_out_mae() -> dict[str, float]:
+        """MAE against the teacher on the held-out photos, in all and per source."""
         if val is None:
-            return math.nan
+            return {"val_mae": math.nan}
         preds = torch.cat([trainer.predict(val[0][i:i + 16]).cpu() for i in range(0, len(val[0]), 16)])
-        return float((preds - val[1]).abs().mean())
+        per_image = (preds - val[1]).abs().mean(dim=(1, 2, 3)).numpy()
+        out = {"val_mae": float(per_image.mean())}
+        for s in held_sources:
+            out[f"val_mae[{s}]"] = float(np.mean([e for e, label in zip(per_image, val_labels) if label == s]))
+        return out
 
-    def checkpoint(reason: str) -> float:
-        mae = held_out_mae()
+    def checkpoint(reason: str) -> dict[str, float]:
+        maes = held_out_mae()
         path = save_safetensors(trainer.net.state_dict(), cfg.student_spec(step), out)
-        log.info("checkpoint (%s) at step %d: held-out MAE vs teacher %.4f → %s", reason, step, mae, path)
-        return mae
+        log.info("checkpoint (%s) at step %d: held-out MAE vs teacher %.4f (%s) → %s", reason, step, maes["val_mae"],
+                 ", ".join(f"{s} {maes[f'val_mae[{s}]']:.4f}" for s in held_sources), path)
+        return maes
 
     try:
         with open(log_path, "w", newline="") as f:
@@ -312,13 +356,13 @@ def run_training(cfg: TrainConfig) -> dict:
                     continue
                 row = {k: float(np.mean([w[k] for w in window])) for k in ("loss", "bce", "l1", "grad")}
                 row.update(step=step, elapsed_s=round(elapsed, 1), lr=window[-1]["lr"],
-                           images_per_s=round(step * cfg.batch_size / elapsed, 2), val_mae="")
+                           images_per_s=round(step * cfg.batch_size / elapsed, 2), **dict.fromkeys(fields[8:], ""))
                 window.clear()
                 log.info("step %d/%d loss %.4f (bce %.4f l1 %.4f grad %.4f) lr %.2e %.2f img/s", step, cfg.steps,
                          row["loss"], row["bce"], row["l1"], row["grad"], row["lr"], row["images_per_s"])
                 if step % cfg.checkpoint_every == 0 or last:
                     reason = "end" if step == cfg.steps else "stopped" if last else "periodic"
-                    row["val_mae"] = round(checkpoint(reason), 5)
+                    row.update({k: round(v, 5) for k, v in checkpoint(reason).items()})
                 history.append(row)
                 writer.writerow(row)
                 f.flush()
@@ -332,4 +376,6 @@ def run_training(cfg: TrainConfig) -> dict:
         stop.restore()
     return {"steps": step, "wall_s": round(time.perf_counter() - t0, 1), "out": str(out), "log": str(log_path),
             "first": history[0] if history else None, "last": history[-1] if history else None,
-            "val_mae": next((r["val_mae"] for r in reversed(history) if r["val_mae"] != ""), None)}
+            "val_mae": next((r["val_mae"] for r in reversed(history) if r["val_mae"] != ""), None),
+            "val_mae_by_source": next(({s: r[f"val_mae[{s}]"] for s in held_sources}
+                                       for r in reversed(history) if r["val_mae"] != ""), None)}

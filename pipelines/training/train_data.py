@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from model.atomic import atomic_path, write_bytes_atomic
-from model.preprocess import LEGACY_RESIZE, resize_rgb
+from model.preprocess import LEGACY_RESIZE
 from postproc import DecodeError, decode_image, model_input
 from postproc.formats import PHOTO_EXTENSIONS
 
@@ -124,39 +124,39 @@ def precompute_teacher(images: list[Path], *, teacher, cache_dir: str | os.PathL
                        batch_size: int = 8, log_every_s: float = 30.0) -> list[tuple[Path, Path]]:
     """Run the teacher on every image not cached yet; return (image, cache file) of all readable images.
 
-    `teacher` is a model.config.RuntimeConfig (or a model name, run with the defaults)."""
+    `teacher` is a pipelines.training.teacher.Teacher (one model or an ensemble, each with its TTA),
+    a model.config.RuntimeConfig, or a model name run with the defaults."""
     from model.config import RuntimeConfig
-    from model.runtimes import create_runtime
+    from pipelines.training.teacher import Teacher
 
-    if not isinstance(teacher, RuntimeConfig):
-        teacher = RuntimeConfig(model=str(teacher))
+    if not isinstance(teacher, Teacher):
+        teacher = Teacher((teacher if isinstance(teacher, RuntimeConfig) else RuntimeConfig(model=str(teacher)),))
     cache_dir = Path(cache_dir)
-    spec = teacher.spec
-    pre = spec.preprocess
-    target = {p: cache_path(cache_dir, p, spec.version, size, pre.resize) for p in images}  # hashes each photo once
+    pre = teacher.preprocess
+    target = {p: cache_path(cache_dir, p, teacher.version, size, pre.resize) for p in images}  # hashes each photo once
     todo = [p for p in images if not target[p].is_file()]
-    log.info("teacher %s: %d of %d images cached in %s, %d to do", teacher.model, len(images) - len(todo), len(images),
+    log.info("teacher %s: %d of %d images cached in %s, %d to do", teacher.label, len(images) - len(todo), len(images),
              cache_dir, len(todo))
     if todo:
-        rt = create_runtime(teacher)
+        opened = teacher.open()
         t0 = last = time.perf_counter()
         done = bad = 0
         for start in range(0, len(todo), batch_size):
-            chunk, rgbs = [], []
+            chunk, photos = [], []
             for p in todo[start:start + batch_size]:
                 try:
-                    rgbs.append(read_rgb(p, size, pre))
+                    photos.append(decode_image(p.read_bytes()))
                     chunk.append(p)
                 except (DecodeError, OSError) as e:
                     bad += 1
                     log.warning("skipping %s: %s", p, e)
             if not chunk:
                 continue
-            teacher_in = np.stack([resize_rgb(im, rt.input_size, pre.resize, pre.preshrink) for im in rgbs])
-            alphas = rt.predict(teacher_in)
-            for p, rgb, a in zip(chunk, rgbs, alphas):
-                a8 = (cv2.resize(a, (size, size), interpolation=cv2.INTER_LINEAR) * 255).round().astype(np.uint8)
-                write_rgba(target[p], rgb, a8)
+            # Each member makes its own input from the decoded photo, with its own filter and size.
+            alphas = opened.mat(photos, size)
+            for p, photo, a in zip(chunk, photos, alphas):
+                rgb = model_input(photo, pre, (size, size))
+                write_rgba(target[p], rgb, (a * 255).round().astype(np.uint8))
             done += len(chunk)
             if time.perf_counter() - last > log_every_s:
                 last = time.perf_counter()
