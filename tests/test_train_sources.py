@@ -70,7 +70,7 @@ def test_an_ensemble_teacher_is_the_mean_of_its_members(tmp_path):
     assert np.abs(a - b).mean() > 0.01  # two different models: the mean is not either of them
 
 
-def test_the_teacher_runs_fp32_on_cpu_even_where_auto_would_pick_int8(monkeypatch):
+def test_the_teacher_runs_fp32_where_auto_would_pick_int8_or_fp16(monkeypatch):
     from model import runtimes
 
     made = []
@@ -180,3 +180,16 @@ def test_training_reports_the_held_out_error_per_source(tmp_path):
     # One photo held out per source (the first of each folder of 10), so the overall MAE is their mean.
     assert float(last["val_mae"]) == pytest.approx(np.mean(per_source), abs=2e-5)
     assert rows[0]["val_mae[people]"] == ""  # a log row without a checkpoint
+
+
+def test_precompute_only_packs_the_photos_the_same_flags_train_on(tmp_path):
+    dirs = photo_folders(tmp_path, {"people": 10, "products": 3})
+    flags = [str(dirs["people"]), str(dirs["products"]), "--cache-dir", str(tmp_path / "cache"), "--cache-size", "40",
+             "--val-images", "2", "--threads", "1", "--device", "cpu", "--teacher-runtime", "onnxruntime"]
+    assert cli_main(["train", *flags, "--out", str(tmp_path / "unused.safetensors"), "--precompute-only"]) == 0
+    packs = list((tmp_path / "cache").rglob("pack-*.npy"))
+    assert len(packs) == 1 and np.load(packs[0], mmap_mode="r").shape == (12, 40, 40, 4)  # 13 photos, 1 held out
+    built = packs[0].stat().st_mtime_ns
+    assert cli_main(["train", *flags, "--out", str(tmp_path / "w.safetensors"), "--steps", "1", "--batch-size", "1",
+                     "--base-width", "4", "--depth", "2", "--input-size", "32"]) == 0
+    assert packs[0].stat().st_mtime_ns == built  # the training run mapped that pack instead of making its own

@@ -8,14 +8,19 @@ from pipelines.cli.flags import add_flags, from_flags
 
 
 def command(args: argparse.Namespace) -> int:
-    from pipelines.training.train import TrainConfig, default_cache_dir, run_training
-    from pipelines.training.train_data import list_images, precompute_teacher
+    from pipelines.training.train import TrainConfig, default_cache_dir, run_training, training_split
+    from pipelines.training.train_data import list_images, pack_cache, precompute_teacher
 
     cfg = TrainConfig(**from_flags(TrainConfig, args))
     if args.precompute_only:
         cached = precompute_teacher(list_images(list(cfg.images), cfg.max_images), teacher=cfg.teacher_config(),
                                     cache_dir=cfg.cache_dir or default_cache_dir(), size=cfg.cache_size)
-        print(f"teacher cache: {len(cached)} photos")
+        train_files = training_split(cfg, cached).train_files
+        if cfg.pack_cache and train_files:
+            # The pack the training runs of these flags will map: runs started side by side then
+            # share one file instead of each decoding every photo.
+            pack_cache(train_files, cfg.cache_size)
+        print(f"teacher cache: {len(cached)} photos ({len(train_files)} to train on)")
         return 0
     summary = run_training(cfg)
     print(f"trained {summary['steps']} steps in {summary['wall_s']} s; held-out MAE vs teacher {summary['val_mae']}; "
@@ -28,5 +33,6 @@ def register(sub) -> None:
 
     p = sub.add_parser("train", help="distil the U-Net from a teacher on folders of photos (+ optional pairs)")
     add_flags(p, TrainConfig)
-    p.add_argument("--precompute-only", action="store_true", help="fill the teacher cache and stop")
+    p.add_argument("--precompute-only", action="store_true",
+                   help="fill the teacher cache, pack the photos these flags train on, and stop")
     p.set_defaults(func=command)

@@ -63,13 +63,13 @@ class Teacher:
         return ",".join(m.model for m in self.members) + ("" if tta == {"none"} else f" (tta {'/'.join(sorted(tta))})")
 
     def open(self) -> OpenTeacher:
-        from model.runtimes import create_runtime, resolve_device
+        from model.runtimes import create_runtime
 
-        # The teacher's alphas are the student's targets: on CPU they are made in FP32, never with
-        # the INT8 file `auto` would pick on a VNNI/AMX CPU (its version does not say INT8, and its
-        # alphas are a little worse). On CUDA `auto` stays FP16, as the job runs it.
-        members = [m.replace(precision="fp32") if m.precision == "auto" and resolve_device(m.device) == "cpu" else m
-                   for m in self.members]
+        # The teacher's alphas are the student's targets, cached once: they are made in FP32
+        # wherever it runs, never with the INT8 file `auto` picks on a VNNI/AMX CPU or the FP16
+        # `auto` picks on CUDA (the cache's version names neither, and both change the alphas a
+        # little: U²-Netp's folded biases reach 1,361). FP32 costs little next to training.
+        members = [m.replace(precision="fp32") if m.precision == "auto" else m for m in self.members]
         return OpenTeacher(self, [create_runtime(m) for m in members])
 
 

@@ -218,6 +218,28 @@ class DistillDataset:
         return x, a, np.float32(weight), np.float32(coarse)
 
 
+@dataclass(frozen=True)
+class Split:
+    train_files: list[Path]  # teacher-cache files trained on
+    train_labels: list[str]  # their sources
+    val_files: list[Path]  # held out
+    val_labels: list[str]
+    held_images: frozenset  # the held-out photos (resolved), kept out of the pairs too
+
+
+def training_split(cfg: TrainConfig, cached: list[tuple[Path, Path]]) -> Split:
+    """Every 10th photo of each source is held out (up to its share of --val-images): never trained
+    on, neither as a teacher sample nor as a pair, and scored per source."""
+    label_of = source_labels(cfg.images)
+    labels = [label_of[img.parent.resolve()] for img, _ in cached]
+    held = sorted(held_out(labels, cfg.val_images))
+    held_set = set(held)
+    return Split(train_files=[c for i, (_, c) in enumerate(cached) if i not in held_set],
+                 train_labels=[label for i, label in enumerate(labels) if i not in held_set],
+                 val_files=[cached[i][1] for i in held], val_labels=[labels[i] for i in held],
+                 held_images=frozenset(cached[i][0].resolve() for i in held))
+
+
 def validation_batch(files: list[Path], out: int, preprocess: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
     """Held-out photos, no augmentation: the student's MAE against the teacher on unseen images."""
     import cv2
@@ -271,16 +293,9 @@ def run_training(cfg: TrainConfig) -> dict:
     pairs = find_pairs(cfg.pairs) if cfg.pairs else []
     cached = precompute_teacher(images, teacher=cfg.teacher_config(device), cache_dir=cfg.cache_dir or default_cache_dir(),
                                 size=cfg.cache_size)
-    label_of = source_labels(cfg.images)
-    labels = [label_of[img.parent.resolve()] for img, _ in cached]
-    # Every 10th photo of each source is held out (up to its share of --val-images): never trained on,
-    # neither as a teacher sample nor as a pair, and scored per source.
-    held = set(held_out(labels, cfg.val_images))
-    held_images = {cached[i][0].resolve() for i in held}
-    val_files = [cached[i][1] for i in sorted(held)]
-    val_labels = [labels[i] for i in sorted(held)]
-    train_files = [c for i, (_, c) in enumerate(cached) if i not in held]
-    train_labels = [label for i, label in enumerate(labels) if i not in held]
+    split = training_split(cfg, cached)
+    train_files, train_labels, val_files, val_labels = split.train_files, split.train_labels, split.val_files, split.val_labels
+    held_images = split.held_images
     photo_probs = sampling_probs(train_labels, parse_source_weights(cfg.source_weights)) if train_files else None
     if train_files:
         log.info("sources (photos trained on, held out, share of the draws): %s", "; ".join(
