@@ -22,7 +22,8 @@ def read_run(path: Path) -> dict[str, list[tuple[float, float]]]:
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             minute = float(row["elapsed_s"]) / 60
-            loss.append((minute, float(row["loss"])))
+            if row.get("loss"):  # step 0 of a continued run has a held-out MAE and no loss
+                loss.append((minute, float(row["loss"])))
             if row.get("val_mae"):
                 mae.append((minute, float(row["val_mae"])))
     return {"loss": loss, "val_mae": mae}

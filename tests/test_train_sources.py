@@ -180,6 +180,15 @@ def test_training_reports_the_held_out_error_per_source(tmp_path):
     # One photo held out per source (the first of each folder of 10), so the overall MAE is their mean.
     assert float(last["val_mae"]) == pytest.approx(np.mean(per_source), abs=2e-5)
     assert rows[0]["val_mae[people]"] == ""  # a log row without a checkpoint
+    # A continued run first scores the checkpoint it starts from (step 0), on its own held-out photos.
+    again = tmp_path / "again.safetensors"
+    assert cli_main(["train", str(dirs["people"]), str(dirs["products"]), "--out", str(again), "--init", str(out),
+                     "--cache-dir", str(tmp_path / "cache"), "--cache-size", "48", "--input-size", "48",
+                     "--base-width", "4", "--depth", "3", "--steps", "1", "--batch-size", "2", "--val-images", "4",
+                     "--threads", "1", "--device", "cpu", "--teacher-runtime", "onnxruntime"]) == 0
+    first = next(csv.DictReader(open(again.with_suffix(".train.csv"))))
+    assert first["step"] == "0" and first["loss"] == ""
+    assert float(first["val_mae"]) == pytest.approx(float(last["val_mae"]), abs=1e-5)  # the same weights
 
 
 def test_precompute_only_packs_the_photos_the_same_flags_train_on(tmp_path):

@@ -360,6 +360,14 @@ def run_training(cfg: TrainConfig) -> dict:
         with open(log_path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
+            if cfg.init and val is not None:
+                # Where a continued run starts: the earlier checkpoint against this run's teacher and
+                # held-out photos, the figure its own checkpoints must beat.
+                start = held_out_mae()
+                log.info("held-out MAE vs teacher of --init %s: %.4f (%s)", cfg.init, start["val_mae"],
+                         ", ".join(f"{s} {start[f'val_mae[{s}]']:.4f}" for s in held_sources))
+                writer.writerow({**dict.fromkeys(fields, ""), "step": 0, "elapsed_s": 0.0,
+                                 **{k: round(v, 5) for k, v in start.items()}})
             for x, alpha, weight, coarse in loader:
                 budget_used = (time.perf_counter() - t0) / (cfg.max_minutes * 60) if cfg.max_minutes else 0.0
                 window.append(trainer.step(x, alpha, weight, coarse, time_progress=budget_used))
