@@ -62,7 +62,8 @@ class TrainConfig:
     input_size: int = field(default=256, metadata={"help": "square training and inference size"})
     teacher: str = field(default="u2netp", metadata={
         "help": "teacher model, name or path; several, comma-separated (u2net,u2netp), are averaged"})
-    teacher_tta: str = field(default="none", metadata={
+    # flip: chosen on the teachers' own eval figures (bench/RESULTS.md, "Own U-Net, round 2").
+    teacher_tta: str = field(default="flip", metadata={
         "help": "test-time augmentation of every teacher model (flip: the mean with the mirror image)",
         "choices": TTA_MODES})
     teacher_runtime: str = field(default="auto", metadata={
