@@ -90,6 +90,22 @@ def test_image_and_alpha_are_cropped_and_flipped_together():
     assert 0.6 < span.min() and span.max() <= 1.0 and span.std() > 0.03, span
 
 
+def test_resampling_is_opencvs_area_and_linear_resize():
+    from pipelines.training.device_samples import axis_weights, resample
+
+    photo = subject_photos(1, 64, seed=4)[0]
+    photo[..., :3] = np.random.default_rng(4).integers(0, 256, (64, 64, 3))  # detail that aliases if not averaged
+    # (y, h, x, w) windows: shrinking both ways (area), enlarging both ways (linear), the whole photo.
+    for y, h, x, w in [(3, 61, 0, 50), (10, 20, 30, 24), (0, 64, 0, 64)]:
+        t = lambda *v: torch.tensor(v)  # noqa: E731
+        no = torch.tensor([False])
+        got = resample(torch.from_numpy(photo)[None], axis_weights(t(y), t(h), t(0), t(32), no, 32, 64),
+                       axis_weights(t(x), t(w), t(0), t(32), no, 32, 64))[0].permute(1, 2, 0).numpy()
+        interp = cv2.INTER_AREA if h >= 32 else cv2.INTER_LINEAR
+        want = cv2.resize(np.ascontiguousarray(photo[y:y + h, x:x + w]), (32, 32), interpolation=interp)
+        assert np.abs(got - want).max() <= 1, (y, h, x, w)
+
+
 def test_composite_alpha_is_exact():
     size = 64
     photos = np.zeros((3, size, size, 4), np.uint8)
