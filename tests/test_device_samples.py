@@ -106,6 +106,50 @@ def test_resampling_is_opencvs_area_and_linear_resize():
         assert np.abs(got - want).max() <= 1, (y, h, x, w)
 
 
+def test_colour_jitter_is_synths_matrix():
+    from pipelines.training import synth
+    from pipelines.training.device_samples import color_jitter
+
+    class Uniforms:  # a generator whose uniform(lo, hi) draws are the given fractions of [lo, hi)
+        def __init__(self, fractions):
+            self.fractions = iter(fractions)
+
+        def uniform(self, lo, hi):
+            return lo + (hi - lo) * next(self.fractions)
+
+    photo = subject_photos(1, 40, seed=2)[0, ..., :3]
+    u = torch.tensor([[0.05, 0.9, 0.3, 0.99], [0.5, 0.5, 0.5, 0.5], [0.97, 0.02, 0.8, 0.1]])
+    for strength in (1.0, 0.5):
+        got = color_jitter(torch.from_numpy(photo).permute(2, 0, 1)[None].float().expand(3, -1, -1, -1), u, strength)
+        for k in range(3):
+            want = synth.color_jitter(photo, Uniforms(u[k].tolist()), strength)
+            assert np.abs(got[k].permute(1, 2, 0).numpy() - want).max() <= 1
+
+
+def test_plain_backgrounds_are_synths_in_distribution():
+    from pipelines.training import synth
+    from pipelines.training.device_samples import _WIDTH, plain_backgrounds
+
+    n, out = 2000, 32
+
+    def stats(images: np.ndarray) -> np.ndarray:  # (n, H, W, 3) levels
+        spread = images.std((1, 2)).mean(1)  # within each channel: 0 for a flat fill
+        grey = np.ptp(images.mean((1, 2)), axis=1) < 6  # the three channels' means alike: a grey fill or ramp
+        rough = np.abs(np.diff(images, axis=2)).mean((1, 2, 3))  # pixel to pixel: the ramps' noise
+        return np.stack([spread == 0, images.mean((1, 2, 3)) / 255, spread / 255, grey,
+                         grey & (images.min((1, 2, 3)) >= 190), rough], 1).astype(float)
+
+    rng = np.random.default_rng(0)
+    on_cpu = stats(np.stack([synth.plain_background(out, rng) for _ in range(n)]).astype(float))
+    g = torch.Generator().manual_seed(0)
+    made = plain_backgrounds(torch.rand((n, _WIDTH), generator=g), out, g)
+    assert made.shape == (n, 3, out, out) and (made == made.round()).all() and 0 <= made.min() and made.max() <= 255
+    on_device = stats(made.permute(0, 2, 3, 1).numpy())
+    gap = np.abs(on_device.mean(0) - on_cpu.mean(0))
+    assert (gap < 4 * np.sqrt(on_device.var(0) / n + on_cpu.var(0) / n) + 1e-3).all(), (on_device.mean(0),
+                                                                                         on_cpu.mean(0))
+
+
 def test_composite_alpha_is_exact():
     size = 64
     photos = np.zeros((3, size, size, 4), np.uint8)
@@ -172,11 +216,11 @@ def test_pairs_carry_their_weight_and_coarse_flag():
 
 def test_device_samples_match_the_loader_in_distribution():
     """The same photos through DistillDataset (numpy and OpenCV) and DeviceSampler: per-sample alpha coverage,
-    share of pure background, share of soft edge, image level and contrast agree in the mean within
-    four standard errors."""
+    share of pure background, share of soft edge, image level and contrast, and how often the subject is
+    cut by the frame agree in the mean within four standard errors."""
     from pipelines.training.train import DistillDataset
 
-    photos, n = subject_photos(8, 64), 512
+    photos, n = subject_photos(8, 64), 1024
 
     class Photos:  # as PackedPhotos: (rgb, alpha) views
         def __len__(self):
@@ -187,7 +231,10 @@ def test_device_samples_match_the_loader_in_distribution():
 
     def stats(x: torch.Tensor, alpha: np.ndarray) -> np.ndarray:
         a, rgb = alpha.reshape(len(alpha), -1), levels(x).reshape(len(alpha), -1) / 255
-        return np.stack([a.mean(1), (a == 0).mean(1), ((a > 0) & (a < 1)).mean(1), rgb.mean(1), rgb.std(1)], 1)
+        edge = alpha[:, 0]
+        # A composite's subject lies inside the frame; a crop often cuts through its subject.
+        cut = (edge[:, 0].max(1) > 0) | (edge[:, -1].max(1) > 0) | (edge[:, :, 0].max(1) > 0) | (edge[:, :, -1].max(1) > 0)
+        return np.stack([a.mean(1), (a == 0).mean(1), ((a > 0) & (a < 1)).mean(1), rgb.mean(1), rgb.std(1), cut], 1)
 
     data = DistillDataset(Photos(), [], out=48, cache_size=64, preprocess=SPEC, length=n, seed=0,
                           composite_prob=0.5, pair_weight=1.0)
