@@ -96,7 +96,8 @@ class TrainConfig:
                 "about 2× faster samples); --no-pack-cache decodes them at every sample"})
     samples_on: str = field(default="auto", metadata={
         "help": "where training samples are made: loader (DataLoader processes, --workers), device (whole "
-                "batches on the training device from the packed photos held there); auto: device on CUDA",
+                "batches on the training device from the packed photos held there); auto: device on CUDA with the "
+                "packed cache",
         "choices": SAMPLES_ON})
 
     def __post_init__(self) -> None:
