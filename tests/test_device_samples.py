@@ -67,6 +67,7 @@ def test_batches_are_seeded_by_step():
     next(batches)
     assert all(torch.equal(s, t) for s, t in zip(next(batches), later))
     assert not torch.equal(first[0], later[0])
+    assert all(torch.equal(s, t) for s, t in zip(b.batch(8), a.batch(8, step=6)))  # no step: the next one
     other = DeviceSampler(photos, out=48, preprocess=SPEC, seed=8).batch(8, step=0)
     assert not torch.equal(first[0], other[0])
 

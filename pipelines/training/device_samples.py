@@ -219,6 +219,7 @@ class DeviceSampler:
                 raise ValueError(f"photo_probs must be {self.n_photos} finite weights ≥ 0 with a positive sum")
             self.photo_probs = torch.as_tensor(probs / probs.sum(), dtype=torch.float32, device=self.device)
         self.generator = torch.Generator(device=self.device)
+        self.next_step = 0
 
     def _seed(self, step: int) -> None:
         # One stream per (seed, step): batch `step` is the same whether or not the steps before it ran.
@@ -236,9 +237,12 @@ class DeviceSampler:
         out[is_pair] = self.pairs[idx[is_pair] - self.n_photos]
         return out
 
-    def batch(self, n: int, step: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Batch `step` of n samples: x (n, 3, out, out) normalised as the spec says (channels-last on CUDA),
-        alpha (n, 1, out, out) in [0, 1], weight (n,), coarse (n,); all float32 on the device."""
+    def batch(self, n: int, step: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Batch `step` (default: the one after the last drawn) of n samples: x (n, 3, out, out) normalised as the
+        spec says (channels-last on CUDA), alpha (n, 1, out, out) in [0, 1], weight (n,), coarse (n,); all
+        float32 on the device."""
+        step = self.next_step if step is None else step
+        self.next_step = step + 1
         self._seed(step)
         g, dev, out = self.generator, self.device, self.out
         u = torch.rand((n, _WIDTH), generator=g, device=dev)
@@ -269,10 +273,9 @@ class DeviceSampler:
 
     def batches(self, n: int, start: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
         """Batches start, start + 1, …, without end."""
-        step = start
+        self.next_step = start
         while True:
-            yield self.batch(n, step)
-            step += 1
+            yield self.batch(n)
 
     def _crops(self, u: torch.Tensor, src_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A photo's (or pair's) random crop, flip and full-strength jitter: image (k, 3, ·), alpha (k, 1, ·)."""
