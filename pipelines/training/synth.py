@@ -10,17 +10,26 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+# The augmentation ranges, shared with the batched twin of these functions that runs on the training
+# device (pipelines/training/device_samples.py).
+CROP_SCALE = (0.55, 1.0)  # share of the photo's area a random crop keeps
+CROP_ASPECT = (3 / 4, 4 / 3)
+PASTE_SCALE = (0.45, 0.95)  # a composite's foreground box, as a share of the frame's side
+JITTER = 0.25  # brightness, contrast and saturation: 1 ± JITTER × strength
+HUE_DEGREES = 8.0
+FOREGROUND_LEVEL = 128  # alpha ≥ this is the subject a composite cuts out
+
 
 def flip(rgb: np.ndarray, alpha: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return (rgb[:, ::-1], alpha[:, ::-1]) if rng.random() < 0.5 else (rgb, alpha)
 
 
 def random_resized_crop(rgb: np.ndarray, alpha: np.ndarray, out: int, rng: np.random.Generator,
-                        scale: tuple[float, float] = (0.55, 1.0)) -> tuple[np.ndarray, np.ndarray]:
+                        scale: tuple[float, float] = CROP_SCALE) -> tuple[np.ndarray, np.ndarray]:
     """A random window of `scale` of the area (aspect 3/4…4/3), resized to out × out."""
     h, w = alpha.shape
     area = rng.uniform(*scale) * h * w
-    aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+    aspect = np.exp(rng.uniform(*np.log(CROP_ASPECT)))
     ch, cw = min(h, int(round(np.sqrt(area / aspect)))), min(w, int(round(np.sqrt(area * aspect))))
     y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
     rgb, alpha = rgb[y:y + ch, x:x + cw], alpha[y:y + ch, x:x + cw]
@@ -30,9 +39,9 @@ def random_resized_crop(rgb: np.ndarray, alpha: np.ndarray, out: int, rng: np.ra
 
 
 # RGB → YIQ (NTSC): a hue shift is a rotation of the (I, Q) chroma plane around the luma axis.
-_RGB2YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-_YIQ2RGB = np.linalg.inv(_RGB2YIQ)
-_LUMA = _RGB2YIQ[0]
+RGB2YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+YIQ2RGB = np.linalg.inv(RGB2YIQ)
+LUMA = RGB2YIQ[0]
 
 
 def color_jitter(rgb: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
@@ -42,15 +51,15 @@ def color_jitter(rgb: np.ndarray, rng: np.random.Generator, strength: float = 1.
     (rounded, saturated to uint8): 0.1 ms on a 320² photo where per-step float arrays and an
     HSV round trip took 8.7 ms, the largest cost of a training sample.
     """
-    brightness = 1 + strength * rng.uniform(-0.25, 0.25)
-    contrast = 1 + strength * rng.uniform(-0.25, 0.25)
-    saturation = 1 + strength * rng.uniform(-0.25, 0.25)
-    angle = np.deg2rad(strength * rng.uniform(-8, 8))
+    brightness = 1 + strength * rng.uniform(-JITTER, JITTER)
+    contrast = 1 + strength * rng.uniform(-JITTER, JITTER)
+    saturation = 1 + strength * rng.uniform(-JITTER, JITTER)
+    angle = np.deg2rad(strength * rng.uniform(-HUE_DEGREES, HUE_DEGREES))
     # Saturation blends each pixel with its grey; hue rotates chroma. Both keep grey pixels grey,
     # so the contrast offset (towards the image mean) passes through them unchanged.
-    sat = saturation * np.eye(3) + (1 - saturation) * np.outer(np.ones(3), _LUMA)
+    sat = saturation * np.eye(3) + (1 - saturation) * np.outer(np.ones(3), LUMA)
     cos, sin = np.cos(angle), np.sin(angle)
-    hue = _YIQ2RGB @ np.array([[1, 0, 0], [0, cos, -sin], [0, sin, cos]]) @ _RGB2YIQ
+    hue = YIQ2RGB @ np.array([[1, 0, 0], [0, cos, -sin], [0, sin, cos]]) @ RGB2YIQ
     rgb = np.ascontiguousarray(rgb)  # a packed photo is a strided view of RGB + alpha
     mean = float(np.mean(cv2.mean(rgb)[:3]))
     matrix = np.hstack([hue @ sat * (contrast * brightness),
@@ -75,7 +84,7 @@ def plain_background(out: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(bg, 0, 255).astype(np.uint8)
 
 
-def foreground_box(alpha: np.ndarray, level: int = 128) -> tuple[int, int, int, int] | None:
+def foreground_box(alpha: np.ndarray, level: int = FOREGROUND_LEVEL) -> tuple[int, int, int, int] | None:
     """(y0, y1, x0, x1) around alpha ≥ level, or None when the foreground is empty or tiny."""
     ys, xs = np.nonzero(alpha >= level)
     if len(ys) < 0.01 * alpha.size:
@@ -84,7 +93,7 @@ def foreground_box(alpha: np.ndarray, level: int = 128) -> tuple[int, int, int, 
 
 
 def composite(fg: np.ndarray, fg_alpha: np.ndarray, bg: np.ndarray, rng: np.random.Generator,
-              scale: tuple[float, float] = (0.45, 0.95)) -> tuple[np.ndarray, np.ndarray] | None:
+              scale: tuple[float, float] = PASTE_SCALE) -> tuple[np.ndarray, np.ndarray] | None:
     """Paste the foreground, cut to its box, at a random scale and place on `bg` (out × out).
 
     Returns (image, alpha), or None when the foreground alpha is empty.

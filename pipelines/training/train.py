@@ -36,9 +36,11 @@ from pipelines.training.sources import (check_weights, held_out, parse_source_we
 from pipelines.training.teacher import Teacher
 from postproc import DecodeError
 from pipelines.training.train_data import (CachedPhotos, Pair, PackedPhotos, find_pairs, list_images, pack_cache,
-                                  precompute_teacher, read_alpha, read_rgb, read_rgba)
+                                  pack_pairs, precompute_teacher, read_alpha, read_rgb, read_rgba)
 
 log = logging.getLogger(__name__)
+
+SAMPLES_ON = ("auto", "loader", "device")
 
 
 def default_cache_dir() -> Path:
@@ -106,6 +108,11 @@ class TrainConfig:
     pack_cache: bool = field(default=True, metadata={
         "help": "pack the cache's PNG files once into one memory-mapped array beside them (N × 400 KB at 320²; "
                 "about 2× faster samples); --no-pack-cache decodes them at every sample"})
+    samples_on: str = field(default="auto", metadata={
+        "help": "where training samples are made: loader (DataLoader processes, --workers), device (whole "
+                "batches on the training device from the packed photos held there); auto: device on CUDA with the "
+                "packed cache",
+        "choices": SAMPLES_ON})
 
     def __post_init__(self) -> None:
         self.images = tuple(self.images)
@@ -127,6 +134,10 @@ class TrainConfig:
             raise ValueError(f"pair_prob must be in [0, 1], got {self.pair_prob}")
         if self.pair_weight < 0 or self.val_images < 0 or self.workers < 0:
             raise ValueError("pair_weight, val_images and workers must be ≥ 0")
+        if self.samples_on not in SAMPLES_ON:
+            raise ValueError(f"samples_on must be one of {', '.join(SAMPLES_ON)}, got {self.samples_on!r}")
+        if self.samples_on == "device" and not self.pack_cache:
+            raise ValueError("--samples-on device samples from the packed cache: drop --no-pack-cache")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
         self.teacher_config()  # the teacher's names and runtime choices fail here, before any work
@@ -135,6 +146,10 @@ class TrainConfig:
         """How the teacher runs: its models, each a RuntimeConfig, passed whole to precompute_teacher."""
         return Teacher.parse(self.teacher, tta=self.teacher_tta, runtime=self.teacher_runtime,
                              device=device or self.device, threads=self.threads)
+
+    def samples_on_device(self, device: str) -> bool:
+        """Whether samples are made on the training device: asked, or auto on CUDA with the packed cache."""
+        return self.samples_on == "device" or (self.samples_on == "auto" and device == "cuda" and self.pack_cache)
 
     def student_spec(self, step: int) -> ModelSpec:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M")
@@ -275,6 +290,23 @@ class StopFlag:
         signal.signal(signal.SIGTERM, self._previous)
 
 
+def device_batches(cfg: TrainConfig, photos: CachedPhotos | PackedPhotos, pairs: list[Pair], preprocess: PreprocessSpec,
+                   device: str, photo_probs: np.ndarray | None = None):
+    """Batches made on the training device (pipelines/training/device_samples.py), without end."""
+    from pipelines.training.device_samples import DeviceSampler
+
+    packed = pack_pairs(pairs, cfg.cache_size, preprocess, Path(cfg.cache_dir or default_cache_dir()) / "pairs") \
+        if pairs else None
+    sampler = DeviceSampler(photos.array() if len(photos) else None, out=cfg.input_size, preprocess=preprocess,
+                            device=device, seed=cfg.seed, composite_prob=cfg.composite_prob,
+                            pairs=packed.photos.array() if packed else None, pair_coarse=packed.coarse if packed else None,
+                            pair_weight=cfg.pair_weight, pair_prob=cfg.pair_prob, photo_probs=photo_probs)
+    log.info("samples made on %s: %d photos%s held there (%.2f GB)", device, sampler.n_photos,
+             f" + {sampler.n_pairs} pairs" if sampler.n_pairs else "",
+             (sampler.n_photos + sampler.n_pairs) * sampler.size ** 2 * 4 / 1e9)
+    return sampler.batches(cfg.batch_size)
+
+
 def run_training(cfg: TrainConfig) -> dict:
     """Train and write cfg.out; returns a summary (steps, wall time, losses, held-out MAE)."""
     import torch
@@ -323,6 +355,9 @@ def run_training(cfg: TrainConfig) -> dict:
     loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers,
                         pin_memory=device == "cuda", drop_last=True, persistent_workers=cfg.workers > 0,
                         worker_init_fn=one_thread_per_worker if cfg.workers > 0 else None)
+    # The loader above starts no process until iterated; on the device path it is never iterated.
+    batches = device_batches(cfg, photos, pairs, spec.preprocess, device, photo_probs) \
+        if cfg.samples_on_device(device) else loader
     trainer = Trainer(net, lr=cfg.lr, weight_decay=cfg.weight_decay, total_steps=cfg.steps, device=device, amp=amp)
     val = [torch.from_numpy(a) for a in validation_batch(val_files, cfg.input_size, spec.preprocess)] \
         if val_files else None
@@ -369,7 +404,7 @@ def run_training(cfg: TrainConfig) -> dict:
                          ", ".join(f"{s} {start[f'val_mae[{s}]']:.4f}" for s in held_sources))
                 writer.writerow({**dict.fromkeys(fields, ""), "step": 0, "elapsed_s": 0.0,
                                  **{k: round(v, 5) for k, v in start.items()}})
-            for x, alpha, weight, coarse in loader:
+            for x, alpha, weight, coarse in batches:
                 budget_used = (time.perf_counter() - t0) / (cfg.max_minutes * 60) if cfg.max_minutes else 0.0
                 window.append(trainer.step(x, alpha, weight, coarse, time_progress=budget_used))
                 step += 1

@@ -225,6 +225,12 @@ class PackedPhotos:
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_array": None}
 
+    def array(self) -> np.ndarray:
+        """The whole pack, (N, S, S, RGB + alpha) uint8, memory-mapped read-only (for one upload to a device)."""
+        if self._array is None:
+            self._array = np.load(self.path, mmap_mode="r")
+        return self._array
+
 
 def pack_cache(files: list[Path], size: int) -> PackedPhotos:
     """Decode the cache files once into one (N, size, size, RGB+alpha) uint8 .npy beside them.
@@ -266,3 +272,69 @@ def pack_cache(files: list[Path], size: int) -> PackedPhotos:
     log.info("packed %d cache files into %s (%.1f GB) in %.0f s", len(files), path,
              path.stat().st_size / 1e9, time.perf_counter() - t0)
     return PackedPhotos(path)
+
+
+@dataclass(frozen=True)
+class PackedPairs:
+    """The readable --pairs, packed: photos[i] is pair i's (photo, alpha), coarse[i] whether it is a mask."""
+
+    photos: PackedPhotos
+    coarse: np.ndarray  # (M,) bool
+
+
+def pack_pairs(pairs: list[Pair], size: int, preprocess, folder: str | os.PathLike) -> PackedPairs:
+    """Decode the pairs once into one (M, size, size, RGB+alpha) uint8 .npy in `folder` (for device sampling).
+
+    Photos are squashed with `preprocess`'s resize filter (read_rgb) and alphas with INTER_AREA
+    (read_alpha), as DistillDataset reads them at each sample. An unreadable pair is left out with a
+    warning (on the loader path it costs only its samples). The pack is named by a hash of the pairs'
+    paths, sizes and mtimes, the size and the filter, so an unchanged folder reuses it; the coarse flags
+    of the packed pairs sit beside it in `<pack>.coarse.npy`, written first, so a pack is never found
+    without them. A new pack replaces the older ones in `folder`.
+    """
+    if not pairs:
+        raise ValueError("no pairs to pack")
+    folder = Path(folder)
+    ident = [f"{size} {preprocess.resize}"]
+    for p in pairs:
+        for f in (p.image, p.alpha):
+            st = f.stat()
+            ident.append(f"{f.resolve()} {st.st_size} {st.st_mtime_ns}")
+        ident.append(str(p.coarse))
+    key = hashlib.blake2b("\n".join(ident).encode(), digest_size=8).hexdigest()
+    path, coarse_path = folder / f"pairs-{key}.npy", folder / f"pairs-{key}.coarse.npy"
+    if path.is_file() and coarse_path.is_file():
+        packed, coarse = PackedPhotos(path), np.load(coarse_path)
+        if packed.shape[1:] == (size, size, 4) and coarse.shape == (len(packed),):
+            return PackedPairs(packed, coarse)
+    t0 = time.perf_counter()
+    rgbs, alphas, coarse = [], [], []
+    for p in pairs:
+        try:
+            rgb, alpha = read_rgb(p.image, size, preprocess), read_alpha(p.alpha, size)
+        except (DecodeError, OSError) as e:
+            log.warning("pairs: leaving out %s: %s", p.image, e)
+            continue
+        rgbs.append(rgb)
+        alphas.append(alpha)
+        coarse.append(p.coarse)
+    if not rgbs:
+        raise ValueError(f"none of the {len(pairs)} pairs is readable")
+    with atomic_path(coarse_path) as partial:
+        with open(partial, "xb") as f:
+            np.save(f, np.array(coarse, bool))
+    # A failed pack removes its temporary file; a killed run leaves a .partial, never a short pack.
+    with atomic_path(path) as partial:
+        array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(rgbs), size, size, 4))
+        try:
+            for i, (rgb, alpha) in enumerate(zip(rgbs, alphas)):
+                array[i, ..., :3], array[i, ..., 3] = rgb, alpha
+            array.flush()
+        finally:
+            del array  # unmapped before the rename (or the removal)
+    for old in folder.glob("pairs-*.npy"):
+        if old not in (path, coarse_path):
+            old.unlink()  # a process still mapping it keeps its pages until it ends
+    log.info("packed %d of %d pairs into %s (%.1f GB) in %.0f s", len(rgbs), len(pairs), path,
+             path.stat().st_size / 1e9, time.perf_counter() - t0)
+    return PackedPairs(PackedPhotos(path), np.array(coarse, bool))
