@@ -89,8 +89,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True, help="a .png (matplotlib) or .svg file")
     args = ap.parse_args()
     runs = {name_of(p): read_run(p) for p in args.csv}
-    (plot_png if args.out.suffix == ".png" else plot_svg)(runs, args.out)
-    print(f"wrote {args.out}")
+    out = args.out
+    if out.suffix == ".png":
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            out = out.with_suffix(".svg")
+            print(f"no matplotlib here: writing {out} instead")
+    (plot_png if out.suffix == ".png" else plot_svg)(runs, out)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

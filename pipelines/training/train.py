@@ -290,13 +290,22 @@ class StopFlag:
         signal.signal(signal.SIGTERM, self._previous)
 
 
+def training_pairs(pairs: list[Pair], split: Split) -> list[Pair]:
+    """The --pairs a run trains on: none of a held-out photo."""
+    return [p for p in pairs if p.image.resolve() not in split.held_images]
+
+
+def pack_training_pairs(cfg: TrainConfig, pairs: list[Pair], preprocess: PreprocessSpec):
+    """The pairs decoded once for sampling on the device, beside the teacher cache (reused while unchanged)."""
+    return pack_pairs(pairs, cfg.cache_size, preprocess, Path(cfg.cache_dir or default_cache_dir()) / "pairs")
+
+
 def device_batches(cfg: TrainConfig, photos: CachedPhotos | PackedPhotos, pairs: list[Pair], preprocess: PreprocessSpec,
                    device: str, photo_probs: np.ndarray | None = None):
     """Batches made on the training device (pipelines/training/device_samples.py), without end."""
     from pipelines.training.device_samples import DeviceSampler
 
-    packed = pack_pairs(pairs, cfg.cache_size, preprocess, Path(cfg.cache_dir or default_cache_dir()) / "pairs") \
-        if pairs else None
+    packed = pack_training_pairs(cfg, pairs, preprocess) if pairs else None
     sampler = DeviceSampler(photos.array() if len(photos) else None, out=cfg.input_size, preprocess=preprocess,
                             device=device, seed=cfg.seed, composite_prob=cfg.composite_prob,
                             pairs=packed.photos.array() if packed else None, pair_coarse=packed.coarse if packed else None,
@@ -328,7 +337,6 @@ def run_training(cfg: TrainConfig) -> dict:
                                 size=cfg.cache_size)
     split = training_split(cfg, cached)
     train_files, train_labels, val_files, val_labels = split.train_files, split.train_labels, split.val_files, split.val_labels
-    held_images = split.held_images
     photo_probs = sampling_probs(train_labels, parse_source_weights(cfg.source_weights)) if train_files else None
     if train_files:
         log.info("sources (photos trained on, held out, share of the draws): %s", "; ".join(
@@ -336,7 +344,7 @@ def run_training(cfg: TrainConfig) -> dict:
             for k, v in shares(train_labels, photo_probs).items()))
     if not cfg.source_weights:
         photo_probs = None  # uniform: drawn as before weights existed (the same samples for a seed)
-    pairs = [p for p in pairs if p.image.resolve() not in held_images]
+    pairs = training_pairs(pairs, split)
     spec = cfg.student_spec(0)
     net = build_architecture(spec)
     if cfg.init:
