@@ -86,44 +86,49 @@ def photos(spec: ModelSpec, n: int) -> np.ndarray:
                      for i in range(n)])
 
 
-def cpu_rows(args, folder: Path) -> list[dict]:
-    from model.quantize import Recipe, cpu_has_fast_int8, int8_built, int8_model_path
+def row(model: str, precision: str, params: int, gmacs: float, **runtime) -> dict:
+    return {"model": model, "precision": precision, "params": params, "gmacs": gmacs,
+            "rt": create_runtime(RuntimeConfig(model=model, precision=precision, **runtime))}
 
-    rows = [{"model": "u2netp", "precision": "fp32", "rt": create_runtime(RuntimeConfig(
-        model="u2netp", runtime="onnxruntime", device="cpu", precision="fp32", threads=1)),
-        "params": 1_131_662, "gmacs": None}]
-    if cpu_has_fast_int8() and int8_built("u2netp"):
-        rows.append({"model": "u2netp", "precision": "int8", "rt": create_runtime(RuntimeConfig(
-            model="u2netp", runtime="onnxruntime", device="cpu", precision="int8", threads=1)),
-            "params": 1_131_662, "gmacs": None})
-    # The candidates' INT8 files go to a folder of this run, not into the user's weights cache.
-    os.environ["MATTING_WEIGHTS_DIR"] = str(folder)
-    recipe = Recipe(method="minmax", photos=8, keep_fp32_convs=(0, -1))
+
+def u2netp_size() -> tuple[int, float]:
+    from model.factory import create_model
+
+    net = create_model("u2netp")  # the torch port of the same weights
+    return sum(p.numel() for p in net.parameters()), conv_gmacs(net, 320)
+
+
+def candidates(args, folder: Path):
+    """(spec, checkpoint, parameters, GMACs) of every width × input, saved in `folder`."""
     for width in args.widths:
         for size in args.inputs:
             spec = candidate_spec(width, size)
-            ckpt, params, gmacs = save_candidate(spec, folder)
-            rows.append({"model": spec.name, "precision": "fp32", "params": params, "gmacs": gmacs,
-                         "rt": create_runtime(RuntimeConfig(model=str(ckpt), runtime="onnxruntime", device="cpu",
-                                                            precision="fp32", threads=1))})
-            if cpu_has_fast_int8():
-                int8_model_path(spec, ckpt, recipe=recipe)  # built here, so the runtime finds it
-                rows.append({"model": spec.name, "precision": "int8", "params": params, "gmacs": gmacs,
-                             "rt": create_runtime(RuntimeConfig(model=str(ckpt), runtime="onnxruntime",
-                                                                device="cpu", precision="int8", threads=1))})
+            yield (spec, *save_candidate(spec, folder))
+
+
+def cpu_rows(args, folder: Path) -> list[dict]:
+    from model.quantize import Recipe, cpu_has_fast_int8, int8_built, int8_model_path
+
+    cpu = dict(runtime="onnxruntime", device="cpu", threads=1)
+    int8 = cpu_has_fast_int8()
+    rows = [row("u2netp", "fp32", *u2netp_size(), **cpu)]
+    if int8 and int8_built("u2netp"):
+        rows.append(row("u2netp", "int8", *u2netp_size(), **cpu))
+    # The candidates' INT8 files go to a folder of this run, not into the user's weights cache.
+    os.environ["MATTING_WEIGHTS_DIR"] = str(folder)
+    recipe = Recipe(method="minmax", photos=8, keep_fp32_convs=(0, -1))
+    for spec, ckpt, params, gmacs in candidates(args, folder):
+        rows.append(row(str(ckpt), "fp32", params, gmacs, **cpu))
+        if int8:
+            int8_model_path(spec, ckpt, recipe=recipe)  # built here, so the runtime finds it
+            rows.append(row(str(ckpt), "int8", params, gmacs, **cpu))
     return rows
 
 
 def cuda_rows(args, folder: Path) -> list[dict]:
-    rows = [{"model": "u2netp", "precision": "fp16", "params": 1_131_662, "gmacs": None,
-             "rt": create_runtime(RuntimeConfig(model="u2netp", runtime="torch", device="cuda", precision="fp16"))}]
-    for width in args.widths:
-        for size in args.inputs:
-            spec = candidate_spec(width, size)
-            ckpt, params, gmacs = save_candidate(spec, folder)
-            rows.append({"model": spec.name, "precision": "fp16", "params": params, "gmacs": gmacs,
-                         "rt": create_runtime(RuntimeConfig(model=str(ckpt), runtime="torch", device="cuda",
-                                                            precision="fp16"))})
+    gpu = dict(runtime="torch", device="cuda")
+    rows = [row("u2netp", "fp16", *u2netp_size(), **gpu)]
+    rows += [row(str(ckpt), "fp16", params, gmacs, **gpu) for _, ckpt, params, gmacs in candidates(args, folder)]
     return rows
 
 
@@ -142,13 +147,13 @@ def time_rows(rows: list[dict], batch: int, images: int, rounds: int) -> None:
 
 
 def report(rows: list[dict], device: str) -> list[dict]:
-    base = {r["precision"]: statistics.median(r["ms"]) for r in rows if r["model"] == "u2netp"}
+    base = {r["precision"]: statistics.median(r["ms"]) for r in rows if r["model"] == "u2netp"}  # the reference
     ref = base.get("fp32", base.get("fp16"))
     out = []
     for r in rows:
         ms = statistics.median(r["ms"])
-        out.append({"model": r["model"], "precision": r["precision"], "params_M": round(r["params"] / 1e6, 2),
-                    "GMACs": round(r["gmacs"], 2) if r["gmacs"] else "",
+        out.append({"model": r["rt"].spec.name, "precision": r["precision"], "params_M": round(r["params"] / 1e6, 2),
+                    "GMACs": round(r["gmacs"], 2),
                     "ms_per_image": round(ms, 2), "spread": f"{min(r['ms']):.1f}–{max(r['ms']):.1f}",
                     "vs_u2netp_fp32" if device == "cpu" else "vs_u2netp_fp16": round(ref / ms, 2),
                     "vs_u2netp_same_precision": round(base[r["precision"]] / ms, 2) if r["precision"] in base else ""})
