@@ -1,4 +1,5 @@
 #!/bin/bash
+# Superseded for training by bench/gpu_train_lease.sh (issue 17, round 2); kept as the record of phase 6.
 # One lease of a GPU machine (this workplace's `device` tool, 15 minutes): GPU tests, bench rows of
 # the CUDA-graph cache, `matting train --device cuda` (a short check, then two time-limited runs side
 # by side). What it ran on an H100 on 2026-11-27 is in bench/RESULTS.md and docs/models.md.
