@@ -15,7 +15,9 @@
 #     torch ops there): the shipped unet-base continued at 256² (the line we ship: short leases add
 #     up), and widths 16/24/32 from scratch at 256²/288²/320² (held-out error per training minute
 #     for the size choice; bench/student_sizes.py has their CPU speed);
-#  4. brings back (8 files at most, 16 MiB each): the log, every run's CSV (loss, held-out MAE in
+#  4. the samples' cost, made by one loader core and on the GPU (bench/train_samples.py), so the
+#     log says whether data loading kept up with the runs' images/s;
+#  5. brings back (8 files at most, 16 MiB each): the log, every run's CSV (loss, held-out MAE in
 #     all and per source, every 250 steps) and their curves (bench/plot_training.py, matplotlib
 #     there), the checkpoints as FP16 safetensors (they load as FP32).
 # Evaluate what comes back here, on CPU: `matting eval --data ../shared/eval/<set> --model FILE`.
@@ -70,7 +72,7 @@ timeout 200 python3 -m pipelines.cli train $IMGS $COMMON --out /tmp/unused.safet
   --threads 4 >>"$L" 2>&1
 say "teacher exit $?"
 
-MIN=${MIN:-$(python3 -c "print(round(max(0.3, ($(left) - 75) / 60), 2))")}
+MIN=${MIN:-$(python3 -c "print(round(max(0.3, ($(left) - 110) / 60), 2))")}
 say "four students side by side, $MIN min each"
 run() {  # name, then flags
   local name=$1; shift
@@ -85,6 +87,11 @@ run w24-288 --name unet-w24 --base-width 24 --input-size 288 --lr 2e-3 --seed 23
 run w32-320 --name unet-w32 --base-width 32 --input-size 320 --lr 2e-3 --seed 24 &
 wait
 say "trained; $(left) s left"
+say "samples: packed loader (one core) against DeviceSampler on $DEVICE, 288² → 256²"
+# After the runs: its pack of 2,000 photos replaces the training pack in the cache folder.
+timeout 60 python3 bench/train_samples.py "$(ls -d /tmp/teacher/u2netp-*-288 | head -1)" --photos 2000 --size 288 \
+  --out 256 --samples 200 --rounds 2 --device "$DEVICE" --batch "${BATCH:-64}" --device-samples 1024 --no-png >>"$L" 2>&1
+say "samples exit $?"
 nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv >>"$L" 2>&1
 
 # Back: FP16 copies of the checkpoints (under 16 MiB each; they load as FP32), the CSVs in one archive.
