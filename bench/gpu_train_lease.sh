@@ -3,7 +3,9 @@
 #
 #   bash bench/gpu_train_lease.sh prepare        # here, once: pack photos and weights into .gpu/, check the size
 #   run(command="bash bench/gpu_train_lease.sh run", carry=[".gpu"], timeout_s=590)   # the lease
-#   DEVICE=cpu MAXIMG=60 MIN=0.4 BATCH=4 OUT=/tmp/gout bash bench/gpu_train_lease.sh run   # rehearsal on CPU
+#   DEVICE=cpu MAXIMG=60 MIN=0.4 BATCH=4 SAMPLES_ON=device OUT=/tmp/gout bash bench/gpu_train_lease.sh run
+#                                                 # the rehearsal on CPU (tests/test_bench_scripts.py runs one, slow)
+# GPU_DIR (default .gpu) and WORK (default /tmp) move what it reads and where it works.
 #
 # What `run` does there:
 #  1. the machine: GPU, driver, cores, torch;
@@ -50,9 +52,11 @@ DEVICE=${DEVICE:-cuda}
 OUT=${OUT:?OUT must name the folder whose files come back}
 mkdir -p "$OUT"
 MAXIMG=${MAXIMG:+--max-images $MAXIMG}
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD MATTING_WEIGHTS_DIR=$PWD/.gpu/weights MATTING_CACHE_DIR=/tmp/teacher
+G=${GPU_DIR:-$PWD/.gpu}  # what `prepare` packed (photos, masks, weights)
+W=${WORK:-/tmp}  # scratch there: the teacher cache and the runs
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD MATTING_WEIGHTS_DIR=$G/weights MATTING_CACHE_DIR=$W/teacher
 L=$OUT/log.txt
-P=.gpu/train
+P=$G/train
 IMGS="$P/clothing_cc0 $P/clothing_cc0_more $P/caltech101_objects $P/ccp_fullbody/image $P/ccp_people"
 # People (ccp_*) serve two presets (id-photo, avatar), products (clothing*, caltech) one (ecommerce):
 # weighted so that each half is drawn about equally (2,087 people photos against 3,256 others).
@@ -68,7 +72,7 @@ say "machine"
   git log --oneline -1; ls $P | head; du -sh $P; } >>"$L" 2>&1
 
 say "teacher: u2netp + flip, FP32, on $DEVICE; then the pack"
-timeout 200 python3 -m pipelines.cli train $IMGS $COMMON --out /tmp/unused.safetensors --precompute-only \
+timeout 200 python3 -m pipelines.cli train $IMGS $COMMON --out $W/unused.safetensors --precompute-only \
   --threads 4 >>"$L" 2>&1
 say "teacher exit $?"
 
@@ -77,9 +81,9 @@ say "four students side by side, $MIN min each"
 run() {  # name, then flags
   local name=$1; shift
   python3 -m pipelines.cli train $IMGS $COMMON --steps 1000000 --max-minutes "$MIN" --batch-size ${BATCH:-64} --threads 2 \
-    --log-every 50 --checkpoint-every 250 ${SAMPLES_ON:+--samples-on $SAMPLES_ON} --out "/tmp/runs/$name.safetensors" "$@" 2>&1 | sed -u "s/^/[$name] /" >>"$L"
+    --log-every 50 --checkpoint-every 250 ${SAMPLES_ON:+--samples-on $SAMPLES_ON} --out "$W/runs/$name.safetensors" "$@" 2>&1 | sed -u "s/^/[$name] /" >>"$L"
 }
-mkdir -p /tmp/runs
+mkdir -p $W/runs
 run base256 --name unet-base --base-width 16 --input-size 256 --init model/checkpoints/unet-base.safetensors \
   --lr 8e-4 --seed 21 &
 run w16-256 --name unet-w16 --base-width 16 --input-size 256 --lr 2e-3 --seed 22 &
@@ -89,24 +93,24 @@ wait
 say "trained; $(left) s left"
 say "samples: packed loader (one core) against DeviceSampler on $DEVICE, 288² → 256²"
 # After the runs: its pack of 2,000 photos replaces the training pack in the cache folder.
-timeout 60 python3 bench/train_samples.py "$(ls -d /tmp/teacher/u2netp-*-288 | head -1)" --photos 2000 --size 288 \
+timeout 60 python3 bench/train_samples.py "$(ls -d $W/teacher/u2netp-*-288 | head -1)" --photos 2000 --size 288 \
   --out 256 --samples 200 --rounds 2 --device "$DEVICE" --batch "${BATCH:-64}" --device-samples 1024 --no-png >>"$L" 2>&1
 say "samples exit $?"
 nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv >>"$L" 2>&1
 
 # Back: FP16 copies of the checkpoints (under 16 MiB each; they load as FP32), the CSVs in one archive.
-python3 - >>"$L" 2>&1 <<'EOF'
+WORK=$W python3 - >>"$L" 2>&1 <<'EOF'
 import glob, os, sys
 sys.path.insert(0, os.getcwd())
 from model.specs import spec_from_file
 from safetensors.torch import load_file
 from model.weights import save_safetensors
-for path in sorted(glob.glob("/tmp/runs/*.safetensors")):
+for path in sorted(glob.glob(os.path.join(os.environ["WORK"], "runs", "*.safetensors"))):
     state = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(path).items()}
     dest = os.path.join(os.environ["OUT"], os.path.basename(path))
     save_safetensors(state, spec_from_file(path), dest)
     print("back:", dest, os.path.getsize(dest) // 1024, "KiB")
 EOF
-tar -czf "$OUT/curves.tar.gz" -C /tmp/runs $(cd /tmp/runs && ls *.train.csv) 2>>"$L"
-python3 bench/plot_training.py /tmp/runs/*.train.csv --out "$OUT/curves.png" >>"$L" 2>&1
+tar -czf "$OUT/curves.tar.gz" -C $W/runs $(cd $W/runs && ls *.train.csv) 2>>"$L"
+python3 bench/plot_training.py $W/runs/*.train.csv --out "$OUT/curves.png" >>"$L" 2>&1
 say "done; $(left) s left"
