@@ -8,24 +8,20 @@ from pipelines.cli.flags import add_flags, from_flags
 
 
 def command(args: argparse.Namespace) -> int:
-    from pipelines.training.train import (TrainConfig, default_cache_dir, pack_training_pairs, run_training,
-                                          training_pairs, training_split)
-    from pipelines.training.train_data import find_pairs, list_images, pack_cache, precompute_teacher
+    from pipelines.training.train import (TrainConfig, pack_training_pairs, run_training, teacher_data,
+                                          training_photos)
 
     cfg = TrainConfig(**from_flags(TrainConfig, args))
     if args.precompute_only:
-        cached = precompute_teacher(list_images(list(cfg.images), cfg.max_images), teacher=cfg.teacher_config(),
-                                    cache_dir=cfg.cache_dir or default_cache_dir(), size=cfg.cache_size)
-        split = training_split(cfg, cached)
-        train_files = split.train_files
-        if cfg.pack_cache and train_files:
+        split, pairs = teacher_data(cfg, cfg.device)
+        if cfg.pack_cache and split.train_files:
             # The packs the training runs of these flags will map (the pairs' for sampling on the
             # device): runs started side by side then share them instead of each decoding every photo.
-            pack_cache(train_files, cfg.cache_size)
-            pairs = training_pairs(find_pairs(cfg.pairs), split) if cfg.pairs else []
+            training_photos(cfg, split)
             if pairs:
                 pack_training_pairs(cfg, pairs, cfg.student_spec(0).preprocess)
-        print(f"teacher cache: {len(cached)} photos ({len(train_files)} to train on)")
+        print(f"teacher cache: {len(split.train_files) + len(split.val_files)} photos "
+              f"({len(split.train_files)} to train on)")
         return 0
     summary = run_training(cfg)
     print(f"trained {summary['steps']} steps in {summary['wall_s']} s; held-out MAE vs teacher {summary['val_mae']}; "

@@ -33,10 +33,6 @@ import torch
 from model.preprocess import normalize_batch_torch
 from pipelines.training import synth
 
-# DistillDataset._background: another training photo (cropped to 30–100 % of its area, jittered),
-# else a plain or gradient fill (synth.plain_background).
-BACKGROUND_PHOTO_PROB = 0.6
-BACKGROUND_CROP_SCALE = (0.3, 1.0)
 
 # The uniforms each sample draws, by name and count, whatever its kind: every batch takes one
 # (n, _WIDTH) table, so the stream depends only on (seed, step) and n.
@@ -189,7 +185,7 @@ class DeviceSampler:
     def __init__(self, photos: np.ndarray | None, *, out: int, preprocess, device: str = "cpu", seed: int = 0,
                  composite_prob: float = 0.5, pairs: np.ndarray | None = None, pair_coarse: np.ndarray | None = None,
                  pair_weight: float = 1.0, pair_prob: float | None = None, photo_probs: np.ndarray | None = None,
-                 jitter: float = 1.0, background_photo_prob: float = BACKGROUND_PHOTO_PROB):
+                 jitter: float = 1.0, background_photo_prob: float = synth.BACKGROUND_PHOTO_PROB):
         self.device = torch.device(device)
         self.out, self.preprocess, self.seed = out, preprocess, seed
         self.composite_prob, self.pair_weight, self.jitter = composite_prob, pair_weight, jitter
@@ -288,14 +284,14 @@ class DeviceSampler:
         return color_jitter(made[:, :3], _cols(u, "jitter"), self.jitter), made[:, 3:]
 
     def _backgrounds(self, u: torch.Tensor) -> torch.Tensor:
-        """(k, 3, out, out): another photo's crop, jittered (BACKGROUND_PHOTO_PROB), else a plain or gradient fill."""
+        """(k, 3, out, out): another photo's crop, jittered (synth.BACKGROUND_PHOTO_PROB), else a plain or gradient fill."""
         bg = torch.empty((len(u), 3, self.out, self.out), device=self.device)
         photo = _cols(u, "bg_photo") < self.background_photo_prob
         rows = photo.nonzero()[:, 0]
         if len(rows):
             v = u[rows]
             src = self.photos[_index(_cols(v, "bg_index"), self.n_photos)]
-            y, ch, x, cw = crop_windows(_cols(v, "bg_crop"), self.size, BACKGROUND_CROP_SCALE)
+            y, ch, x, cw = crop_windows(_cols(v, "bg_crop"), self.size, synth.BACKGROUND_CROP_SCALE)
             zero, full, no = torch.zeros_like(y), torch.full_like(y, self.out), torch.zeros_like(rows, dtype=torch.bool)
             made = resample(src, axis_weights(y, ch, zero, full, no, self.out, self.size),
                             axis_weights(x, cw, zero, full, no, self.out, self.size))

@@ -18,6 +18,10 @@ PASTE_SCALE = (0.45, 0.95)  # a composite's foreground box, as a share of the fr
 JITTER = 0.25  # brightness, contrast and saturation: 1 ± JITTER × strength
 HUE_DEGREES = 8.0
 FOREGROUND_LEVEL = 128  # alpha ≥ this is the subject a composite cuts out
+# A composite's background: another training photo (cropped to 30–100 % of its area, jittered)
+# with this probability, else a plain or gradient fill (plain_background).
+BACKGROUND_PHOTO_PROB = 0.6
+BACKGROUND_CROP_SCALE = (0.3, 1.0)
 
 
 def flip(rgb: np.ndarray, alpha: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -200,9 +200,9 @@ class DistillDataset:
         return self.length
 
     def _background(self, rng: np.random.Generator) -> np.ndarray:
-        if self.cached and rng.random() < 0.6:
+        if self.cached and rng.random() < synth.BACKGROUND_PHOTO_PROB:
             rgb, _ = self.cached[rng.integers(len(self.cached))]
-            bg, _ = synth.random_resized_crop(rgb, rgb[..., 0], self.out, rng, scale=(0.3, 1.0))
+            bg, _ = synth.random_resized_crop(rgb, rgb[..., 0], self.out, rng, scale=synth.BACKGROUND_CROP_SCALE)
             return synth.color_jitter(bg, rng)
         return synth.plain_background(self.out, rng)
 
@@ -290,9 +290,21 @@ class StopFlag:
         signal.signal(signal.SIGTERM, self._previous)
 
 
-def training_pairs(pairs: list[Pair], split: Split) -> list[Pair]:
-    """The --pairs a run trains on: none of a held-out photo."""
-    return [p for p in pairs if p.image.resolve() not in split.held_images]
+def teacher_data(cfg: TrainConfig, device: str) -> tuple[Split, list[Pair]]:
+    """The teacher cache filled for cfg's photos, split into trained-on and held-out photos, and the
+    --pairs to train on (none of a held-out photo). `matting train` and its --precompute-only both start here."""
+    pairs = find_pairs(cfg.pairs) if cfg.pairs else []  # a bad --pairs fails before the teacher runs
+    cached = precompute_teacher(list_images(list(cfg.images), cfg.max_images), teacher=cfg.teacher_config(device),
+                                cache_dir=cfg.cache_dir or default_cache_dir(), size=cfg.cache_size)
+    split = training_split(cfg, cached)
+    return split, [p for p in pairs if p.image.resolve() not in split.held_images]
+
+
+def training_photos(cfg: TrainConfig, split: Split) -> CachedPhotos | PackedPhotos:
+    """The photos trained on, packed once into one memory-mapped array unless --no-pack-cache."""
+    if cfg.pack_cache and split.train_files:
+        return pack_cache(split.train_files, cfg.cache_size)
+    return CachedPhotos(split.train_files)
 
 
 def pack_training_pairs(cfg: TrainConfig, pairs: list[Pair], preprocess: PreprocessSpec):
@@ -331,11 +343,7 @@ def run_training(cfg: TrainConfig) -> dict:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
 
-    images = list_images(list(cfg.images), cfg.max_images)
-    pairs = find_pairs(cfg.pairs) if cfg.pairs else []
-    cached = precompute_teacher(images, teacher=cfg.teacher_config(device), cache_dir=cfg.cache_dir or default_cache_dir(),
-                                size=cfg.cache_size)
-    split = training_split(cfg, cached)
+    split, pairs = teacher_data(cfg, device)
     train_files, train_labels, val_files, val_labels = split.train_files, split.train_labels, split.val_files, split.val_labels
     photo_probs = sampling_probs(train_labels, parse_source_weights(cfg.source_weights)) if train_files else None
     if train_files:
@@ -344,7 +352,6 @@ def run_training(cfg: TrainConfig) -> dict:
             for k, v in shares(train_labels, photo_probs).items()))
     if not cfg.source_weights:
         photo_probs = None  # uniform: drawn as before weights existed (the same samples for a seed)
-    pairs = training_pairs(pairs, split)
     spec = cfg.student_spec(0)
     net = build_architecture(spec)
     if cfg.init:
@@ -355,7 +362,7 @@ def run_training(cfg: TrainConfig) -> dict:
     log.info("student %s: %d parameters; %d teacher-matted photos (+%d held out), %d pairs; device %s, amp %s",
              spec.architecture, params, len(train_files), len(val_files), len(pairs), device, amp)
 
-    photos = pack_cache(train_files, cfg.cache_size) if cfg.pack_cache and train_files else CachedPhotos(train_files)
+    photos = training_photos(cfg, split)
     data = DistillDataset(photos, pairs, out=cfg.input_size, cache_size=cfg.cache_size,
                           preprocess=spec.preprocess, length=cfg.steps * cfg.batch_size, seed=cfg.seed,
                           composite_prob=cfg.composite_prob, pair_weight=cfg.pair_weight, pair_prob=cfg.pair_prob,
